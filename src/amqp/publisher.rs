@@ -1,0 +1,183 @@
+//! The confirmed publisher: outcome events and dead letters.
+//!
+//! Every publish is persistent, `mandatory`, and waits for the broker's confirm: a request is
+//! acknowledged only after what it produced is safely in a queue. An unroutable or nacked
+//! publish is an error, never a silent drop.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+
+use super::{AmqpError, Incoming, op};
+use crate::config::{AmqpNames, AmqpSettings};
+use crate::outcome::OutcomeEvent;
+
+/// Header on dead letters: the reason code (e.g. `invalid_json`).
+pub const REASON_HEADER: &str = "x-dialex-reason";
+/// Header on dead letters: a human sentence about the reason.
+pub const DETAIL_HEADER: &str = "x-dialex-detail";
+
+const PERSISTENT: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("the broker returned the message as unroutable ({0})")]
+    Unroutable(String),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no publisher confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+}
+
+/// Publishes on its own channel in confirm mode.
+pub struct Publisher {
+    channel: Channel,
+    names: AmqpNames,
+    confirm_timeout: Duration,
+    attempts: u32,
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection, amqp: &AmqpSettings) -> Result<Self, AmqpError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(op("open publish channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(op("enable publisher confirms"))?;
+        Ok(Publisher {
+            channel,
+            names: amqp.names.clone(),
+            confirm_timeout: amqp.confirm_timeout(),
+            attempts: amqp.publish_attempts,
+        })
+    }
+
+    /// The channel, for declaring topology before consuming starts.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes `event` to the outcome exchange and waits for the confirm, retrying a few
+    /// times with backoff. An event published twice carries the same `event_id`.
+    pub async fn publish_outcome(
+        &self,
+        event: &OutcomeEvent,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let body = event.to_json();
+        let routing_key = event.routing_key(&self.names.outcome_routing_prefix);
+        let mut properties = BasicProperties::default()
+            .with_message_id(event.event_id.to_string().into())
+            .with_correlation_id(event.request_id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_type("dial.outcome".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_timestamp(event.completed_at.as_second().max(0) as u64);
+        if let Some(traceparent) = traceparent {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(LongString::from(traceparent)),
+            );
+            properties = properties.with_headers(headers);
+        }
+        self.publish_with_retry(
+            &self.names.outcome_exchange,
+            &routing_key,
+            &body,
+            &properties,
+        )
+        .await
+    }
+
+    /// Parks the original message on the dead exchange with the reason in its headers.
+    pub async fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), PublishError> {
+        let mut headers = incoming.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        headers.insert(
+            DETAIL_HEADER.into(),
+            AMQPValue::LongString(LongString::from(detail)),
+        );
+        let properties = incoming
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(PERSISTENT);
+        self.publish_with_retry(&self.names.dead_exchange, "", &incoming.body, &properties)
+            .await
+    }
+
+    async fn publish_with_retry(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+    ) -> Result<(), PublishError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
+            .with_jitter();
+        (|| self.publish_once(exchange, routing_key, body, properties.clone()))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .notify(|error: &PublishError, wait: Duration| {
+                tracing::warn!(%error, ?wait, exchange, "publish failed; retrying");
+            })
+            .await
+    }
+
+    async fn publish_once(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(op("publish"))?;
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))?
+            .map_err(op("publisher confirm"))?;
+        if confirmation.is_nack() {
+            return Err(PublishError::Nacked);
+        }
+        if let Some(returned) = confirmation.take_message() {
+            return Err(PublishError::Unroutable(format!(
+                "{} {}",
+                returned.reply_code, returned.reply_text
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Declares the wire contract's exchanges and queues, idempotently, at every start.
+//!
+//! Queues are quorum queues (replicated, durable). The request queue carries an explicit
+//! delivery limit and dead-letters to the dead exchange, so a message that keeps failing ends
+//! up parked with a reason instead of looping.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use super::{AmqpError, op};
+use crate::config::AmqpSettings;
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// Declares every exchange, queue and binding the worker relies on.
+pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), AmqpError> {
+    let names = &amqp.names;
+
+    channel
+        .exchange_declare(
+            names.dead_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("declare dead exchange"))?;
+    channel
+        .queue_declare(
+            names.dead_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            quorum(),
+        )
+        .await
+        .map_err(op("declare dead queue"))?;
+    channel
+        .queue_bind(
+            names.dead_queue.as_str().into(),
+            names.dead_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("bind dead queue"))?;
+
+    channel
+        .exchange_declare(
+            names.request_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("declare request exchange"))?;
+    let mut request_args = quorum();
+    request_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
+    );
+    request_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(names.dead_exchange.as_str())),
+    );
+    channel
+        .queue_declare(
+            names.request_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            request_args,
+        )
+        .await
+        .map_err(op("declare request queue"))?;
+    channel
+        .queue_bind(
+            names.request_queue.as_str().into(),
+            names.request_exchange.as_str().into(),
+            names.request_routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("bind request queue"))?;
+
+    channel
+        .exchange_declare(
+            names.outcome_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("declare outcome exchange"))?;
+    if !names.outcome_catch_all_queue.is_empty() {
+        channel
+            .queue_declare(
+                names.outcome_catch_all_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                quorum(),
+            )
+            .await
+            .map_err(op("declare outcome catch-all queue"))?;
+        channel
+            .queue_bind(
+                names.outcome_catch_all_queue.as_str().into(),
+                names.outcome_exchange.as_str().into(),
+                format!("{}.#", names.outcome_routing_prefix).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op("bind outcome catch-all queue"))?;
+    }
+    Ok(())
+}

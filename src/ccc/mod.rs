@@ -1,0 +1,36 @@
+//! The Alibaba Cloud Call Center edge: request signing, the `DialEx` client, the typed answers
+//! and their classification, and a simulator of the gateway for tests, the demo and benchmarks.
+//!
+//! The pipeline sees only [`CccClient`], [`DialParams`], [`DialAccepted`] and [`DialFailure`]:
+//! nothing of HTTP leaks past this module.
+
+pub mod client;
+pub mod response;
+pub mod sign;
+pub mod simulator;
+
+pub use client::HttpCccClient;
+pub use response::{ApiError, DialAccepted, DialFailure, ErrorClass};
+
+use std::future::Future;
+
+/// The business parameters of one `DialEx` call, borrowed from a validated request.
+#[derive(Clone, Copy)]
+pub struct DialParams<'a> {
+    pub instance_id: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    /// `"0"` (IVR), `"1"` (agent) or `"2"` (skill group).
+    pub answer_mode: &'static str,
+    pub rout_point: &'a str,
+    pub provider: Option<&'a str>,
+}
+
+/// One `DialEx` HTTP attempt. Implementations sign every attempt afresh (new nonce and
+/// timestamp); retrying is the caller's decision, made from [`DialFailure::class`].
+pub trait CccClient: Send + Sync + 'static {
+    fn dial_ex(
+        &self,
+        params: &DialParams<'_>,
+    ) -> impl Future<Output = Result<DialAccepted, DialFailure>> + Send;
+}

@@ -1,0 +1,455 @@
+//! What the gateway does with one `DialEx` request, in the gateway's order of checks.
+//!
+//! | step | check | HTTP | `Code` |
+//! |---|---|---|---|
+//! | 1 | `AccessKeyId`, `Signature`, `SignatureMethod`, `SignatureVersion`, `SignatureNonce`, `Timestamp` present and not empty | 400 | `Missing<Param>` |
+//! | 2 | `SignatureMethod` is `HMAC-SHA1`, `SignatureVersion` is `1.0` | 400 | `InvalidParameter.SignatureMethod` / `InvalidParameter.SignatureVersion` |
+//! | 3 | `AccessKeyId` known | 404 | `InvalidAccessKeyId.NotFound` |
+//! | 4 | signature matches | 400 | `SignatureDoesNotMatch` (message ends with the server's string to sign) |
+//! | 5 | `Timestamp` is `YYYY-MM-DDThh:mm:ssZ` and within the window | 400 | `InvalidTimeStamp.Format` / `InvalidTimeStamp.Expired` |
+//! | 6 | `SignatureNonce` not seen before (then remembered) | 400 | `SignatureNonceUsed` |
+//! | 7 | `Action` is `DialEx`, `Version` is `2017-07-05` | 400 / 404 / 400 | `MissingAction`, `MissingVersion` / `InvalidAction.NotFound` / `InvalidVersion` |
+//! | 8 | `InstanceId`, `Caller`, `Callee`, `AnswerMode`, `RoutPoint` present; `Caller`/`Callee` digits; `AnswerMode` 0/1/2; agent `RoutPoint` is `ram_id@domain` | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
+//! | 9 | an injected fault for the `Callee`, if any | see [`Fault`] | |
+//!
+//! Steps 1-5 authenticate the request; only an authenticated request records its nonce, and
+//! every authenticated one does, even if it then fails validation or meets a fault.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hyper::{Response, StatusCode};
+use jiff::Timestamp;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use super::answer::{self, ApiError, Body};
+use super::dial_log::DialLog;
+use super::faults::FaultQueues;
+use super::nonces::NonceCache;
+use super::params::Params;
+use super::verify::{self, SigningKey};
+use super::{DialRecord, Fault, SimConfig};
+
+/// What to do with the connection after handling a request.
+pub(crate) enum Reply {
+    /// Send this answer.
+    Answer(Response<Body>),
+    /// Close the connection without answering (the client sees a reset or early close).
+    Drop,
+}
+
+/// The gateway's state: credentials, replay guard, faults and the dial log.
+pub(crate) struct Gateway {
+    keys: HashMap<String, SigningKey>,
+    timestamp_window: Duration,
+    latency: Duration,
+    slow_delay: Duration,
+    nonces: Mutex<NonceCache>,
+    faults: Mutex<FaultQueues>,
+    log: DialLog,
+    task_id_prefix: i64,
+    shutdown: CancellationToken,
+}
+
+/// The validated business parameters of one `DialEx` call.
+struct DialEx<'a> {
+    instance_id: &'a str,
+    caller: &'a str,
+    callee: &'a str,
+    answer_mode: u8,
+    rout_point: &'a str,
+    provider: Option<&'a str>,
+    nonce: &'a str,
+}
+
+/// Process-wide, so two simulators in one test process never hand out the same `TaskId`.
+static NEXT_TASK: AtomicU64 = AtomicU64::new(0);
+
+impl Gateway {
+    pub(crate) async fn new(config: &SimConfig, shutdown: CancellationToken) -> io::Result<Self> {
+        let keys = config
+            .credentials
+            .iter()
+            .map(|(id, secret)| (id.clone(), verify::signing_key(secret.expose_secret())))
+            .collect();
+        Ok(Self {
+            keys,
+            timestamp_window: config.timestamp_window,
+            latency: config.latency,
+            slow_delay: config.slow_delay,
+            nonces: Mutex::new(NonceCache::new(config.timestamp_window)),
+            faults: Mutex::new(FaultQueues::default()),
+            log: DialLog::open(config.dial_log.as_deref()).await?,
+            task_id_prefix: Timestamp::now().as_millisecond(),
+            shutdown,
+        })
+    }
+
+    pub(crate) fn log(&self) -> &DialLog {
+        &self.log
+    }
+
+    pub(crate) fn inject(&self, callee: &str, fault: Fault, times: u32) {
+        lock(&self.faults).inject(callee, fault, times);
+    }
+
+    /// Handles one `DialEx` request whose parameters have been decoded.
+    pub(crate) async fn dial_ex(self: &Arc<Self>, method: &str, params: &Params) -> Reply {
+        let request_id = answer::new_request_id();
+        match self.admit(method, params) {
+            Ok(dial) => self.execute(dial, request_id).await,
+            Err(error) => {
+                tracing::debug!(code = %error.code, "simulator rejected DialEx");
+                Reply::Answer(error.into_response(&request_id))
+            }
+        }
+    }
+
+    /// Steps 1-8: authenticate, guard against replays, validate.
+    fn admit<'p>(&self, method: &str, params: &'p Params) -> Result<DialEx<'p>, ApiError> {
+        let nonce = self.authenticate(method, params)?;
+        if !lock(&self.nonces).check_and_insert(nonce, Instant::now()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "SignatureNonceUsed",
+                "Specified signature nonce was used already.",
+            ));
+        }
+        validate(params, nonce)
+    }
+
+    /// Steps 1-5; returns the request's nonce.
+    fn authenticate<'p>(&self, method: &str, params: &'p Params) -> Result<&'p str, ApiError> {
+        let required = |name: &str| {
+            params
+                .non_empty(name)
+                .ok_or_else(|| ApiError::missing(name))
+        };
+        let access_key_id = required("AccessKeyId")?;
+        let signature = required("Signature")?;
+        let signature_method = required("SignatureMethod")?;
+        let signature_version = required("SignatureVersion")?;
+        let nonce = required("SignatureNonce")?;
+        let timestamp = required("Timestamp")?;
+
+        if signature_method != "HMAC-SHA1" {
+            return Err(ApiError::invalid("SignatureMethod"));
+        }
+        if signature_version != "1.0" {
+            return Err(ApiError::invalid("SignatureVersion"));
+        }
+        let Some(key) = self.keys.get(access_key_id) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "InvalidAccessKeyId.NotFound",
+                "Specified access key is not found.",
+            ));
+        };
+        let string_to_sign = verify::string_to_sign(method, params);
+        if !verify::verify(key, &string_to_sign, signature) {
+            // The real gateway includes its string to sign, and so do we: it is the fastest way
+            // to see which parameter the client encoded differently.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "SignatureDoesNotMatch",
+                format!(
+                    "Specified signature is not matched with our calculation. \
+                     server string to sign is:{string_to_sign}"
+                ),
+            ));
+        }
+        let Some(sent_at) = verify::parse_timestamp(timestamp) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidTimeStamp.Format",
+                "Specified time stamp or date value is not well formatted.",
+            ));
+        };
+        let skew_ms = (Timestamp::now().as_millisecond() - sent_at.as_millisecond()).unsigned_abs();
+        if u128::from(skew_ms) > self.timestamp_window.as_millis() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidTimeStamp.Expired",
+                "Specified time stamp or date value is expired.",
+            ));
+        }
+        Ok(nonce)
+    }
+
+    /// Step 9 and the dial itself.
+    async fn execute(self: &Arc<Self>, dial: DialEx<'_>, request_id: String) -> Reply {
+        let fault = lock(&self.faults).take(dial.callee);
+        if let Some(fault) = fault {
+            tracing::debug!(?fault, "simulator injecting fault");
+        }
+        let refuse = |status, code, message| {
+            Reply::Answer(ApiError::new(status, code, message).into_response(&request_id))
+        };
+        match fault {
+            Some(Fault::Throttle) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "Throttling.User",
+                    "Request was denied due to user flow control.",
+                );
+            }
+            Some(Fault::Unavailable) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The request has failed due to a temporary failure of the server.",
+                );
+            }
+            Some(Fault::InternalError) => {
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "The request processing has failed due to some unknown error, exception or \
+                     failure.",
+                );
+            }
+            Some(Fault::BadGatewayNoBody) => {
+                return Reply::Answer(answer::empty(StatusCode::BAD_GATEWAY));
+            }
+            Some(Fault::Slow | Fault::ResetAfterExecute) | None => {}
+        }
+
+        let Some(task_id) = self.place_call(&dial, &request_id).await else {
+            // Shutting down mid-call: nothing sensible to answer.
+            return Reply::Drop;
+        };
+        match fault {
+            Some(Fault::ResetAfterExecute) => Reply::Drop,
+            Some(Fault::Slow) => {
+                tokio::select! {
+                    () = tokio::time::sleep(self.slow_delay) => {
+                        Reply::Answer(answer::dial_ok(&request_id, &task_id))
+                    }
+                    () = self.shutdown.cancelled() => Reply::Drop,
+                }
+            }
+            _ => Reply::Answer(answer::dial_ok(&request_id, &task_id)),
+        }
+    }
+
+    /// Places the call: logs it once it has taken `latency`. Returns the `TaskId`, or `None` if
+    /// the simulator shut down before the call finished.
+    async fn place_call(self: &Arc<Self>, dial: &DialEx<'_>, request_id: &str) -> Option<String> {
+        let started_at = Timestamp::now();
+        let task_id = format!(
+            "{}{:05}",
+            self.task_id_prefix,
+            NEXT_TASK.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut record = DialRecord {
+            task_id: task_id.clone(),
+            instance_id: dial.instance_id.to_owned(),
+            caller: dial.caller.to_owned(),
+            callee: dial.callee.to_owned(),
+            answer_mode: dial.answer_mode,
+            rout_point: dial.rout_point.to_owned(),
+            provider: dial.provider.map(str::to_owned),
+            nonce: dial.nonce.to_owned(),
+            aliyun_request_id: request_id.to_owned(),
+            started_at,
+            ended_at: started_at,
+        };
+        if self.latency.is_zero() {
+            self.log.record(record);
+            return Some(task_id);
+        }
+        // A call in progress does not stop because the HTTP client hung up, so the call runs in
+        // its own task: if the connection goes away (client timeout) and hyper drops this
+        // future, the dial is still completed and logged, as the real call centre would.
+        let this = Arc::clone(self);
+        let call = tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(this.latency) => {}
+                () = this.shutdown.cancelled() => return false,
+            }
+            record.ended_at = Timestamp::now();
+            this.log.record(record);
+            true
+        });
+        match call.await {
+            Ok(true) => Some(task_id),
+            _ => None,
+        }
+    }
+}
+
+/// Steps 7 and 8.
+fn validate<'p>(params: &'p Params, nonce: &'p str) -> Result<DialEx<'p>, ApiError> {
+    let required = |name: &str| {
+        params
+            .non_empty(name)
+            .ok_or_else(|| ApiError::missing(name))
+    };
+
+    if required("Action")? != "DialEx" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidAction.NotFound",
+            "Specified api is not found, please check your url and method.",
+        ));
+    }
+    if required("Version")? != "2017-07-05" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidVersion",
+            "Specified parameter Version is not valid.",
+        ));
+    }
+
+    let instance_id = required("InstanceId")?;
+    let caller = required("Caller")?;
+    let callee = required("Callee")?;
+    let answer_mode = required("AnswerMode")?;
+    let rout_point = required("RoutPoint")?;
+
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(caller) {
+        return Err(ApiError::invalid("Caller"));
+    }
+    if !all_digits(callee) {
+        return Err(ApiError::invalid("Callee"));
+    }
+    let answer_mode = match answer_mode {
+        "0" => 0,
+        "1" => 1,
+        "2" => 2,
+        _ => return Err(ApiError::invalid("AnswerMode")),
+    };
+    if answer_mode == 1 && !is_agent_address(rout_point) {
+        return Err(ApiError::invalid("RoutPoint"));
+    }
+
+    Ok(DialEx {
+        instance_id,
+        caller,
+        callee,
+        answer_mode,
+        rout_point,
+        provider: params.non_empty("Provider"),
+        nonce,
+    })
+}
+
+/// `ram_id@domain`: one `@`, something on both sides, no whitespace. The domain is
+/// case-sensitive at the gateway, so it is not normalised here either.
+fn is_agent_address(rout_point: &str) -> bool {
+    match rout_point.split_once('@') {
+        Some((ram_id, domain)) => {
+            !ram_id.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !rout_point.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// is a single insert or removal), so poisoning is not a reason to stop serving.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn valid() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("Action", "DialEx"),
+            ("Version", "2017-07-05"),
+            ("InstanceId", "inst"),
+            ("Caller", "02285196281"),
+            ("Callee", "15732036617"),
+            ("AnswerMode", "1"),
+            ("RoutPoint", "agent@example"),
+        ]
+    }
+
+    fn code_for(change: impl FnOnce(&mut Vec<(&'static str, &'static str)>)) -> String {
+        let mut p = valid();
+        change(&mut p);
+        match validate(&params(&p), "nonce") {
+            Ok(_) => "OK".to_owned(),
+            Err(e) => e.code.into_owned(),
+        }
+    }
+
+    fn set(p: &mut Vec<(&'static str, &'static str)>, key: &'static str, value: &'static str) {
+        p.retain(|(k, _)| *k != key);
+        p.push((key, value));
+    }
+
+    #[test]
+    fn validation_codes() {
+        assert_eq!(code_for(|_| {}), "OK");
+        assert_eq!(
+            code_for(|p| set(p, "Action", "Dial")),
+            "InvalidAction.NotFound"
+        );
+        assert_eq!(
+            code_for(|p| p.retain(|(k, _)| *k != "Action")),
+            "MissingAction"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "Version", "2020-01-01")),
+            "InvalidVersion"
+        );
+        assert_eq!(code_for(|p| set(p, "InstanceId", "")), "MissingInstanceId");
+        assert_eq!(
+            code_for(|p| p.retain(|(k, _)| *k != "RoutPoint")),
+            "MissingRoutPoint"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "Caller", "+8602285196281")),
+            "InvalidParameter.Caller"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "Callee", "157 3203 6617")),
+            "InvalidParameter.Callee"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "AnswerMode", "3")),
+            "InvalidParameter.AnswerMode"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "AnswerMode", "agent")),
+            "InvalidParameter.AnswerMode"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "RoutPoint", "paEF_1GAQXXJ")),
+            "InvalidParameter.RoutPoint"
+        );
+        assert_eq!(
+            code_for(|p| set(p, "RoutPoint", "a@b@c")),
+            "InvalidParameter.RoutPoint"
+        );
+        // Contact flow ids and skill group queues are free-form.
+        assert_eq!(
+            code_for(|p| {
+                set(p, "AnswerMode", "0");
+                set(p, "RoutPoint", "paEF_1GAQXXJ");
+            }),
+            "OK"
+        );
+    }
+}

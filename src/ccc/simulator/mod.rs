@@ -1,0 +1,142 @@
+//! CCC simulator: a stand-in for the Alibaba Cloud Call Center gateway, for `DialEx` only.
+//!
+//! The real gateway cannot be reached from development machines or CI, yet the worker's most
+//! important promises (never ring a customer twice, never lose a request) hinge on how the
+//! gateway reacts to signatures, stale timestamps, reused nonces and faults. This module owns a
+//! small HTTP/1.1 server that answers `DialEx` the way the gateway does, so tests, the demo and
+//! the benchmark can run the real client against something that is just as strict.
+//!
+//! What it owns:
+//!
+//! - [`params`]: decoding query strings and `application/x-www-form-urlencoded` bodies into one
+//!   sorted parameter list (strictly: bad escapes, bad UTF-8 and duplicates are errors).
+//! - [`verify`]: signature v1 (HMAC-SHA1) canonicalisation and verification, written
+//!   independently of the crate's signer on purpose: a shared bug in one canonicaliser used on
+//!   both sides would make every test pass against a gateway that would reject every call.
+//! - [`nonces`]: the replay guard, which remembers nonces of authenticated requests.
+//! - [`faults`]: per-callee fault queues that tests fill through [`Simulator::inject`] or
+//!   `POST /__sim/faults`.
+//! - [`dial_log`]: the record of every executed dial, kept in memory, served at
+//!   `GET /__sim/dials` and optionally appended to a JSON-lines file.
+//! - [`gateway`]: the order of checks the gateway applies and the answers it gives.
+//! - [`server`]: sockets, connections, routing and shutdown ([`Simulator`]).
+//!
+//! The answers (HTTP status, `Code`, `Message`) are documented on [`gateway`]; the success body
+//! follows the `DialEx` documentation's JSON example.
+
+mod answer;
+mod dial_log;
+mod faults;
+mod gateway;
+mod nonces;
+mod params;
+mod server;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+pub use server::Simulator;
+
+/// AccessKeyId the simulator accepts out of the box (see [`SimConfig::default`]).
+pub const DEMO_ACCESS_KEY_ID: &str = "sim-demo-access-key-id";
+
+/// AccessKeySecret paired with [`DEMO_ACCESS_KEY_ID`]. Not a secret: it only opens the simulator.
+pub const DEMO_ACCESS_KEY_SECRET: &str = "sim-demo-access-key-secret";
+
+/// How the simulator behaves; [`SimConfig::default`] mirrors the real gateway's limits.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Accepted credentials: AccessKeyId and its AccessKeySecret. Any other AccessKeyId is
+    /// answered with `InvalidAccessKeyId.NotFound`.
+    pub credentials: Vec<(String, SecretString)>,
+    /// How far `Timestamp` may be from the simulator's clock, either way (the gateway uses 15
+    /// minutes).
+    pub timestamp_window: Duration,
+    /// Time every executed dial takes before the answer is sent (0 by default).
+    pub latency: Duration,
+    /// How long [`Fault::Slow`] holds the answer back after executing the dial (30 s by
+    /// default, i.e. past any sensible client timeout).
+    pub slow_delay: Duration,
+    /// Where to append executed dials as JSON lines, if anywhere.
+    pub dial_log: Option<PathBuf>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            credentials: vec![(
+                DEMO_ACCESS_KEY_ID.to_owned(),
+                SecretString::from(DEMO_ACCESS_KEY_SECRET),
+            )],
+            timestamp_window: Duration::from_secs(15 * 60),
+            latency: Duration::ZERO,
+            slow_delay: Duration::from_secs(30),
+            dial_log: None,
+        }
+    }
+}
+
+/// A failure the simulator can be told to produce for requests to one callee.
+///
+/// Faults are consumed only by requests that authenticated and passed `DialEx` validation, so a
+/// test's bad request never eats a fault meant for the next good one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// HTTP 400, `Throttling.User`: flow control; the dial is not executed.
+    Throttle,
+    /// HTTP 503, `ServiceUnavailable`; the dial is not executed.
+    Unavailable,
+    /// HTTP 500, `InternalError`; the dial is not executed.
+    InternalError,
+    /// HTTP 502 with an empty body, as a load balancer in front of the gateway would answer;
+    /// the dial is not executed (but the client cannot know that).
+    BadGatewayNoBody,
+    /// The dial is executed and logged, but the answer comes only after
+    /// [`SimConfig::slow_delay`], past the client's timeout.
+    Slow,
+    /// The dial is executed and logged, then the connection is dropped without an answer.
+    ResetAfterExecute,
+}
+
+impl Fault {
+    /// Whether the gateway places the call before the fault shows, i.e. whether a client that
+    /// sees this fault must treat the outcome as "maybe dialed".
+    pub fn executes_dial(self) -> bool {
+        matches!(self, Fault::Slow | Fault::ResetAfterExecute)
+    }
+}
+
+/// One dial the simulator executed: what the gateway would have placed as a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialRecord {
+    /// `TaskId` returned (or, for faults that lose the answer, that would have been returned).
+    pub task_id: String,
+    /// `InstanceId` parameter.
+    pub instance_id: String,
+    /// `Caller` parameter.
+    pub caller: String,
+    /// `Callee` parameter.
+    pub callee: String,
+    /// `AnswerMode` parameter (0 ivr, 1 agent, 2 skill group).
+    pub answer_mode: u8,
+    /// `RoutPoint` parameter.
+    pub rout_point: String,
+    /// `Provider` parameter, when given and not empty.
+    pub provider: Option<String>,
+    /// `SignatureNonce` of the request that placed the call.
+    pub nonce: String,
+    /// `RequestId` of the answer.
+    pub aliyun_request_id: String,
+    /// When the dial began executing.
+    pub started_at: jiff::Timestamp,
+    /// When the simulated dial call finished (after [`SimConfig::latency`]).
+    pub ended_at: jiff::Timestamp,
+}

@@ -1,0 +1,305 @@
+//! Sockets, connections, routing and shutdown of the simulator.
+//!
+//! One task accepts connections and owns a `JoinSet` of per-connection tasks, so shutting down
+//! (explicitly, or by dropping the [`Simulator`]) stops accepting and aborts every open
+//! connection, including ones parked in a [`Fault::Slow`] answer.
+//!
+//! Routes:
+//!
+//! - `GET /` and `POST /`: the gateway (`DialEx`), see the gateway module's table of checks.
+//! - `GET /__sim/dials`: every executed dial, as a JSON array of [`DialRecord`].
+//! - `POST /__sim/faults`: `{"callee": "...", "fault": "throttle", "times": 1}` queues a fault
+//!   (`times` defaults to 1); answers 200 with the accepted injection echoed.
+//!
+//! The `/__sim/` routes are a test control plane and are not authenticated.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::answer::{self, ApiError, Body};
+use super::gateway::{Gateway, Reply};
+use super::params::Params;
+use super::{DialRecord, Fault, SimConfig};
+
+/// Largest request body accepted; the gateway's own limit is far above anything `DialEx` sends,
+/// and a bound keeps a broken client from growing the simulator's memory.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A running CCC simulator. Dropping it stops the server (as [`Simulator::shutdown`] does,
+/// without waiting).
+pub struct Simulator {
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    _stop_on_drop: DropGuard,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .field("dials", &self.dial_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Binds `listen` (port 0 picks a free port) and serves on the current tokio runtime.
+    ///
+    /// Fails if the address cannot be bound or the dial log file cannot be opened.
+    pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Simulator> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let gateway = Arc::new(Gateway::new(&config, shutdown.clone()).await?);
+        let server = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&gateway),
+            shutdown.clone(),
+        ));
+        tracing::info!(%addr, "CCC simulator listening");
+        Ok(Simulator {
+            addr,
+            gateway,
+            _stop_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            server,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL to configure the client with, e.g. `http://127.0.0.1:38211`. A wildcard bind
+    /// address is reported as loopback, since that is where a local client can reach it.
+    pub fn endpoint(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Queues `times` occurrences of `fault` for requests whose `Callee` is exactly `callee`,
+    /// after any faults already queued for it. Each authenticated, valid request to that callee
+    /// consumes one.
+    pub fn inject(&self, callee: &str, fault: Fault, times: u32) {
+        self.gateway.inject(callee, fault, times);
+    }
+
+    /// Every dial executed so far, in the order they completed.
+    pub fn dials(&self) -> Vec<DialRecord> {
+        self.gateway.log().snapshot()
+    }
+
+    /// How many dials were executed so far.
+    pub fn dial_count(&self) -> usize {
+        self.gateway.log().len()
+    }
+
+    /// Waits until every dial logged so far is written to [`SimConfig::dial_log`] (no-op
+    /// without a log file).
+    pub async fn flush_dial_log(&self) {
+        self.gateway.log().flush().await;
+    }
+
+    /// Stops accepting, aborts open connections, and flushes the dial log file.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.server.await {
+            tracing::warn!(%error, "CCC simulator accept loop failed");
+        }
+        self.gateway.log().flush().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&gateway)));
+                }
+                Err(error) => {
+                    // Typically out of file descriptors: back off briefly instead of spinning.
+                    tracing::warn!(%error, "CCC simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow with every request burst.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+async fn serve_connection(stream: TcpStream, gateway: Arc<Gateway>) {
+    // Small request/response exchanges: don't let Nagle add latency to benchmarks.
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let gateway = Arc::clone(&gateway);
+        async move { route(&gateway, request).await }
+    });
+    if let Err(error) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%error, "CCC simulator connection ended with an error");
+    }
+}
+
+/// Returned to hyper to make it close the connection without answering.
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped on purpose by an injected fault")]
+struct DroppedOnPurpose;
+
+async fn route(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, DroppedOnPurpose> {
+    enum Route {
+        Gateway,
+        Dials,
+        Faults,
+        WrongMethod,
+        NotFound,
+    }
+    let route = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::POST, "/") => Route::Gateway,
+        (&Method::GET, "/__sim/dials") => Route::Dials,
+        (&Method::POST, "/__sim/faults") => Route::Faults,
+        (_, "/") => Route::WrongMethod,
+        _ => Route::NotFound,
+    };
+    let response = match route {
+        Route::Gateway => return dial_ex(gateway, request).await,
+        Route::Dials => answer::json(
+            StatusCode::OK,
+            &answer::new_request_id(),
+            &gateway.log().snapshot(),
+        ),
+        Route::Faults => inject_fault(gateway, request).await,
+        Route::WrongMethod => rejection(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UnsupportedHTTPMethod",
+            "This http method is not supported.",
+        )),
+        Route::NotFound => rejection(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidAction.NotFound",
+            "Specified api is not found, please check your url and method.",
+        )),
+    };
+    Ok(response)
+}
+
+async fn dial_ex(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, DroppedOnPurpose> {
+    let (parts, body) = request.into_parts();
+    // Only a POST carries parameters in its body; a GET's body (if any) is ignored like the
+    // gateway ignores it.
+    let form_body = if parts.method == Method::POST {
+        let bytes = match read_body(body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return Ok(rejection(error)),
+        };
+        if !bytes.is_empty() && !is_form(parts.headers.get(CONTENT_TYPE)) {
+            return Ok(rejection(ApiError::malformed(
+                "The request body must be application/x-www-form-urlencoded.",
+            )));
+        }
+        Some(bytes)
+    } else {
+        None
+    };
+    let params = match Params::parse(parts.uri.query(), form_body.as_deref()) {
+        Ok(params) => params,
+        Err(error) => return Ok(rejection(ApiError::malformed(error.to_string()))),
+    };
+    match gateway.dial_ex(parts.method.as_str(), &params).await {
+        Reply::Answer(response) => Ok(response),
+        Reply::Drop => Err(DroppedOnPurpose),
+    }
+}
+
+/// `application/x-www-form-urlencoded`, with or without parameters such as `charset`.
+fn is_form(content_type: Option<&hyper::header::HeaderValue>) -> bool {
+    content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidParameter.BodyTooLarge",
+            format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
+        )),
+        Err(_) => Err(ApiError::malformed("The request body could not be read.")),
+    }
+}
+
+fn rejection(error: ApiError) -> Response<Body> {
+    error.into_response(&answer::new_request_id())
+}
+
+/// Body of `POST /__sim/faults`, echoed back on success.
+#[derive(Debug, Serialize, Deserialize)]
+struct FaultRequest {
+    callee: String,
+    fault: Fault,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn inject_fault(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+    let bytes = match read_body(request.into_body()).await {
+        Ok(bytes) => bytes,
+        Err(error) => return rejection(error),
+    };
+    match serde_json::from_slice::<FaultRequest>(&bytes) {
+        Ok(injection) => {
+            gateway.inject(&injection.callee, injection.fault, injection.times);
+            answer::json(StatusCode::OK, &answer::new_request_id(), &injection)
+        }
+        Err(error) => rejection(ApiError::malformed(format!(
+            "Expected {{\"callee\": \"...\", \"fault\": \"throttle|unavailable|internal_error|\
+             bad_gateway_no_body|slow|reset_after_execute\", \"times\": 1}}: {error}"
+        ))),
+    }
+}

@@ -1,0 +1,390 @@
+//! Typed settings: `config/default.toml`, an optional file on top, then `DIALEX_*` environment
+//! variables; validated once at start-up, then passed down as plain values.
+//!
+//! The defaults are compiled in (the same file, embedded), so the binary works from any
+//! directory and the file stays the single source of truth for them. Credentials are read here
+//! too, from the standard Alibaba Cloud variables, and held in secret types that never print.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults, also shipped as `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// What can go wrong loading settings; always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("environment variable {0} is not set")]
+    MissingEnv(&'static str),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub ccc: CccSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URL; may carry a password, so it never prints.
+    pub url: SecretString,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub publish_attempts: u32,
+    pub confirm_timeout_ms: u64,
+    pub names: AmqpNames,
+}
+
+impl AmqpSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+/// Exchange and queue names of the wire contract.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpNames {
+    pub request_exchange: String,
+    pub request_queue: String,
+    pub request_routing_key: String,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+    pub outcome_exchange: String,
+    pub outcome_routing_prefix: String,
+    /// Empty means "no catch-all queue".
+    pub outcome_catch_all_queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CccSettings {
+    pub endpoint: String,
+    pub region_id: String,
+    pub allow_insecure_http: bool,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl CccSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.initial_backoff_ms)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Defaults, then `file`, then `DIALEX_*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests use this rather
+    /// than mutating the process environment).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("DIALEX_"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("DIALEX")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every rule that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let amqp = &self.amqp;
+        let url = amqp.url.expose_secret();
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        if amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
+        if amqp.delivery_limit == 0 {
+            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
+        }
+        if amqp.publish_attempts == 0 {
+            return Err(invalid("amqp.publish_attempts", "must be at least 1"));
+        }
+        if amqp.confirm_timeout_ms == 0 {
+            return Err(invalid("amqp.confirm_timeout_ms", "must be positive"));
+        }
+        let names = &amqp.names;
+        for (key, value) in [
+            ("amqp.names.request_exchange", &names.request_exchange),
+            ("amqp.names.request_queue", &names.request_queue),
+            ("amqp.names.request_routing_key", &names.request_routing_key),
+            ("amqp.names.dead_exchange", &names.dead_exchange),
+            ("amqp.names.dead_queue", &names.dead_queue),
+            ("amqp.names.outcome_exchange", &names.outcome_exchange),
+            (
+                "amqp.names.outcome_routing_prefix",
+                &names.outcome_routing_prefix,
+            ),
+        ] {
+            if value.is_empty() || value.len() > 255 {
+                return Err(invalid(key, "must be 1 to 255 characters"));
+            }
+        }
+
+        let ccc = &self.ccc;
+        check_endpoint(&ccc.endpoint, ccc.allow_insecure_http)
+            .map_err(|reason| invalid("ccc.endpoint", reason))?;
+        if ccc.region_id.is_empty() {
+            return Err(invalid("ccc.region_id", "must not be empty"));
+        }
+        if ccc.connect_timeout_ms == 0 {
+            return Err(invalid("ccc.connect_timeout_ms", "must be positive"));
+        }
+        if ccc.request_timeout_ms < ccc.connect_timeout_ms {
+            return Err(invalid(
+                "ccc.request_timeout_ms",
+                "must be at least ccc.connect_timeout_ms",
+            ));
+        }
+        if ccc.max_attempts == 0 {
+            return Err(invalid("ccc.max_attempts", "must be at least 1"));
+        }
+        if ccc.max_backoff_ms < ccc.initial_backoff_ms {
+            return Err(invalid(
+                "ccc.max_backoff_ms",
+                "must be at least ccc.initial_backoff_ms",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// HTTPS always; plain HTTP only to a loopback host (the simulator) or when explicitly allowed.
+fn check_endpoint(endpoint: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint).map_err(|e| format!("not a URL: {e}"))?;
+    if url.path() != "/" || url.query().is_some() {
+        return Err("must be a bare origin such as https://ccc.cn-shanghai.aliyuncs.com".into());
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("plain http:// is only allowed to a loopback address; use https:// or set ccc.allow_insecure_http".into())
+            }
+        }
+        other => Err(format!("unsupported scheme {other}")),
+    }
+}
+
+/// Alibaba Cloud credentials from the standard environment variables.
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub access_key_secret: SecretString,
+    /// STS token, sent as `SecurityToken` when present.
+    pub security_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"[redacted]")
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub const ACCESS_KEY_ID: &'static str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
+    pub const ACCESS_KEY_SECRET: &'static str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
+    pub const SECURITY_TOKEN: &'static str = "ALIBABA_CLOUD_SECURITY_TOKEN";
+
+    pub fn new(access_key_id: impl Into<String>, access_key_secret: impl Into<String>) -> Self {
+        Credentials {
+            access_key_id: access_key_id.into(),
+            access_key_secret: SecretString::from(access_key_secret.into()),
+            security_token: None,
+        }
+    }
+
+    /// Reads the three standard variables; the token is optional.
+    pub fn from_env() -> Result<Credentials, ConfigError> {
+        let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let access_key_id =
+            var(Self::ACCESS_KEY_ID).ok_or(ConfigError::MissingEnv(Self::ACCESS_KEY_ID))?;
+        let access_key_secret =
+            var(Self::ACCESS_KEY_SECRET).ok_or(ConfigError::MissingEnv(Self::ACCESS_KEY_SECRET))?;
+        Ok(Credentials {
+            access_key_id,
+            access_key_secret: SecretString::from(access_key_secret),
+            security_token: var(Self::SECURITY_TOKEN).map(SecretString::from),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(
+            None,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.amqp.prefetch, 64);
+        assert_eq!(s.amqp.names.request_queue, "dial.requests");
+        assert_eq!(s.ccc.endpoint, "https://ccc.cn-shanghai.aliyuncs.com");
+        assert_eq!(s.ccc.region_id, "cn-shanghai");
+        assert_eq!(s.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = load(&[
+            ("DIALEX_AMQP__PREFETCH", "7"),
+            ("DIALEX_AMQP__NAMES__REQUEST_QUEUE", "q"),
+            ("DIALEX_CCC__ENDPOINT", "http://127.0.0.1:9999"),
+            ("OTHER_AMQP__PREFETCH", "9"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp.prefetch, 7);
+        assert_eq!(s.amqp.names.request_queue, "q");
+        assert_eq!(s.ccc.endpoint, "http://127.0.0.1:9999");
+    }
+
+    #[test]
+    fn a_file_layers_over_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[ccc]\nregion_id = \"cn-beijing\"\n").unwrap();
+        let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+        assert_eq!(s.ccc.region_id, "cn-beijing");
+        assert_eq!(s.amqp.prefetch, 64);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("DIALEX_AMQP__PREFETCH", "0")], "amqp.prefetch"),
+            (&[("DIALEX_AMQP__URL", "http://x")], "amqp.url"),
+            (
+                &[("DIALEX_CCC__ENDPOINT", "http://ccc.example.com")],
+                "ccc.endpoint",
+            ),
+            (&[("DIALEX_CCC__ENDPOINT", "ftp://x")], "ccc.endpoint"),
+            (&[("DIALEX_CCC__MAX_ATTEMPTS", "0")], "ccc.max_attempts"),
+            (
+                &[("DIALEX_CCC__REQUEST_TIMEOUT_MS", "1")],
+                "ccc.request_timeout_ms",
+            ),
+            (
+                &[("DIALEX_AMQP__NAMES__DEAD_QUEUE", "")],
+                "amqp.names.dead_queue",
+            ),
+        ];
+        for (env, key) in cases {
+            let err = load(env).unwrap_err().to_string();
+            assert!(err.contains(key), "{env:?}: {err}");
+        }
+        // Type errors from the config crate name the key as well.
+        let err = load(&[("DIALEX_AMQP__PREFETCH", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch"), "{err}");
+    }
+
+    #[test]
+    fn insecure_http_needs_the_switch() {
+        let s = load(&[
+            ("DIALEX_CCC__ENDPOINT", "http://ccc.internal"),
+            ("DIALEX_CCC__ALLOW_INSECURE_HTTP", "true"),
+        ]);
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = load(&[("DIALEX_AMQP__URL", "amqp://u:hunter2@h/%2f")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let c = Credentials::new("id", "very-secret");
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,102 @@
+//! The dial stage: one `DialEx` call for a validated request, retried only when the gateway
+//! proves the call was not placed.
+//!
+//! Retryable answers (throttling, 503, 500, connection refused) are retried in-process with
+//! jittered exponential backoff and a fresh nonce each time. Ambiguous failures (a timeout or
+//! reset after the request was sent) are never re-sent: the customer may already be ringing.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+
+use crate::ccc::{CccClient, DialAccepted, DialFailure, DialParams, ErrorClass};
+use crate::config::CccSettings;
+use crate::validate::DialRequest;
+
+/// How persistently a request is dialed in-process.
+#[derive(Debug, Clone, Copy)]
+pub struct DialPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl DialPolicy {
+    pub fn from_settings(settings: &CccSettings) -> Self {
+        DialPolicy {
+            max_attempts: settings.max_attempts,
+            initial_backoff: settings.initial_backoff(),
+            max_backoff: settings.max_backoff(),
+        }
+    }
+}
+
+/// What became of the dial.
+#[derive(Debug)]
+pub enum DialResult {
+    /// The call was placed.
+    Dialed(DialAccepted),
+    /// The call was not placed and retrying cannot help (or retries ran out).
+    Failed(DialFailure),
+    /// The call may have been placed; never retried automatically.
+    Unknown(DialFailure),
+    /// The worker itself is misconfigured; the request is not at fault and must be kept.
+    Systemic(DialFailure),
+}
+
+/// The result and the number of HTTP attempts it took.
+#[derive(Debug)]
+pub struct DialReport {
+    pub result: DialResult,
+    pub attempts: u32,
+}
+
+/// Dials `request`, retrying retryable failures per `policy`.
+pub async fn dial<C: CccClient>(
+    client: &C,
+    policy: &DialPolicy,
+    request: &DialRequest,
+) -> DialReport {
+    let params = DialParams {
+        instance_id: request.instance_id(),
+        caller: request.caller().as_str(),
+        callee: request.callee().as_str(),
+        answer_mode: request.answer_mode().dialex_value(),
+        rout_point: request.rout_point(),
+        provider: request.provider(),
+    };
+    let attempts = AtomicU32::new(0);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_max_times(policy.max_attempts.saturating_sub(1) as usize)
+        .with_jitter();
+    let outcome = (|| async {
+        attempts.fetch_add(1, Ordering::Relaxed);
+        client.dial_ex(&params).await
+    })
+    .retry(backoff)
+    .sleep(tokio::time::sleep)
+    .when(|failure: &DialFailure| failure.class() == ErrorClass::Retryable)
+    .notify(|failure: &DialFailure, wait: Duration| {
+        tracing::warn!(
+            code = failure.code(),
+            ?wait,
+            "DialEx attempt failed; retrying"
+        );
+    })
+    .await;
+    let result = match outcome {
+        Ok(accepted) => DialResult::Dialed(accepted),
+        Err(failure) => match failure.class() {
+            ErrorClass::Retryable | ErrorClass::Permanent => DialResult::Failed(failure),
+            ErrorClass::Ambiguous => DialResult::Unknown(failure),
+            ErrorClass::Systemic => DialResult::Systemic(failure),
+        },
+    };
+    DialReport {
+        result,
+        attempts: attempts.into_inner(),
+    }
+}

@@ -1,0 +1,77 @@
+//! The intake stage: the consumer loop.
+//!
+//! Deliveries arrive on their own connection with manual acks and a bounded prefetch; each is
+//! handled in its own task (the prefetch bounds how many run at once) and settled when the
+//! pipeline says so. The loop stops on shutdown or when the pipeline halts; in-flight requests
+//! are then given `drain` to finish before whatever is left goes back to the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::Consumer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::Incoming;
+use crate::ccc::CccClient;
+use crate::pipeline::Pipeline;
+use crate::settle::settle;
+
+/// Why the consumer loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The pipeline halted on a systemic fault.
+    Halted,
+    /// The broker closed the consumer (connection or channel lost, queue deleted).
+    ConsumerClosed,
+}
+
+/// Runs the consumer until shutdown, a halt, or the end of the stream; then waits up to
+/// `drain` for in-flight requests.
+pub async fn consume<C: CccClient>(
+    mut consumer: Consumer,
+    pipeline: Arc<Pipeline<C>>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Stopped {
+    let tracker = TaskTracker::new();
+    let halt = pipeline.halt.token().clone();
+    let stopped = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Stopped::Shutdown,
+            () = halt.cancelled() => break Stopped::Halted,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let pipeline = Arc::clone(&pipeline);
+                    tracker.spawn(async move {
+                        let acker = delivery.acker;
+                        let incoming =
+                            Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
+                        let disposition = pipeline.handle(&incoming).await;
+                        if let Err(error) = settle(&acker, disposition).await {
+                            // The broker redelivers an unsettled message; nothing is lost.
+                            tracing::error!(%error, ?disposition, "could not settle a delivery");
+                        }
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::error!(%error, "consumer failed");
+                    break Stopped::ConsumerClosed;
+                }
+                None => break Stopped::ConsumerClosed,
+            },
+        }
+    };
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "drain deadline passed; unfinished requests will be redelivered"
+        );
+    }
+    stopped
+}

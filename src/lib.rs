@@ -1,0 +1,28 @@
+//! dialex-worker: turns "please call this customer" messages on RabbitMQ into Alibaba Cloud
+//! Call Center `DialEx` calls, and publishes one outcome event per request.
+//!
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! intake -> validate -> dial -> outcome (publish, confirmed) -> settle (ack)
+//! ```
+//!
+//! [`pipeline`] wires the stages for one request; [`startup`] builds the whole worker from
+//! [`config::Settings`]. Adapters sit at the edges: [`amqp`] (connections, topology, confirmed
+//! publisher) and [`ccc`] (signing, client, answers, simulator). The stages in the middle speak
+//! domain types ([`validate::DialRequest`], [`outcome::OutcomeEvent`], [`dial::DialResult`]).
+
+pub mod amqp;
+pub mod ccc;
+pub mod config;
+pub mod demo;
+pub mod dial;
+pub mod harness;
+pub mod intake;
+pub mod outcome;
+pub mod phone;
+pub mod pipeline;
+pub mod settle;
+pub mod startup;
+pub mod telemetry;
+pub mod validate;

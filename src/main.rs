@@ -1,0 +1,141 @@
+//! The `dialex-worker` command line: `run` (the worker), `sim` (the CCC simulator), `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dialex_worker::ccc::HttpCccClient;
+use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
+use dialex_worker::config::{Credentials, Settings};
+use dialex_worker::{demo, startup, telemetry};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Turns dial requests on RabbitMQ into Alibaba Cloud Call Center DialEx calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker: consume dial requests, dial, publish outcomes.
+    Run {
+        /// A TOML file layered over the built-in defaults (config/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the CCC simulator: a stand-in for the DialEx gateway that checks signatures.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Append every executed dial to this file as JSON lines.
+        #[arg(long)]
+        dial_log: Option<PathBuf>,
+        /// Added latency per executed dial, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// The AccessKeyId the simulator accepts.
+        #[arg(long, env = "ALIBABA_CLOUD_ACCESS_KEY_ID", default_value = simulator::DEMO_ACCESS_KEY_ID)]
+        access_key_id: String,
+        /// The secret for that AccessKeyId.
+        #[arg(long, env = "ALIBABA_CLOUD_ACCESS_KEY_SECRET", default_value = simulator::DEMO_ACCESS_KEY_SECRET, hide_env_values = true, hide_default_value = true)]
+        access_key_secret: String,
+    },
+    /// Run a simulator and a worker in-process, publish sample requests, print the outcomes.
+    Demo {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            telemetry::init(&settings.log);
+            let credentials = Credentials::from_env()?;
+            let client = HttpCccClient::new(&settings.ccc, credentials)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            startup::run(&settings, client, shutdown).await?;
+            Ok(())
+        }
+        Command::Sim {
+            listen,
+            dial_log,
+            latency_ms,
+            access_key_id,
+            access_key_secret,
+        } => {
+            let settings = Settings::load(None)?;
+            telemetry::init(&settings.log);
+            let config = SimConfig {
+                credentials: vec![(access_key_id, SecretString::from(access_key_secret))],
+                latency: Duration::from_millis(latency_ms),
+                dial_log,
+                ..SimConfig::default()
+            };
+            let sim = Simulator::start(listen, config)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("CCC simulator listening on {}", sim.endpoint());
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone()).await;
+            shutdown.cancelled().await;
+            sim.shutdown().await;
+            Ok(())
+        }
+        Command::Demo { config } => {
+            let mut settings = Settings::load(config.as_deref())?;
+            settings.log.level = "warn".into();
+            telemetry::init(&settings.log);
+            demo::run(settings).await
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    token.cancel();
+}

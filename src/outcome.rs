@@ -1,0 +1,227 @@
+//! Outcome events: the one place that builds what downstream systems receive.
+//!
+//! Every request ends in exactly one terminal event (`dialed`, `failed`, `rejected`,
+//! `expired`, `suppressed`, `unknown`). `event_id` is derived from (`request_id`, `status`), so
+//! an event published again after a crash carries the same id and consumers can drop the
+//! repeat. Phone numbers never appear in events.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::ccc::{DialAccepted, DialFailure};
+use crate::validate::{DialRequest, Rejection};
+
+/// Namespace of the deterministic `event_id`s (UUID v5).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x34fa313c_15bc_47cc_910b_50909c56c9bc);
+
+/// The contract's statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Dialed,
+    Failed,
+    Rejected,
+    Expired,
+    Suppressed,
+    Unknown,
+    Deferred,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Dialed => "dialed",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+            Status::Suppressed => "suppressed",
+            Status::Unknown => "unknown",
+            Status::Deferred => "deferred",
+        }
+    }
+}
+
+/// `event_id` for (`request_id`, `status`): the same pair always gives the same id.
+pub fn event_id(request_id: &str, status: Status) -> Uuid {
+    let mut name = String::with_capacity(request_id.len() + 12);
+    name.push_str(request_id);
+    name.push('\n');
+    name.push_str(status.as_str());
+    Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
+}
+
+/// The outcome event as published to the outcome exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeEvent {
+    pub event_id: Uuid,
+    pub request_id: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_desc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aliyun_request_id: Option<String>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    pub received_at: Timestamp,
+    pub completed_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Box<RawValue>>,
+}
+
+impl OutcomeEvent {
+    fn new(
+        request_id: &str,
+        status: Status,
+        received_at: Timestamp,
+        attributes: Option<&RawValue>,
+    ) -> Self {
+        OutcomeEvent {
+            event_id: event_id(request_id, status),
+            request_id: request_id.to_owned(),
+            status,
+            task_id: None,
+            code: None,
+            message: None,
+            status_code: None,
+            status_desc: None,
+            aliyun_request_id: None,
+            attempts: 0,
+            next_attempt_at: None,
+            received_at,
+            completed_at: Timestamp::now(),
+            attributes: attributes.map(ToOwned::to_owned),
+        }
+    }
+
+    /// The call was placed; `task_id` correlates it with CCC's records.
+    pub fn dialed(
+        request: &DialRequest,
+        received_at: Timestamp,
+        accepted: &DialAccepted,
+        attempts: u32,
+    ) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            Status::Dialed,
+            received_at,
+            request.attributes(),
+        );
+        event.task_id = Some(accepted.task_id.clone());
+        event.code = Some(accepted.code.clone());
+        event.message = accepted.message.clone();
+        event.status_code = accepted.status_code.clone();
+        event.status_desc = accepted.status_desc.clone();
+        event.aliyun_request_id = Some(accepted.request_id.clone()).filter(|r| !r.is_empty());
+        event.attempts = attempts;
+        event
+    }
+
+    /// The call was not placed (`failed`) or may have been (`unknown`), per `status`.
+    pub fn not_dialed(
+        request: &DialRequest,
+        status: Status,
+        received_at: Timestamp,
+        failure: &DialFailure,
+        attempts: u32,
+    ) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            status,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some(failure.code().to_owned());
+        event.message = failure.message().map(ToOwned::to_owned);
+        if let Some(api) = failure.api() {
+            event.status_code = api.status_code.clone();
+            event.status_desc = api.status_desc.clone();
+            event.aliyun_request_id = api.request_id.clone();
+        }
+        event.attempts = attempts;
+        event
+    }
+
+    /// The request broke a rule of the contract; it was never dialed.
+    pub fn rejected(rejection: &Rejection, request_id: &str, received_at: Timestamp) -> Self {
+        let mut event = Self::new(request_id, Status::Rejected, received_at, None);
+        event.code = Some(rejection.reason.code().to_owned());
+        event.message = Some(rejection.detail.clone());
+        event
+    }
+
+    /// `<prefix>.<status>`, the routing key on the outcome exchange.
+    pub fn routing_key(&self, prefix: &str) -> String {
+        format!("{prefix}.{}", self.status.as_str())
+    }
+
+    /// The wire form. Serialising a struct of strings and numbers cannot fail.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("outcome events always serialise"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_per_request_and_status() {
+        assert_eq!(
+            event_id("r-1", Status::Dialed),
+            event_id("r-1", Status::Dialed)
+        );
+        assert_ne!(
+            event_id("r-1", Status::Dialed),
+            event_id("r-1", Status::Failed)
+        );
+        assert_ne!(
+            event_id("r-1", Status::Dialed),
+            event_id("r-2", Status::Dialed)
+        );
+        // Pinned: changing the derivation would break consumers' de-duplication.
+        assert_eq!(
+            event_id("r-1", Status::Dialed).to_string(),
+            Uuid::new_v5(&EVENT_NAMESPACE, b"r-1\ndialed").to_string()
+        );
+        assert_eq!(event_id("r-1", Status::Dialed).get_version_num(), 5);
+    }
+
+    #[test]
+    fn statuses_serialise_to_the_contract_strings() {
+        for status in [
+            Status::Dialed,
+            Status::Failed,
+            Status::Rejected,
+            Status::Expired,
+            Status::Suppressed,
+            Status::Unknown,
+            Status::Deferred,
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_rejected_event_carries_the_reason_and_no_empty_fields() {
+        let rejection = crate::validate::decode(b"{\"request_id\":\"r-9\"}", None).unwrap_err();
+        let event = OutcomeEvent::rejected(&rejection, "r-9", Timestamp::now());
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["status"], "rejected");
+        assert_eq!(json["request_id"], "r-9");
+        assert_eq!(json["code"], rejection.reason.code());
+        assert!(json.get("task_id").is_none());
+        assert_eq!(event.routing_key("dial.outcome"), "dial.outcome.rejected");
+    }
+}

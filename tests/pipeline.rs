@@ -1,0 +1,306 @@
+//! Black-box scenarios: requests on RabbitMQ, the worker, the CCC simulator, outcome events.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dialex_worker::ccc::simulator::{Fault, SimConfig};
+use dialex_worker::config::Credentials;
+use dialex_worker::outcome::Status;
+use dialex_worker::startup::RunError;
+use helpers::{WAIT, callee, request, settings, started};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_exactly_one_outcome_with_the_simulators_task_id() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    const VALID: usize = 500;
+    let modes = ["ivr", "agent", "skill_group", "0", "1", "2"];
+    let mut expected: HashMap<String, (Status, Option<&str>)> = HashMap::new();
+    let mut callee_of: HashMap<String, String> = HashMap::new();
+    for i in 0..VALID {
+        let id = format!("valid-{i}");
+        let mode = modes[i % modes.len()];
+        let mut body = request(&id, &callee(i), mode);
+        if mode.len() == 1 {
+            // Numeric answer modes go out as JSON numbers.
+            let text = String::from_utf8(body)
+                .unwrap()
+                .replace(&format!("\"{mode}\""), mode);
+            body = text.into_bytes();
+        }
+        h.publish_request(&body, None).await.unwrap();
+        expected.insert(id.clone(), (Status::Dialed, None));
+        callee_of.insert(id, callee(i));
+    }
+
+    // Invalid requests whose id can be recovered: each gets a `rejected` event.
+    let invalid: Vec<(String, Vec<u8>, Option<&str>, &str)> = vec![
+        ("bad-callee".into(), request("bad-callee", "12345", "ivr"), None, "invalid_callee"),
+        ("bad-mode".into(), request("bad-mode", "13900000001", "fax"), None, "invalid_answer_mode"),
+        (
+            "no-caller".into(),
+            br#"{"request_id":"no-caller","instance_id":"i","callee":"13900000002","answer_mode":"ivr","rout_point":"f"}"#.to_vec(),
+            None,
+            "missing_caller",
+        ),
+        (
+            "wrong-type".into(),
+            br#"{"request_id":"wrong-type","instance_id":7,"caller":"02285196281","callee":"13900000003","answer_mode":"ivr","rout_point":"f"}"#.to_vec(),
+            None,
+            "invalid_instance_id",
+        ),
+        (
+            "malformed-with-id".into(),
+            b"{\"request_id\": ".to_vec(),
+            Some("malformed-with-id"),
+            "invalid_json",
+        ),
+        (
+            "too-big".into(),
+            {
+                let mut big = request("too-big", "13900000004", "ivr");
+                big.truncate(big.len() - 1);
+                big.extend_from_slice(b",\"pad\":\"");
+                big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+                big.extend_from_slice(b"\"}");
+                big
+            },
+            Some("too-big"),
+            "body_too_large",
+        ),
+    ];
+    for (id, body, message_id, code) in &invalid {
+        h.publish_request(body, *message_id).await.unwrap();
+        expected.insert(id.clone(), (Status::Rejected, Some(code)));
+    }
+    // One with no recoverable id at all: dead-lettered, no event.
+    h.publish_request(b"\xff\xfe not json", None).await.unwrap();
+
+    let received = h.outcomes(expected.len(), WAIT).await.unwrap();
+    let dials = h.simulator.dials();
+    let task_by_callee: HashMap<&str, &str> = dials
+        .iter()
+        .map(|d| (d.callee.as_str(), d.task_id.as_str()))
+        .collect();
+
+    let mut seen = HashMap::new();
+    for r in &received {
+        let e = &r.event;
+        *seen.entry(e.request_id.clone()).or_insert(0) += 1;
+        let (status, code) = expected
+            .get(&e.request_id)
+            .unwrap_or_else(|| panic!("unexpected event for {}", e.request_id));
+        assert_eq!(e.status, *status, "{}", e.request_id);
+        assert_eq!(r.routing_key, format!("dial.outcome.{}", status.as_str()));
+        assert_eq!(
+            r.properties.message_id().as_ref().map(|m| m.to_string()),
+            Some(e.event_id.to_string())
+        );
+        assert_eq!(
+            r.properties
+                .correlation_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            Some(e.request_id.clone())
+        );
+        assert_eq!(r.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            r.properties
+                .kind()
+                .as_ref()
+                .map(|k| k.to_string())
+                .as_deref(),
+            Some("dial.outcome")
+        );
+        match e.status {
+            Status::Dialed => {
+                let callee = &callee_of[&e.request_id];
+                assert_eq!(
+                    e.task_id.as_deref(),
+                    Some(task_by_callee[callee.as_str()]),
+                    "{}",
+                    e.request_id
+                );
+                assert_eq!(e.attempts, 1);
+                assert!(e.aliyun_request_id.is_some());
+                let attributes = e.attributes.as_ref().expect("attributes echoed").get();
+                assert!(attributes.contains(&e.request_id));
+            }
+            Status::Rejected => {
+                assert_eq!(e.code.as_deref(), *code, "{}", e.request_id);
+                assert!(e.task_id.is_none());
+                assert_eq!(e.attempts, 0);
+            }
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert!(seen.values().all(|&n| n == 1), "duplicate outcome events");
+    assert_eq!(seen.len(), expected.len());
+    assert_eq!(
+        dials.len(),
+        VALID,
+        "the simulator executed exactly the valid requests"
+    );
+
+    // Nothing more arrives, nothing is left behind.
+    assert!(h.outcomes(1, Duration::from_millis(500)).await.is_err());
+    let names = h.settings.amqp.names.clone();
+    assert_eq!(
+        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    let dead = h.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), invalid.len() + 1);
+    assert!(dead.iter().any(|d| d.body.starts_with(b"\xff\xfe")
+        && d.reason.as_deref() == Some("invalid_json")));
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_gets_signature_does_not_match_and_keeps_the_request() {
+    let mut h = dialex_worker::harness::Harness::start(settings(), SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable");
+    let mut credentials = dialex_worker::harness::Harness::demo_credentials();
+    credentials.access_key_secret = Credentials::new("x", "not-the-secret").access_key_secret;
+    h.start_worker(credentials).unwrap();
+    h.publish_request(&request("wrong-secret", &callee(1), "ivr"), None)
+        .await
+        .unwrap();
+
+    let exit = h.worker_exit(WAIT).await.unwrap();
+    match exit {
+        Err(RunError::Halted(failure)) => {
+            assert_eq!(failure.code(), "SignatureDoesNotMatch");
+            let api = failure.api().expect("an answer from the gateway");
+            assert_eq!(api.http_status, 400);
+            assert!(
+                api.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("string to sign")
+            );
+        }
+        other => panic!("expected a halt, got {other:?}"),
+    }
+    assert_eq!(h.simulator.dial_count(), 0);
+    // The request is back in its queue, untouched, and no outcome was published.
+    let names = h.settings.amqp.names.clone();
+    assert_eq!(
+        h.settled_depth(&names.request_queue, 1, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        h.queue_depth(&names.outcome_catch_all_queue).await.unwrap(),
+        0
+    );
+    assert!(h.dead_letters().await.unwrap().is_empty());
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_body_lands_in_dial_dead_with_its_reason() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    h.publish_request(b"this is not json", None).await.unwrap();
+    h.publish_request(&request("after-the-bad-one", &callee(7), "ivr"), None)
+        .await
+        .unwrap();
+    // The good request behind it is not blocked.
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    assert_eq!(received[0].event.request_id, "after-the-bad-one");
+    assert_eq!(received[0].event.status, Status::Dialed);
+
+    let dead = h.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, b"this is not json");
+    assert_eq!(dead[0].reason.as_deref(), Some("invalid_json"));
+    assert!(dead[0].detail.as_deref().is_some_and(|d| !d.is_empty()));
+    let names = h.settings.amqp.names.clone();
+    assert_eq!(
+        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_with_fresh_nonces_and_dials_once() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let number = callee(42);
+    h.simulator.inject(&number, Fault::Throttle, 2);
+    h.publish_request(&request("throttled", &number, "agent"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let event = &received[0].event;
+    assert_eq!(event.status, Status::Dialed);
+    assert_eq!(event.attempts, 3);
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), 1);
+    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_errors_that_persist_end_as_failed_without_a_dial() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let number = callee(43);
+    h.simulator.inject(&number, Fault::Unavailable, 3);
+    h.publish_request(&request("unavailable", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let event = &received[0].event;
+    assert_eq!(event.status, Status::Failed);
+    assert_eq!(event.code.as_deref(), Some("ServiceUnavailable"));
+    assert_eq!(event.attempts, 3);
+    assert!(event.aliyun_request_id.is_some());
+    assert_eq!(h.simulator.dial_count(), 0);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_the_call_was_placed_is_unknown_and_never_redialed() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let number = callee(44);
+    h.simulator.inject(&number, Fault::ResetAfterExecute, 1);
+    h.publish_request(&request("reset", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let event = &received[0].event;
+    assert_eq!(event.status, Status::Unknown);
+    assert_eq!(event.attempts, 1);
+    assert_eq!(h.simulator.dial_count(), 1, "dialed exactly once");
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_after_sending_is_unknown_and_never_redialed() {
+    let mut s = settings();
+    s.ccc.request_timeout_ms = 1_000;
+    let sim = SimConfig {
+        slow_delay: Duration::from_secs(3),
+        ..SimConfig::default()
+    };
+    let mut h = started(s, sim).await;
+    let number = callee(45);
+    h.simulator.inject(&number, Fault::Slow, 1);
+    h.publish_request(&request("slow", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let event = &received[0].event;
+    assert_eq!(event.status, Status::Unknown);
+    assert_eq!(event.code.as_deref(), Some("timeout"));
+    assert_eq!(event.attempts, 1);
+    assert_eq!(h.simulator.dial_count(), 1);
+    h.cleanup().await.unwrap();
+}
