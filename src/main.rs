@@ -107,7 +107,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo { config } => {
             let mut settings = Settings::load(config.as_deref())?;
-            settings.log.level = "warn".into();
+            settings.log.level = "error".into();
             telemetry::init(&settings.log);
             demo::run(settings).await
         }
