@@ -1,16 +1,6 @@
 //! What the gateway does with one `DialEx` request, in the gateway's order of checks.
 //!
-//! | step | check | HTTP | `Code` |
-//! |---|---|---|---|
-//! | 1 | `AccessKeyId`, `Signature`, `SignatureMethod`, `SignatureVersion`, `SignatureNonce`, `Timestamp` present and not empty | 400 | `Missing<Param>` |
-//! | 2 | `SignatureMethod` is `HMAC-SHA1`, `SignatureVersion` is `1.0` | 400 | `InvalidParameter.SignatureMethod` / `InvalidParameter.SignatureVersion` |
-//! | 3 | `AccessKeyId` known | 404 | `InvalidAccessKeyId.NotFound` |
-//! | 4 | signature matches | 400 | `SignatureDoesNotMatch` (message ends with the server's string to sign) |
-//! | 5 | `Timestamp` is `YYYY-MM-DDThh:mm:ssZ` and within the window | 400 | `InvalidTimeStamp.Format` / `InvalidTimeStamp.Expired` |
-//! | 6 | `SignatureNonce` not seen before (then remembered) | 400 | `SignatureNonceUsed` |
-//! | 7 | `Action` is `DialEx`, `Version` is `2017-07-05` | 400 / 404 / 400 | `MissingAction`, `MissingVersion` / `InvalidAction.NotFound` / `InvalidVersion` |
-//! | 8 | `InstanceId`, `Caller`, `Callee`, `AnswerMode`, `RoutPoint` present; `Caller`/`Callee` digits; `AnswerMode` 0/1/2; agent `RoutPoint` is `ram_id@domain` | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
-//! | 9 | an injected fault for the `Callee`, if any | see [`Fault`] | |
+//! The steps, their HTTP statuses and codes are tabled in the simulator's module docs.
 //!
 //! Steps 1-5 authenticate the request; only an authenticated request records its nonce, and
 //! every authenticated one does, even if it then fails validation or meets a fault.
@@ -81,7 +71,7 @@ impl Gateway {
             timestamp_window: config.timestamp_window,
             latency: config.latency,
             slow_delay: config.slow_delay,
-            nonces: Mutex::new(NonceCache::new(config.timestamp_window)),
+            nonces: Mutex::new(NonceCache::new(config.timestamp_window, Instant::now())),
             faults: Mutex::new(FaultQueues::default()),
             log: DialLog::open(config.dial_log.as_deref()).await?,
             task_id_prefix: Timestamp::now().as_millisecond(),

@@ -8,21 +8,50 @@
 //!
 //! What it owns:
 //!
-//! - [`params`]: decoding query strings and `application/x-www-form-urlencoded` bodies into one
+//! - `params`: decoding query strings and `application/x-www-form-urlencoded` bodies into one
 //!   sorted parameter list (strictly: bad escapes, bad UTF-8 and duplicates are errors).
-//! - [`verify`]: signature v1 (HMAC-SHA1) canonicalisation and verification, written
+//! - `verify`: signature v1 (HMAC-SHA1) canonicalisation and verification, written
 //!   independently of the crate's signer on purpose: a shared bug in one canonicaliser used on
 //!   both sides would make every test pass against a gateway that would reject every call.
-//! - [`nonces`]: the replay guard, which remembers nonces of authenticated requests.
-//! - [`faults`]: per-callee fault queues that tests fill through [`Simulator::inject`] or
+//! - `nonces`: the replay guard, which remembers nonces of authenticated requests.
+//! - `faults`: per-callee fault queues that tests fill through [`Simulator::inject`] or
 //!   `POST /__sim/faults`.
-//! - [`dial_log`]: the record of every executed dial, kept in memory, served at
+//! - `dial_log`: the record of every executed dial, kept in memory, served at
 //!   `GET /__sim/dials` and optionally appended to a JSON-lines file.
-//! - [`gateway`]: the order of checks the gateway applies and the answers it gives.
-//! - [`server`]: sockets, connections, routing and shutdown ([`Simulator`]).
+//! - `gateway`: the order of checks the gateway applies and the answers it gives.
+//! - `server`: sockets, connections, routing and shutdown ([`Simulator`]).
 //!
-//! The answers (HTTP status, `Code`, `Message`) are documented on [`gateway`]; the success body
-//! follows the `DialEx` documentation's JSON example.
+//! # Answers
+//!
+//! `GET /` (everything in the query) and `POST /` (some parameters in the query, the rest in an
+//! `application/x-www-form-urlencoded` body) are checked in the gateway's order; the first
+//! failing step answers with a JSON body `{"RequestId","HostId","Code","Message","Recommend"}`:
+//!
+//! | step | check | HTTP | `Code` |
+//! |---|---|---|---|
+//! | 1 | `AccessKeyId`, `Signature`, `SignatureMethod`, `SignatureVersion`, `SignatureNonce`, `Timestamp` present and not empty | 400 | `Missing<Param>` |
+//! | 2 | `SignatureMethod` is `HMAC-SHA1`, `SignatureVersion` is `1.0` | 400 | `InvalidParameter.SignatureMethod` / `InvalidParameter.SignatureVersion` |
+//! | 3 | `AccessKeyId` known | 404 | `InvalidAccessKeyId.NotFound` |
+//! | 4 | signature matches | 400 | `SignatureDoesNotMatch` (message ends with the server's string to sign) |
+//! | 5 | `Timestamp` is `YYYY-MM-DDThh:mm:ssZ` and within the window | 400 | `InvalidTimeStamp.Format` / `InvalidTimeStamp.Expired` |
+//! | 6 | `SignatureNonce` not seen before (then remembered) | 400 | `SignatureNonceUsed` |
+//! | 7 | `Action` is `DialEx`, `Version` is `2017-07-05` | 400 / 404 / 400 | `MissingAction`, `MissingVersion` / `InvalidAction.NotFound` / `InvalidVersion` |
+//! | 8 | `InstanceId`, `Caller`, `Callee`, `AnswerMode`, `RoutPoint` present; `Caller`/`Callee` digits; `AnswerMode` 0/1/2; agent `RoutPoint` is `ram_id@domain` | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
+//! | 9 | an injected fault for the `Callee`, if any | see [`Fault`] | |
+//!
+//! Before step 1: a body over 64 KiB is 413 `InvalidParameter.BodyTooLarge`; a malformed
+//! escape, bad UTF-8, a parameter given twice or a non-form POST body is 400 `InvalidParameter`;
+//! another method on `/` is 405 `UnsupportedHTTPMethod`; another path is 404
+//! `InvalidAction.NotFound`.
+//!
+//! Success is HTTP 200 with the body of the `DialEx` documentation's JSON example plus
+//! `StatusDesc` and `Message`: `{"TimeStamp":"<epoch ms>","StatusCode":200,"StatusDesc":"Okay",
+//! "HttpStatusCode":200,"RequestId":"<UUID, upper case>","TaskId":"<digits>","Success":true,
+//! "Code":"OK","Message":""}`. Every answer carries its `RequestId` in `x-acs-request-id` too.
+//!
+//! Control plane (unauthenticated): `GET /__sim/dials` lists executed dials as [`DialRecord`]s;
+//! `POST /__sim/faults` with `{"callee":"...","fault":"throttle","times":1}` does what
+//! [`Simulator::inject`] does (`times` defaults to 1).
 
 mod answer;
 mod dial_log;

@@ -24,12 +24,12 @@ pub(crate) struct NonceCache {
 }
 
 impl NonceCache {
-    pub(crate) fn new(timestamp_window: Duration) -> Self {
+    pub(crate) fn new(timestamp_window: Duration, now: Instant) -> Self {
         Self {
             rotate_every: timestamp_window.saturating_mul(2),
             current: HashSet::new(),
             previous: HashSet::new(),
-            current_since: Instant::now(),
+            current_since: now,
         }
     }
 
@@ -55,7 +55,7 @@ mod tests {
     fn replay_is_caught_until_two_windows_have_passed() {
         let window = Duration::from_secs(60);
         let t0 = Instant::now();
-        let mut cache = NonceCache::new(window);
+        let mut cache = NonceCache::new(window, t0);
         assert!(cache.check_and_insert("a", t0));
         assert!(!cache.check_and_insert("a", t0));
         // One rotation later it still lives in the previous generation.
