@@ -60,6 +60,24 @@ pub fn string_to_sign(method: &str, params: &[(&str, &str)]) -> String {
 }
 
 /// Base64(HMAC-SHA1(secret + "&", string to sign)).
+///
+/// Alibaba Cloud's published example:
+///
+/// ```
+/// use dialex_worker::ccc::sign::sign;
+///
+/// let params = [
+///     ("AccessKeyId", "testid"),
+///     ("Action", "DescribeRegions"),
+///     ("Format", "XML"),
+///     ("SignatureMethod", "HMAC-SHA1"),
+///     ("SignatureNonce", "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf"),
+///     ("SignatureVersion", "1.0"),
+///     ("Timestamp", "2016-02-23T12:46:24Z"),
+///     ("Version", "2014-05-26"),
+/// ];
+/// assert_eq!(sign("GET", &params, "testsecret"), "OLeaidS1JvxuMvnyHOwuJ+uX5qY=");
+/// ```
 pub fn sign(method: &str, params: &[(&str, &str)], access_key_secret: &str) -> String {
     let string_to_sign = string_to_sign(method, params);
     let mut mac = Hmac::<Sha1>::new_from_slice(format!("{access_key_secret}&").as_bytes())
