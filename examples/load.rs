@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use dialex_worker::amqp::{self, topology};
 use dialex_worker::config::Settings;
+use dialex_worker::harness::read_queue;
 use futures_util::StreamExt as _;
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -34,17 +32,7 @@ async fn main() -> anyhow::Result<()> {
             QueuePurgeOptions::default(),
         )
         .await?;
-    let mut outcomes = channel
-        .basic_consume(
-            names.outcome_catch_all_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut outcomes = read_queue(&channel, &names.outcome_catch_all_queue).await?;
 
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();

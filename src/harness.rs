@@ -26,6 +26,21 @@ use crate::config::{Credentials, Settings};
 use crate::outcome::OutcomeEvent;
 use crate::startup::{self, RunError};
 
+/// Consumes `queue` without acknowledgements, the way a test or load tool reads outcomes.
+pub async fn read_queue(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// An outcome event as a downstream consumer receives it.
 #[derive(Debug)]
 pub struct Received {
@@ -174,24 +189,8 @@ impl Harness {
         timeout: Duration,
     ) -> anyhow::Result<Vec<Received>> {
         if self.outcomes.is_none() {
-            let consumer = self
-                .channel
-                .basic_consume(
-                    self.settings
-                        .amqp
-                        .names
-                        .outcome_catch_all_queue
-                        .as_str()
-                        .into(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            self.outcomes = Some(consumer);
+            let queue = &self.settings.amqp.names.outcome_catch_all_queue;
+            self.outcomes = Some(read_queue(&self.channel, queue).await?);
         }
         let Some(consumer) = self.outcomes.as_mut() else {
             unreachable!("set just above");
