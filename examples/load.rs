@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use dialex_worker::amqp::{self, topology};
 use dialex_worker::config::Settings;
+use dialex_worker::defer::Tiers;
 use dialex_worker::harness::read_queue;
 use futures_util::StreamExt as _;
 use lapin::BasicProperties;
@@ -25,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    topology::declare(&channel, &settings.amqp).await?;
+    let tiers = Tiers::new(&settings.deferral, names);
+    topology::declare(&channel, &settings.amqp, &tiers).await?;
     channel
         .queue_purge(
             names.outcome_catch_all_queue.as_str().into(),

@@ -29,7 +29,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub amqp: AmqpSettings,
+    pub deferral: DeferralSettings,
     pub ccc: CccSettings,
+    pub store: StoreSettings,
+    pub cooldown: CooldownSettings,
     pub log: LogSettings,
 }
 
@@ -94,6 +97,57 @@ impl CccSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeferralSettings {
+    pub tiers_ms: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    pub data_dir: std::path::PathBuf,
+    /// May carry a password, so it never prints.
+    pub url: SecretString,
+    pub key_prefix: String,
+    pub lease_ms: u64,
+    pub record_ttl_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+impl StoreSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn record_ttl(&self) -> Duration {
+        Duration::from_millis(self.record_ttl_ms)
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CooldownSettings {
+    pub window_ms: u64,
+    pub hash_key: SecretString,
+}
+
+impl CooldownSettings {
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -136,6 +190,8 @@ impl Settings {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("deferral.tiers_ms")
                 .source(Some(overrides)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -186,6 +242,23 @@ impl Settings {
             }
         }
 
+        let tiers = &self.deferral.tiers_ms;
+        if tiers.is_empty() || tiers.contains(&0) {
+            return Err(invalid(
+                "deferral.tiers_ms",
+                "needs at least one positive delay",
+            ));
+        }
+        if tiers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid("deferral.tiers_ms", "must be strictly increasing"));
+        }
+        if tiers.iter().any(|&t| t > u64::from(u32::MAX)) {
+            return Err(invalid(
+                "deferral.tiers_ms",
+                "a delay must fit a queue TTL (at most 49 days)",
+            ));
+        }
+
         let ccc = &self.ccc;
         check_endpoint(&ccc.endpoint, ccc.allow_insecure_http)
             .map_err(|reason| invalid("ccc.endpoint", reason))?;
@@ -209,6 +282,41 @@ impl Settings {
                 "ccc.max_backoff_ms",
                 "must be at least ccc.initial_backoff_ms",
             ));
+        }
+        let store = &self.store;
+        let longest_dial = u64::from(ccc.max_attempts) * ccc.request_timeout_ms
+            + u64::from(ccc.max_attempts.saturating_sub(1)) * ccc.max_backoff_ms;
+        if store.lease_ms <= longest_dial {
+            return Err(invalid(
+                "store.lease_ms",
+                format!(
+                    "must exceed the longest dial ({longest_dial} ms: ccc.max_attempts x ccc.request_timeout_ms plus backoffs)"
+                ),
+            ));
+        }
+        if store.record_ttl_ms <= store.lease_ms {
+            return Err(invalid("store.record_ttl_ms", "must exceed store.lease_ms"));
+        }
+        if store.sweep_interval_ms == 0 {
+            return Err(invalid("store.sweep_interval_ms", "must be positive"));
+        }
+        if store.key_prefix.is_empty() || store.key_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "store.key_prefix",
+                "must be non-empty without spaces",
+            ));
+        }
+        if store.backend == StoreBackend::Redis {
+            let url = store.url.expose_secret();
+            if !url.starts_with("redis://") {
+                return Err(invalid(
+                    "store.url",
+                    "must start with redis:// (TLS to Redis is not supported yet)",
+                ));
+            }
+        }
+        if self.cooldown.hash_key.expose_secret().is_empty() {
+            return Err(invalid("cooldown.hash_key", "must not be empty"));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
@@ -321,8 +429,10 @@ mod tests {
             ("DIALEX_AMQP__NAMES__REQUEST_QUEUE", "q"),
             ("DIALEX_CCC__ENDPOINT", "http://127.0.0.1:9999"),
             ("OTHER_AMQP__PREFETCH", "9"),
+            ("DIALEX_DEFERRAL__TIERS_MS", "1000,60000"),
         ])
         .unwrap();
+        assert_eq!(s.deferral.tiers_ms, [1000, 60000]);
         assert_eq!(s.amqp.prefetch, 7);
         assert_eq!(s.amqp.names.request_queue, "q");
         assert_eq!(s.ccc.endpoint, "http://127.0.0.1:9999");

@@ -23,6 +23,7 @@ use crate::amqp::{self, topology};
 use crate::ccc::HttpCccClient;
 use crate::ccc::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use crate::config::{Credentials, Settings};
+use crate::defer::Tiers;
 use crate::outcome::OutcomeEvent;
 use crate::startup::{self, RunError};
 
@@ -63,7 +64,7 @@ pub struct Harness {
     connection: Connection,
     channel: Channel,
     outcomes: Option<Consumer>,
-    worker: Option<(CancellationToken, JoinHandle<Result<(), RunError>>)>,
+    workers: Vec<(CancellationToken, JoinHandle<Result<(), RunError>>)>,
 }
 
 impl Harness {
@@ -78,6 +79,8 @@ impl Harness {
         base.ccc.endpoint = simulator.endpoint();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let suffix = &suffix[..12];
+        base.store.data_dir = std::env::temp_dir().join(format!("dialex-harness-{suffix}"));
+        base.store.key_prefix = format!("dialex-harness-{suffix}");
         let names = &mut base.amqp.names;
         for name in [
             &mut names.request_exchange,
@@ -97,14 +100,15 @@ impl Harness {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare(&channel, &base.amqp).await?;
+        let tiers = Tiers::new(&base.deferral, &base.amqp.names);
+        topology::declare(&channel, &base.amqp, &tiers).await?;
         Ok(Harness {
             settings: base,
             simulator,
             connection,
             channel,
             outcomes: None,
-            worker: None,
+            workers: Vec::new(),
         })
     }
 
@@ -113,39 +117,110 @@ impl Harness {
         Credentials::new(DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET)
     }
 
-    /// Starts the worker in this process with `credentials`.
+    /// Starts a worker in this process with `credentials`. Call it again for more replicas
+    /// (with the Redis store: the embedded store belongs to one worker).
     pub fn start_worker(&mut self, credentials: Credentials) -> anyhow::Result<()> {
-        if self.worker.is_some() {
-            bail!("a worker is already running");
-        }
         let client = HttpCccClient::new(&self.settings.ccc, credentials)?;
         let settings = self.settings.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let handle = tokio::spawn(async move { startup::run(&settings, client, token).await });
-        self.worker = Some((shutdown, handle));
+        let handle = tokio::spawn(async move {
+            startup::run_with_configured_store(&settings, client, token).await
+        });
+        self.workers.push((shutdown, handle));
         Ok(())
     }
 
-    /// Asks the worker to stop and returns how it ended.
+    /// Asks every in-process worker to stop and returns how the first one ended.
     pub async fn stop_worker(&mut self) -> anyhow::Result<Result<(), RunError>> {
-        let Some((shutdown, handle)) = self.worker.take() else {
+        if self.workers.is_empty() {
             bail!("no worker is running");
-        };
-        shutdown.cancel();
-        Ok(handle.await?)
+        }
+        let mut first = None;
+        for (shutdown, handle) in self.workers.drain(..) {
+            shutdown.cancel();
+            let result = handle.await?;
+            first.get_or_insert(result);
+        }
+        first.context("no worker is running")
     }
 
-    /// Waits for the worker to end by itself (for example after a halt), up to `timeout`.
+    /// Waits for the (first) worker to end by itself, for example after a halt.
     pub async fn worker_exit(&mut self, timeout: Duration) -> anyhow::Result<Result<(), RunError>> {
-        let Some((_, handle)) = self.worker.as_mut() else {
+        let Some((_, handle)) = self.workers.first_mut() else {
             bail!("no worker is running");
         };
         let result = tokio::time::timeout(timeout, handle)
             .await
             .context("the worker did not stop")??;
-        self.worker = None;
+        self.workers.remove(0);
         Ok(result)
+    }
+
+    /// The `DIALEX_*` variables that make a worker process (`dialex-worker run`) use this
+    /// harness's broker names, simulator and store.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        let n = &s.amqp.names;
+        let backend = match s.store.backend {
+            crate::config::StoreBackend::Embedded => "embedded",
+            crate::config::StoreBackend::Redis => "redis",
+        };
+        [
+            ("AMQP__PREFETCH", s.amqp.prefetch.to_string()),
+            ("AMQP__NAMES__REQUEST_EXCHANGE", n.request_exchange.clone()),
+            ("AMQP__NAMES__REQUEST_QUEUE", n.request_queue.clone()),
+            ("AMQP__NAMES__DEAD_EXCHANGE", n.dead_exchange.clone()),
+            ("AMQP__NAMES__DEAD_QUEUE", n.dead_queue.clone()),
+            ("AMQP__NAMES__OUTCOME_EXCHANGE", n.outcome_exchange.clone()),
+            (
+                "AMQP__NAMES__OUTCOME_CATCH_ALL_QUEUE",
+                n.outcome_catch_all_queue.clone(),
+            ),
+            ("CCC__ENDPOINT", s.ccc.endpoint.clone()),
+            (
+                "CCC__REQUEST_TIMEOUT_MS",
+                s.ccc.request_timeout_ms.to_string(),
+            ),
+            (
+                "CCC__CONNECT_TIMEOUT_MS",
+                s.ccc.connect_timeout_ms.to_string(),
+            ),
+            ("CCC__MAX_ATTEMPTS", s.ccc.max_attempts.to_string()),
+            (
+                "CCC__INITIAL_BACKOFF_MS",
+                s.ccc.initial_backoff_ms.to_string(),
+            ),
+            ("CCC__MAX_BACKOFF_MS", s.ccc.max_backoff_ms.to_string()),
+            ("STORE__BACKEND", backend.to_owned()),
+            ("STORE__DATA_DIR", s.store.data_dir.display().to_string()),
+            ("STORE__KEY_PREFIX", s.store.key_prefix.clone()),
+            ("STORE__LEASE_MS", s.store.lease_ms.to_string()),
+            ("COOLDOWN__WINDOW_MS", s.cooldown.window_ms.to_string()),
+            ("LOG__LEVEL", s.log.level.clone()),
+            (
+                "DEFERRAL__TIERS_MS",
+                s.deferral
+                    .tiers_ms
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("DIALEX_{k}"), v))
+        .chain([
+            (
+                Credentials::ACCESS_KEY_ID.to_owned(),
+                DEMO_ACCESS_KEY_ID.to_owned(),
+            ),
+            (
+                Credentials::ACCESS_KEY_SECRET.to_owned(),
+                DEMO_ACCESS_KEY_SECRET.to_owned(),
+            ),
+        ])
+        .collect()
     }
 
     /// Publishes a request body to the request exchange, persistent and confirmed.
@@ -188,6 +263,21 @@ impl Harness {
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<Vec<Received>> {
+        let mut received = Vec::with_capacity(count);
+        while received.len() < count {
+            let next = self.next_outcome(timeout).await?.with_context(|| {
+                format!(
+                    "waited {timeout:?} for outcome {} of {count}",
+                    received.len() + 1
+                )
+            })?;
+            received.push(next);
+        }
+        Ok(received)
+    }
+
+    /// The next outcome event from the catch-all queue, or `None` after `timeout`.
+    pub async fn next_outcome(&mut self, timeout: Duration) -> anyhow::Result<Option<Received>> {
         if self.outcomes.is_none() {
             let queue = &self.settings.amqp.names.outcome_catch_all_queue;
             self.outcomes = Some(read_queue(&self.channel, queue).await?);
@@ -195,26 +285,17 @@ impl Harness {
         let Some(consumer) = self.outcomes.as_mut() else {
             unreachable!("set just above");
         };
-        let mut received = Vec::with_capacity(count);
-        while received.len() < count {
-            let delivery = tokio::time::timeout(timeout, consumer.next())
-                .await
-                .with_context(|| {
-                    format!(
-                        "waited {timeout:?} for outcome {} of {count}",
-                        received.len() + 1
-                    )
-                })?
-                .context("the outcome consumer closed")??;
-            let event: OutcomeEvent =
-                serde_json::from_slice(&delivery.data).context("an outcome event did not parse")?;
-            received.push(Received {
-                event,
-                routing_key: delivery.routing_key.to_string(),
-                properties: delivery.properties,
-            });
-        }
-        Ok(received)
+        let Ok(next) = tokio::time::timeout(timeout, consumer.next()).await else {
+            return Ok(None);
+        };
+        let delivery = next.context("the outcome consumer closed")??;
+        let event: OutcomeEvent =
+            serde_json::from_slice(&delivery.data).context("an outcome event did not parse")?;
+        Ok(Some(Received {
+            event,
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties,
+        }))
     }
 
     /// Takes every message currently on the dead-letter queue.
@@ -289,15 +370,20 @@ impl Harness {
     /// Stops the worker if it runs, deletes everything this harness declared, and stops the
     /// simulator.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
-        if self.worker.is_some() {
+        if !self.workers.is_empty() {
             let _ = self.stop_worker().await?;
         }
         let names = &self.settings.amqp.names;
-        for queue in [
+        let tiers = Tiers::new(&self.settings.deferral, names);
+        let queues = [
             &names.request_queue,
             &names.dead_queue,
             &names.outcome_catch_all_queue,
-        ] {
+        ]
+        .into_iter()
+        .cloned()
+        .chain(tiers.all().iter().map(|t| t.queue.clone()));
+        for queue in queues {
             self.channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
@@ -313,6 +399,7 @@ impl Harness {
         }
         let _ = self.connection.close(200, "bye".into()).await;
         self.simulator.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.settings.store.data_dir);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::pipeline::Pipeline;
 use crate::settle::settle;
+use crate::store::DialStore;
 
 /// Why the consumer loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,9 +32,9 @@ pub enum Stopped {
 
 /// Runs the consumer until shutdown, a halt, or the end of the stream; then waits up to
 /// `drain` for in-flight requests.
-pub async fn consume<C: CccClient>(
+pub async fn consume<C: CccClient, S: DialStore>(
     mut consumer: Consumer,
-    pipeline: Arc<Pipeline<C>>,
+    pipeline: Arc<Pipeline<C, S>>,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Stopped {

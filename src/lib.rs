@@ -15,8 +15,10 @@
 pub mod amqp;
 pub mod ccc;
 pub mod config;
+pub mod defer;
 pub mod demo;
 pub mod dial;
+pub mod gates;
 pub mod harness;
 pub mod intake;
 pub mod outcome;
@@ -24,5 +26,6 @@ pub mod phone;
 pub mod pipeline;
 pub mod settle;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod validate;

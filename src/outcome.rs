@@ -152,6 +152,44 @@ impl OutcomeEvent {
         event
     }
 
+    /// A worker claimed the request and stopped before recording a result: it may have been
+    /// dialed, so it never is again.
+    pub fn interrupted(request: &DialRequest, received_at: Timestamp) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            Status::Unknown,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some("interrupted".to_owned());
+        event.message = Some(
+            "a worker took this request and stopped before recording a result; the call may have been placed"
+                .to_owned(),
+        );
+        event
+    }
+
+    /// Another request for the same callee was dialed within the cooldown window.
+    pub fn suppressed_by_cooldown(
+        request: &DialRequest,
+        received_at: Timestamp,
+        earlier_request_id: &str,
+        earlier_task_id: Option<&str>,
+    ) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            Status::Suppressed,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some("cooldown".to_owned());
+        event.message = Some(format!(
+            "the callee was called for request {earlier_request_id} within the cooldown window"
+        ));
+        event.task_id = earlier_task_id.map(ToOwned::to_owned);
+        event
+    }
+
     /// The request broke a rule of the contract; it was never dialed.
     pub fn rejected(rejection: &Rejection, request_id: &str, received_at: Timestamp) -> Self {
         let mut event = Self::new(request_id, Status::Rejected, received_at, None);

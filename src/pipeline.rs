@@ -1,10 +1,15 @@
-//! One request, start to finish: validate, dial, publish the outcome, and say how to settle.
+//! One request, start to finish: validate, claim, gates, dial, record, publish, and say how
+//! to settle.
 //!
-//! The order is the promise: an outcome is published (and confirmed) before the request is
-//! acknowledged, so a crash in between leads to a redelivery, never to a lost request. A
-//! request that cannot be decoded is parked in the dead-letter queue with its reason.
+//! The order is the promise. A request is claimed in the store before it is dialed, so no two
+//! deliveries (a redelivery after a crash, a duplicate from upstream, another replica) can both
+//! dial it. The dial's result is recorded before the outcome is published, and the outcome is
+//! published (and confirmed) before the request is acknowledged: a crash anywhere leads to a
+//! redelivery that finds the record and re-publishes the same event, never to a second call
+//! and never to a lost request.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
@@ -12,41 +17,59 @@ use tracing::Instrument as _;
 
 use crate::amqp::{Incoming, Publisher};
 use crate::ccc::{CccClient, DialFailure};
+use crate::defer::Tiers;
 use crate::dial::{DialPolicy, DialResult, dial};
+use crate::gates::cooldown::CooldownGate;
 use crate::outcome::{OutcomeEvent, Status};
 use crate::settle::Disposition;
+use crate::store::{Claim, ClaimToken, Cooldown, DialStore, Recorded, StoreError};
 use crate::validate::{self, DialRequest, Rejection};
 
+/// Why the worker stopped consuming.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HaltCause {
+    /// CCC refused the worker itself (credentials, signature, clock).
+    #[error("CCC answered {}: {}. Check the ALIBABA_CLOUD_* credentials, the endpoint and the clock", .0.code(), .0.message().unwrap_or(""))]
+    Ccc(DialFailure),
+    /// The dial-record store failed: without it no request can be dialed safely.
+    #[error("the dial-record store failed: {0}")]
+    Store(StoreError),
+}
+
 /// Set once when the worker must stop consuming because every request would fail the same
-/// way (bad credentials, clock skew); the cause is kept for the exit message.
+/// way; the cause is kept for the exit message.
 #[derive(Default)]
 pub struct Halt {
     token: CancellationToken,
-    cause: OnceLock<DialFailure>,
+    cause: OnceLock<HaltCause>,
 }
 
 impl Halt {
-    pub fn trigger(&self, cause: DialFailure) {
+    pub fn trigger(&self, cause: HaltCause) {
+        tracing::error!(error = %cause, "stopping consumption");
         let _ = self.cause.set(cause);
         self.token.cancel();
     }
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
-    pub fn cause(&self) -> Option<&DialFailure> {
+    pub fn cause(&self) -> Option<&HaltCause> {
         self.cause.get()
     }
 }
 
 /// The stages wired together, shared by all in-flight requests.
-pub struct Pipeline<C> {
+pub struct Pipeline<C, S> {
     pub client: C,
+    pub store: S,
     pub policy: DialPolicy,
     pub publisher: Publisher,
+    pub tiers: Tiers,
+    pub cooldown: Option<CooldownGate>,
     pub halt: Arc<Halt>,
 }
 
-impl<C: CccClient> Pipeline<C> {
+impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     /// Takes one delivery through every stage and returns how to settle it.
     pub async fn handle(&self, incoming: &Incoming) -> Disposition {
         match validate::decode(&incoming.body, incoming.message_id.as_deref()) {
@@ -57,9 +80,7 @@ impl<C: CccClient> Pipeline<C> {
                     instance_id = request.instance_id(),
                     callee = %request.callee(),
                 );
-                self.dial_and_report(&request, incoming)
-                    .instrument(span)
-                    .await
+                self.process(&request, incoming).instrument(span).await
             }
             Err(rejection) => {
                 let span = tracing::info_span!(
@@ -71,10 +92,62 @@ impl<C: CccClient> Pipeline<C> {
         }
     }
 
-    async fn dial_and_report(&self, request: &DialRequest, incoming: &Incoming) -> Disposition {
+    async fn process(&self, request: &DialRequest, incoming: &Incoming) -> Disposition {
         if self.halt.token().is_cancelled() {
             return Disposition::Requeue;
         }
+        let request_id = request.request_id().as_str();
+        let token = match self.store.claim(request_id).await {
+            Ok(Claim::Acquired(token)) => token,
+            Ok(Claim::Held { worker, remaining }) => {
+                tracing::info!(%worker, ?remaining, "request is being handled elsewhere; deferring");
+                return self.defer(incoming, remaining, "claimed").await;
+            }
+            Ok(Claim::Recorded { event, .. }) => {
+                tracing::info!("request already has a result; publishing it again");
+                return self.republish(&event, incoming).await;
+            }
+            Ok(Claim::Abandoned(token)) => {
+                tracing::warn!(
+                    "a worker stopped while handling this request; it may have been dialed, so it is not dialed again"
+                );
+                let event = OutcomeEvent::interrupted(request, incoming.received_at);
+                return self
+                    .record_and_publish(request_id, &token, &event, incoming)
+                    .await;
+            }
+            Err(error) => return self.halt_on(HaltCause::Store(error)),
+        };
+
+        let cooldown_key = self.cooldown.as_ref().map(|gate| (gate, gate.key(request)));
+        if let Some((gate, key)) = &cooldown_key {
+            match self
+                .store
+                .cooldown_acquire(key, request_id, gate.window())
+                .await
+            {
+                Ok(Cooldown::Free) => {}
+                Ok(Cooldown::Taken {
+                    request_id: earlier,
+                    task_id,
+                }) => {
+                    let event = OutcomeEvent::suppressed_by_cooldown(
+                        request,
+                        incoming.received_at,
+                        &earlier,
+                        task_id.as_deref(),
+                    );
+                    return self
+                        .record_and_publish(request_id, &token, &event, incoming)
+                        .await;
+                }
+                Err(error) => {
+                    let _ = self.store.release(request_id, &token).await;
+                    return self.halt_on(HaltCause::Store(error));
+                }
+            }
+        }
+
         let report = dial(&self.client, &self.policy, request).await;
         let received_at = incoming.received_at;
         let event = match &report.result {
@@ -96,16 +169,97 @@ impl<C: CccClient> Pipeline<C> {
                 report.attempts,
             ),
             DialResult::Systemic(failure) => {
-                tracing::error!(
-                    code = failure.code(),
-                    error = %failure,
-                    "CCC rejected the worker's credentials or signature; stopping consumption"
-                );
-                self.halt.trigger(failure.clone());
-                return Disposition::Requeue;
+                // Not dialed: give the request back whole, for when the worker is fixed.
+                if let Some((_, key)) = &cooldown_key {
+                    let _ = self.store.cooldown_release(key, request_id).await;
+                }
+                let _ = self.store.release(request_id, &token).await;
+                return self.halt_on(HaltCause::Ccc(failure.clone()));
             }
         };
-        self.publish(&event, incoming).await
+        if let Some((gate, key)) = &cooldown_key {
+            // A call that was placed (or may have been) keeps the callee's slot; one that
+            // certainly was not frees it for the next request.
+            let noted = match &report.result {
+                DialResult::Dialed(accepted) => {
+                    self.store
+                        .cooldown_dialed(key, request_id, &accepted.task_id, gate.window())
+                        .await
+                }
+                DialResult::Failed(_) => self.store.cooldown_release(key, request_id).await,
+                _ => Ok(()),
+            };
+            if let Err(error) = noted {
+                tracing::warn!(%error, "could not update the callee cooldown");
+            }
+        }
+        self.record_and_publish(request_id, &token, &event, incoming)
+            .await
+    }
+
+    /// Records `event` as the request's result, then publishes whichever result the store
+    /// holds (ours, or one another worker recorded first).
+    async fn record_and_publish(
+        &self,
+        request_id: &str,
+        token: &ClaimToken,
+        event: &OutcomeEvent,
+        incoming: &Incoming,
+    ) -> Disposition {
+        match self.store.record(request_id, token, &event.to_json()).await {
+            Ok(Recorded::Stored) => {
+                let disposition = self.publish(event, incoming).await;
+                if disposition == Disposition::Ack
+                    && let Err(error) = self.store.mark_published(request_id).await
+                {
+                    tracing::warn!(%error, "could not mark the result published (harmless)");
+                }
+                disposition
+            }
+            Ok(Recorded::Earlier(stored)) => self.republish(&stored, incoming).await,
+            Err(error) => {
+                // The outcome is known but cannot be remembered. Tell downstream what happened
+                // (the task id matters to them), then stop: without a store, no further
+                // request may be dialed.
+                tracing::error!(%error, status = event.status.as_str(), "could not record the result");
+                let disposition = self.publish(event, incoming).await;
+                self.halt.trigger(HaltCause::Store(error));
+                disposition
+            }
+        }
+    }
+
+    /// Publishes a stored result again; its `event_id` is the one published the first time.
+    async fn republish(&self, stored: &[u8], incoming: &Incoming) -> Disposition {
+        match serde_json::from_slice::<OutcomeEvent>(stored) {
+            Ok(event) => self.publish(&event, incoming).await,
+            Err(error) => {
+                tracing::error!(%error, "the stored result is unreadable; parking the request");
+                self.park(
+                    incoming,
+                    "unreadable_record",
+                    "the stored result could not be read",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Sends the request to the wait tier for `delay`; it comes back and is evaluated again.
+    async fn defer(&self, incoming: &Incoming, delay: Duration, reason: &str) -> Disposition {
+        let tier = self.tiers.for_delay(delay);
+        match self.publisher.defer(incoming, &tier.queue, reason).await {
+            Ok(()) => Disposition::Ack,
+            Err(error) => {
+                tracing::error!(%error, "could not defer the request; returning it to the queue");
+                Disposition::Requeue
+            }
+        }
+    }
+
+    fn halt_on(&self, cause: HaltCause) -> Disposition {
+        self.halt.trigger(cause);
+        Disposition::Requeue
     }
 
     async fn reject(&self, incoming: &Incoming, rejection: &Rejection) -> Disposition {
@@ -117,14 +271,16 @@ impl<C: CccClient> Pipeline<C> {
                 return Disposition::DeadLetter;
             }
         }
-        match self
-            .publisher
-            .dead_letter(incoming, rejection.reason.code(), &rejection.detail)
+        self.park(incoming, rejection.reason.code(), &rejection.detail)
             .await
-        {
+    }
+
+    /// Parks the request on the dead-letter exchange with a reason.
+    async fn park(&self, incoming: &Incoming, reason: &str, detail: &str) -> Disposition {
+        match self.publisher.dead_letter(incoming, reason, detail).await {
             Ok(()) => Disposition::Ack,
             Err(error) => {
-                tracing::error!(%error, "could not park the rejected request; leaving it to the queue's dead-letter exchange");
+                tracing::error!(%error, "could not park the request; leaving it to the queue's dead-letter exchange");
                 Disposition::DeadLetter
             }
         }
@@ -155,7 +311,7 @@ impl<C: CccClient> Pipeline<C> {
                 Disposition::Ack
             }
             Err(error) => {
-                tracing::error!(%error, status = event.status.as_str(), "could not publish the outcome; dead-lettering the request so it is not dialed again");
+                tracing::error!(%error, status = event.status.as_str(), "could not publish the outcome; dead-lettering the request (its result is recorded, so it is not dialed again)");
                 Disposition::DeadLetter
             }
         }

@@ -9,11 +9,16 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, AmqpError, Publisher, op, topology};
-use crate::ccc::{CccClient, DialFailure};
-use crate::config::Settings;
+use crate::ccc::CccClient;
+use crate::config::{Settings, StoreBackend};
+use crate::defer::Tiers;
 use crate::dial::DialPolicy;
+use crate::gates::cooldown::CooldownGate;
 use crate::intake::{Stopped, consume};
-use crate::pipeline::{Halt, Pipeline};
+use crate::pipeline::{Halt, HaltCause, Pipeline};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
+use crate::store::{DialStore, StoreError};
 
 /// How long in-flight requests get to finish once consumption stops.
 const DRAIN: Duration = Duration::from_secs(25);
@@ -22,24 +27,58 @@ const DRAIN: Duration = Duration::from_secs(25);
 pub enum RunError {
     #[error(transparent)]
     Amqp(#[from] AmqpError),
-    /// CCC refused the worker itself; messages were returned to the queue untouched.
-    #[error("stopped consuming: CCC answered {}: {}. Check the ALIBABA_CLOUD_* credentials, the endpoint and the clock", .0.code(), .0.message().unwrap_or(""))]
-    Halted(DialFailure),
+    #[error("could not open the dial-record store: {0}")]
+    Store(#[from] StoreError),
+    /// Messages in hand were returned to the queue untouched.
+    #[error("stopped consuming: {0}")]
+    Halted(HaltCause),
     #[error("the broker closed the consumer")]
     ConsumerClosed,
 }
 
-/// Declares the topology, consumes until `shutdown`, and closes cleanly.
-pub async fn run<C: CccClient>(
+/// This process's name in claims: the pod name (Kubernetes sets `HOSTNAME`) plus a random
+/// suffix, so a restarted worker never mistakes its predecessor's claims for its own.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
+
+/// Opens the store `settings` ask for and runs the worker with it.
+pub async fn run_with_configured_store<C: CccClient>(
     settings: &Settings,
     client: C,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let worker = worker_id();
+    match settings.store.backend {
+        StoreBackend::Embedded => {
+            let store = EmbeddedStore::open(&settings.store, worker)?;
+            run(settings, client, store, shutdown).await
+        }
+        StoreBackend::Redis => {
+            let store = RedisStore::connect(&settings.store, worker).await?;
+            run(settings, client, store, shutdown).await
+        }
+    }
+}
+
+/// Declares the topology, consumes until `shutdown`, and closes cleanly.
+pub async fn run<C: CccClient, S: DialStore>(
+    settings: &Settings,
+    client: C,
+    store: S,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let amqp_settings = &settings.amqp;
+    let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
     let publish_connection = amqp::connect(&amqp_settings.url, "dialex-worker publish").await?;
     let consume_connection = amqp::connect(&amqp_settings.url, "dialex-worker consume").await?;
     let publisher = Publisher::open(&publish_connection, amqp_settings).await?;
-    topology::declare(publisher.channel(), amqp_settings).await?;
+    topology::declare(publisher.channel(), amqp_settings, &tiers).await?;
 
     let channel = consume_connection
         .create_channel()
@@ -68,11 +107,13 @@ pub async fn run<C: CccClient>(
     let halt = Arc::new(Halt::default());
     let pipeline = Arc::new(Pipeline {
         client,
+        store,
         policy: DialPolicy::from_settings(&settings.ccc),
         publisher,
+        tiers,
+        cooldown: CooldownGate::new(&settings.cooldown),
         halt: Arc::clone(&halt),
     });
-    // Stop new deliveries as soon as the loop ends, before draining, so nothing new starts.
     let stopped = consume(consumer, pipeline, shutdown, DRAIN).await;
     let _ = channel
         .basic_cancel(consumer_tag, BasicCancelOptions::default())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use dialex_worker::ccc::simulator::{Fault, SimConfig};
 use dialex_worker::config::Credentials;
 use dialex_worker::outcome::Status;
+use dialex_worker::pipeline::HaltCause;
 use dialex_worker::startup::RunError;
 use helpers::{WAIT, callee, request, settings, started};
 
@@ -173,7 +174,7 @@ async fn a_wrong_secret_gets_signature_does_not_match_and_keeps_the_request() {
 
     let exit = h.worker_exit(WAIT).await.unwrap();
     match exit {
-        Err(RunError::Halted(failure)) => {
+        Err(RunError::Halted(HaltCause::Ccc(failure))) => {
             assert_eq!(failure.code(), "SignatureDoesNotMatch");
             let api = failure.api().expect("an answer from the gateway");
             assert_eq!(api.http_status, 400);

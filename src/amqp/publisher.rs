@@ -20,6 +20,9 @@ pub const REASON_HEADER: &str = "x-dialex-reason";
 /// Header on dead letters: a human sentence about the reason.
 pub const DETAIL_HEADER: &str = "x-dialex-detail";
 
+/// Header on deferred requests: why the request is waiting.
+pub const DEFERRED_HEADER: &str = "x-dialex-deferred";
+
 const PERSISTENT: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,21 +108,24 @@ impl Publisher {
         reason: &str,
         detail: &str,
     ) -> Result<(), PublishError> {
-        let mut headers = incoming.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(LongString::from(reason)),
+        let properties = annotated(
+            incoming,
+            &[(REASON_HEADER, reason), (DETAIL_HEADER, detail)],
         );
-        headers.insert(
-            DETAIL_HEADER.into(),
-            AMQPValue::LongString(LongString::from(detail)),
-        );
-        let properties = incoming
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(PERSISTENT);
         self.publish_with_retry(&self.names.dead_exchange, "", &incoming.body, &properties)
+            .await
+    }
+
+    /// Parks `incoming` on a wait queue; it returns to the request queue when the queue's TTL
+    /// has passed. The original body and properties travel unchanged, plus the reason.
+    pub async fn defer(
+        &self,
+        incoming: &Incoming,
+        wait_queue: &str,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let properties = annotated(incoming, &[(DEFERRED_HEADER, reason)]);
+        self.publish_with_retry("", wait_queue, &incoming.body, &properties)
             .await
     }
 
@@ -180,4 +186,20 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// The original message's properties, persistent, with `extra` headers added.
+fn annotated(incoming: &Incoming, extra: &[(&str, &str)]) -> BasicProperties {
+    let mut headers = incoming.properties.headers().clone().unwrap_or_default();
+    for (name, value) in extra {
+        headers.insert(
+            (*name).into(),
+            AMQPValue::LongString(LongString::from(*value)),
+        );
+    }
+    incoming
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT)
 }

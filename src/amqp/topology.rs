@@ -10,6 +10,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::{AmqpError, op};
 use crate::config::AmqpSettings;
+use crate::defer::Tiers;
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
@@ -28,7 +29,11 @@ fn durable_exchange() -> ExchangeDeclareOptions {
 }
 
 /// Declares every exchange, queue and binding the worker relies on.
-pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), AmqpError> {
+pub async fn declare(
+    channel: &Channel,
+    amqp: &AmqpSettings,
+    tiers: &Tiers,
+) -> Result<(), AmqpError> {
     let names = &amqp.names;
 
     channel
@@ -95,6 +100,38 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> Result<(), AmqpE
         )
         .await
         .map_err(op("bind request queue"))?;
+
+    for tier in tiers.all() {
+        let mut args = quorum();
+        let ttl_ms = u32::try_from(tier.delay.as_millis()).unwrap_or(u32::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ttl_ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(names.request_exchange.as_str())),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(names.request_routing_key.as_str())),
+        );
+        // A waiting request must come back even if the broker restarts mid-hop: quorum
+        // queues dead-letter at-least-once only with reject-publish overflow.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+        channel
+            .queue_declare(
+                tier.queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args,
+            )
+            .await
+            .map_err(op("declare wait queue"))?;
+    }
 
     channel
         .exchange_declare(

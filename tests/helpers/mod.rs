@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use dialex_worker::ccc::simulator::SimConfig;
-use dialex_worker::config::Settings;
-use dialex_worker::harness::Harness;
+use dialex_worker::config::{Settings, StoreBackend};
+use dialex_worker::harness::{Harness, Received};
 
 /// Generous: the broker and the worker share two cores with other tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -17,10 +17,63 @@ pub fn settings() -> Settings {
     let mut settings = Settings::load_from(None, Vec::new()).expect("default settings load");
     settings.ccc.initial_backoff_ms = 5;
     settings.ccc.max_backoff_ms = 20;
-    settings.ccc.request_timeout_ms = 3_000;
-    settings.ccc.connect_timeout_ms = 1_000;
+    settings.ccc.request_timeout_ms = 1_000;
+    settings.ccc.connect_timeout_ms = 500;
     settings.amqp.prefetch = 32;
+    // Short leases and wait tiers so crash scenarios resolve in seconds; still longer than the
+    // longest dial (3 attempts x 1 s plus backoffs), as validation demands.
+    settings.store.lease_ms = 4_000;
+    settings.deferral.tiers_ms = vec![500, 2_000, 10_000];
+    settings.log.level = "warn".into();
+    settings.validate().expect("test settings are valid");
     settings
+}
+
+/// [`settings`] with the given store backend.
+pub fn settings_with(backend: StoreBackend) -> Settings {
+    let mut settings = settings();
+    settings.store.backend = backend;
+    settings
+}
+
+/// A worker as a separate process (`dialex-worker run`), wired to the harness; killed when
+/// dropped. Its log goes to a file in the store's directory's parent.
+pub fn spawn_worker_process(harness: &Harness) -> tokio::process::Child {
+    let log = std::env::temp_dir().join(format!("{}.log", harness.settings.store.key_prefix));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("worker log file");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dialex-worker"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(harness.worker_env())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker binary starts")
+}
+
+/// Reads outcome events until `done` says so, or no event arrives for `idle`.
+pub async fn outcomes_until(
+    harness: &mut Harness,
+    idle: Duration,
+    mut done: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
+    let mut received = Vec::new();
+    while !done(&received) {
+        match harness.next_outcome(idle).await.expect("outcome stream") {
+            Some(event) => received.push(event),
+            None => panic!(
+                "no outcome for {idle:?} after {} events; giving up",
+                received.len()
+            ),
+        }
+    }
+    received
 }
 
 /// A harness with a running worker using the simulator's credentials. Fails loudly when

@@ -1,0 +1,4 @@
+//! Gates: the checks between a claimed request and its dial. Each gate says "go", "not
+//! this one" (a terminal outcome), or "not yet" (deferral).
+
+pub mod cooldown;

@@ -1,0 +1,160 @@
+//! Never twice: duplicates, replicas and repeat clicks against the real broker, Redis and the
+//! CCC simulator.
+
+mod helpers;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use dialex_worker::ccc::simulator::SimConfig;
+use dialex_worker::config::StoreBackend;
+use dialex_worker::harness::{Harness, Received};
+use dialex_worker::outcome::Status;
+use helpers::{WAIT, callee, outcomes_until, request, settings_with, started};
+
+/// Request ids that have at least one event, and every event id seen per request.
+fn event_ids(received: &[Received]) -> HashMap<String, HashSet<uuid::Uuid>> {
+    let mut ids: HashMap<String, HashSet<uuid::Uuid>> = HashMap::new();
+    for r in received {
+        ids.entry(r.event.request_id.clone())
+            .or_default()
+            .insert(r.event.event_id);
+    }
+    ids
+}
+
+/// 200 requests, each published three times: 200 dials, and each request's events share one
+/// `event_id`.
+async fn duplicates_are_dialed_once(backend: StoreBackend) {
+    let mut h = started(settings_with(backend), SimConfig::default()).await;
+    const REQUESTS: usize = 200;
+    for round in 0..3 {
+        for i in 0..REQUESTS {
+            let id = format!("dup-{i}");
+            h.publish_request(&request(&id, &callee(i), "ivr"), None)
+                .await
+                .unwrap();
+        }
+        if round == 0 {
+            // Let some finish first so both paths run: duplicates of recorded results and
+            // duplicates of requests still being dialed.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Every message gets one publish: the result, or the stored result again.
+    let received = h.outcomes(3 * REQUESTS, WAIT).await.unwrap();
+    let ids = event_ids(&received);
+    assert_eq!(ids.len(), REQUESTS);
+    assert!(
+        ids.values().all(|set| set.len() == 1),
+        "a request's events must share one event_id"
+    );
+    assert!(received.iter().all(|r| r.event.status == Status::Dialed));
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), REQUESTS, "one dial per request");
+    let callees: HashSet<&str> = dials.iter().map(|d| d.callee.as_str()).collect();
+    assert_eq!(callees.len(), REQUESTS);
+    // The task id published each time is the one dial's.
+    let task_by_callee: HashMap<&str, &str> = dials
+        .iter()
+        .map(|d| (d.callee.as_str(), d.task_id.as_str()))
+        .collect();
+    for r in &received {
+        let i: usize = r.event.request_id["dup-".len()..].parse().unwrap();
+        assert_eq!(
+            r.event.task_id.as_deref(),
+            Some(task_by_callee[callee(i).as_str()])
+        );
+    }
+    let names = h.settings.amqp.names.clone();
+    assert_eq!(
+        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        0
+    );
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_dialed_once_with_the_embedded_store() {
+    duplicates_are_dialed_once(StoreBackend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_dialed_once_with_the_redis_store() {
+    duplicates_are_dialed_once(StoreBackend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_sharing_redis_never_dial_twice() {
+    let mut h = Harness::start(settings_with(StoreBackend::Redis), SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable");
+    for _ in 0..3 {
+        h.start_worker(Harness::demo_credentials()).unwrap();
+    }
+    const UNIQUE: usize = 1_500;
+    const TOTAL: usize = 2_000;
+    for n in 0..TOTAL {
+        // The last 500 repeat earlier requests, spread over the run.
+        let i = if n < UNIQUE { n } else { (n - UNIQUE) * 3 };
+        h.publish_request(&request(&format!("rep-{i}"), &callee(i), "ivr"), None)
+            .await
+            .unwrap();
+    }
+    let received = h.outcomes(TOTAL, WAIT).await.unwrap();
+    let ids = event_ids(&received);
+    assert_eq!(ids.len(), UNIQUE);
+    assert!(ids.values().all(|set| set.len() == 1));
+    let dials = h.simulator.dials();
+    let callees: HashSet<&str> = dials.iter().map(|d| d.callee.as_str()).collect();
+    assert_eq!(callees.len(), dials.len(), "a callee was dialed twice");
+    assert_eq!(dials.len(), UNIQUE);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_clicks_for_one_callee_are_coalesced_into_one_call() {
+    for backend in [StoreBackend::Embedded, StoreBackend::Redis] {
+        let mut h = started(settings_with(backend), SimConfig::default()).await;
+        let number = callee(77);
+        for click in 0..3 {
+            h.publish_request(&request(&format!("click-{click}"), &number, "ivr"), None)
+                .await
+                .unwrap();
+        }
+        let received = outcomes_until(&mut h, WAIT, |r| event_ids(r).len() == 3).await;
+        let dialed: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.event.status == Status::Dialed)
+            .collect();
+        let suppressed: Vec<&Received> = received
+            .iter()
+            .filter(|r| r.event.status == Status::Suppressed)
+            .collect();
+        assert_eq!(dialed.len(), 1, "{backend:?}");
+        assert_eq!(suppressed.len(), 2, "{backend:?}");
+        let task_id = dialed[0].event.task_id.as_deref();
+        for s in &suppressed {
+            assert_eq!(s.event.code.as_deref(), Some("cooldown"));
+            // The earlier call's task id, once it is known.
+            assert!(s.event.task_id.is_none() || s.event.task_id.as_deref() == task_id);
+        }
+        assert_eq!(h.simulator.dial_count(), 1, "{backend:?}");
+
+        // Outside the window the callee can be called again.
+        let mut short = h.settings.clone();
+        short.cooldown.window_ms = 1;
+        h.cleanup().await.unwrap();
+        let mut h = started(short, SimConfig::default()).await;
+        for click in 0..2 {
+            h.publish_request(&request(&format!("later-{click}"), &number, "ivr"), None)
+                .await
+                .unwrap();
+            let r = h.outcomes(1, WAIT).await.unwrap();
+            assert_eq!(r[0].event.status, Status::Dialed, "{backend:?}");
+        }
+        h.cleanup().await.unwrap();
+    }
+}
