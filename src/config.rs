@@ -33,6 +33,7 @@ pub struct Settings {
     pub ccc: CccSettings,
     pub store: StoreSettings,
     pub cooldown: CooldownSettings,
+    pub business_hours: BusinessHoursSettings,
     pub log: LogSettings,
 }
 
@@ -140,6 +141,23 @@ impl StoreSettings {
 pub struct CooldownSettings {
     pub window_ms: u64,
     pub hash_key: SecretString,
+    pub max_per_day: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessHoursSettings {
+    /// IANA name, checked against the bundled time zone database at start-up.
+    pub timezone: String,
+}
+
+impl BusinessHoursSettings {
+    pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, ConfigError> {
+        jiff::tz::TimeZone::get(&self.timezone).map_err(|e| ConfigError::Invalid {
+            key: "business_hours.timezone",
+            reason: format!("not a known IANA time zone: {e}"),
+        })
+    }
 }
 
 impl CooldownSettings {
@@ -318,6 +336,7 @@ impl Settings {
         if self.cooldown.hash_key.expose_secret().is_empty() {
             return Err(invalid("cooldown.hash_key", "must not be empty"));
         }
+        self.business_hours.time_zone()?;
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }

@@ -6,6 +6,7 @@
 //! events and dead letters the way downstream would, and deletes everything it declared.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -24,6 +25,7 @@ use crate::ccc::HttpCccClient;
 use crate::ccc::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use crate::config::{Credentials, Settings};
 use crate::defer::Tiers;
+use crate::metrics::Metrics;
 use crate::outcome::OutcomeEvent;
 use crate::startup::{self, RunError};
 
@@ -61,6 +63,8 @@ pub struct DeadLetter {
 pub struct Harness {
     pub settings: Settings,
     pub simulator: Simulator,
+    /// Shared by every in-process worker this harness starts.
+    pub metrics: Arc<Metrics>,
     connection: Connection,
     channel: Channel,
     outcomes: Option<Consumer>,
@@ -109,6 +113,7 @@ impl Harness {
             channel,
             outcomes: None,
             workers: Vec::new(),
+            metrics: Arc::default(),
         })
     }
 
@@ -124,8 +129,9 @@ impl Harness {
         let settings = self.settings.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let metrics = Arc::clone(&self.metrics);
         let handle = tokio::spawn(async move {
-            startup::run_with_configured_store(&settings, client, token).await
+            startup::run_with_configured_store(&settings, client, metrics, token).await
         });
         self.workers.push((shutdown, handle));
         Ok(())
@@ -400,6 +406,30 @@ impl Harness {
         let _ = self.connection.close(200, "bye".into()).await;
         self.simulator.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.settings.store.data_dir);
+        if self.settings.store.backend == crate::config::StoreBackend::Redis {
+            delete_redis_keys(&self.settings).await?;
+        }
         Ok(())
     }
+}
+
+/// Deletes every Redis key under the harness's prefix.
+async fn delete_redis_keys(settings: &Settings) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret as _;
+    let client = redis::Client::open(settings.store.url.expose_secret())?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{}:*", settings.store.key_prefix);
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<String> =
+            redis::AsyncCommands::scan_match(&mut connection, &pattern).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        keys
+    };
+    for chunk in keys.chunks(500) {
+        let _: () = redis::AsyncCommands::del(&mut connection, chunk).await?;
+    }
+    Ok(())
 }

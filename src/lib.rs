@@ -21,6 +21,7 @@ pub mod dial;
 pub mod gates;
 pub mod harness;
 pub mod intake;
+pub mod metrics;
 pub mod outcome;
 pub mod phone;
 pub mod pipeline;

@@ -77,7 +77,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let client = HttpCccClient::new(&settings.ccc, credentials)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            startup::run_with_configured_store(&settings, client, shutdown).await?;
+            startup::run_with_configured_store(&settings, client, Default::default(), shutdown)
+                .await?;
             Ok(())
         }
         Command::Sim {

@@ -169,12 +169,13 @@ impl OutcomeEvent {
         event
     }
 
-    /// Another request for the same callee was dialed within the cooldown window.
-    pub fn suppressed_by_cooldown(
+    /// Not dialed because the callee was called recently (`cooldown`, with the earlier
+    /// request and its task id) or too often today (`daily_cap`).
+    pub fn suppressed(
         request: &DialRequest,
         received_at: Timestamp,
-        earlier_request_id: &str,
-        earlier_task_id: Option<&str>,
+        code: &str,
+        earlier: Option<(&str, Option<&str>)>,
     ) -> Self {
         let mut event = Self::new(
             request.request_id().as_str(),
@@ -182,11 +183,14 @@ impl OutcomeEvent {
             received_at,
             request.attributes(),
         );
-        event.code = Some("cooldown".to_owned());
-        event.message = Some(format!(
-            "the callee was called for request {earlier_request_id} within the cooldown window"
-        ));
-        event.task_id = earlier_task_id.map(ToOwned::to_owned);
+        event.code = Some(code.to_owned());
+        event.message = Some(match earlier {
+            Some((earlier_id, _)) => {
+                format!("the callee was called for request {earlier_id} within the cooldown window")
+            }
+            None => "the callee has reached today's call limit".to_owned(),
+        });
+        event.task_id = earlier.and_then(|(_, task_id)| task_id.map(ToOwned::to_owned));
         event
     }
 

@@ -19,7 +19,8 @@ use crate::amqp::{Incoming, Publisher};
 use crate::ccc::{CccClient, DialFailure};
 use crate::defer::Tiers;
 use crate::dial::{DialPolicy, DialResult, dial};
-use crate::gates::cooldown::CooldownGate;
+use crate::gates::cooldown::CalleeGate;
+use crate::metrics::{DedupKind, Metrics, SuppressReason};
 use crate::outcome::{OutcomeEvent, Status};
 use crate::settle::Disposition;
 use crate::store::{Claim, ClaimToken, Cooldown, DialStore, Recorded, StoreError};
@@ -65,8 +66,24 @@ pub struct Pipeline<C, S> {
     pub policy: DialPolicy,
     pub publisher: Publisher,
     pub tiers: Tiers,
-    pub cooldown: Option<CooldownGate>,
+    pub callee: Option<CalleeGate>,
+    pub metrics: Arc<Metrics>,
     pub halt: Arc<Halt>,
+}
+
+/// What the callee gate took for a request that may be dialed.
+struct CalleeHold {
+    key: String,
+    /// The cooldown slot, with its window.
+    cooldown: Option<Duration>,
+    /// The day whose count was reserved.
+    day: Option<String>,
+}
+
+enum Gate {
+    Pass(Option<CalleeHold>),
+    /// Not dialed; for the cooldown, the earlier request and its task id.
+    Suppressed(SuppressReason, Option<(String, Option<String>)>),
 }
 
 impl<C: CccClient, S: DialStore> Pipeline<C, S> {
@@ -100,14 +117,17 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         let token = match self.store.claim(request_id).await {
             Ok(Claim::Acquired(token)) => token,
             Ok(Claim::Held { worker, remaining }) => {
+                self.metrics.dedup_hit(DedupKind::Claimed);
                 tracing::info!(%worker, ?remaining, "request is being handled elsewhere; deferring");
                 return self.defer(incoming, remaining, "claimed").await;
             }
             Ok(Claim::Recorded { event, .. }) => {
+                self.metrics.dedup_hit(DedupKind::Recorded);
                 tracing::info!("request already has a result; publishing it again");
                 return self.republish(&event, incoming).await;
             }
             Ok(Claim::Abandoned(token)) => {
+                self.metrics.dedup_hit(DedupKind::Abandoned);
                 tracing::warn!(
                     "a worker stopped while handling this request; it may have been dialed, so it is not dialed again"
                 );
@@ -119,34 +139,27 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             Err(error) => return self.halt_on(HaltCause::Store(error)),
         };
 
-        let cooldown_key = self.cooldown.as_ref().map(|gate| (gate, gate.key(request)));
-        if let Some((gate, key)) = &cooldown_key {
-            match self
-                .store
-                .cooldown_acquire(key, request_id, gate.window())
-                .await
-            {
-                Ok(Cooldown::Free) => {}
-                Ok(Cooldown::Taken {
-                    request_id: earlier,
-                    task_id,
-                }) => {
-                    let event = OutcomeEvent::suppressed_by_cooldown(
-                        request,
-                        incoming.received_at,
-                        &earlier,
-                        task_id.as_deref(),
-                    );
-                    return self
-                        .record_and_publish(request_id, &token, &event, incoming)
-                        .await;
-                }
-                Err(error) => {
-                    let _ = self.store.release(request_id, &token).await;
-                    return self.halt_on(HaltCause::Store(error));
-                }
+        let hold = match self.callee_gate(request).await {
+            Ok(Gate::Pass(hold)) => hold,
+            Ok(Gate::Suppressed(reason, earlier)) => {
+                self.metrics.suppressed(reason);
+                let event = OutcomeEvent::suppressed(
+                    request,
+                    incoming.received_at,
+                    reason.as_str(),
+                    earlier
+                        .as_ref()
+                        .map(|(id, task)| (id.as_str(), task.as_deref())),
+                );
+                return self
+                    .record_and_publish(request_id, &token, &event, incoming)
+                    .await;
             }
-        }
+            Err(error) => {
+                let _ = self.store.release(request_id, &token).await;
+                return self.halt_on(HaltCause::Store(error));
+            }
+        };
 
         let report = dial(&self.client, &self.policy, request).await;
         let received_at = incoming.received_at;
@@ -170,31 +183,99 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             ),
             DialResult::Systemic(failure) => {
                 // Not dialed: give the request back whole, for when the worker is fixed.
-                if let Some((_, key)) = &cooldown_key {
-                    let _ = self.store.cooldown_release(key, request_id).await;
-                }
+                self.settle_callee(request_id, hold, None).await;
                 let _ = self.store.release(request_id, &token).await;
                 return self.halt_on(HaltCause::Ccc(failure.clone()));
             }
         };
-        if let Some((gate, key)) = &cooldown_key {
-            // A call that was placed (or may have been) keeps the callee's slot; one that
-            // certainly was not frees it for the next request.
-            let noted = match &report.result {
-                DialResult::Dialed(accepted) => {
-                    self.store
-                        .cooldown_dialed(key, request_id, &accepted.task_id, gate.window())
-                        .await
-                }
-                DialResult::Failed(_) => self.store.cooldown_release(key, request_id).await,
-                _ => Ok(()),
-            };
-            if let Err(error) = noted {
-                tracing::warn!(%error, "could not update the callee cooldown");
+        // A call that was placed (or may have been) keeps the callee's cooldown slot and its
+        // place in today's count; one that certainly was not gives both back.
+        match &report.result {
+            DialResult::Dialed(accepted) => {
+                self.settle_callee(request_id, hold, Some(Some(&accepted.task_id)))
+                    .await;
             }
+            DialResult::Unknown(_) => self.settle_callee(request_id, hold, Some(None)).await,
+            _ => self.settle_callee(request_id, hold, None).await,
         }
         self.record_and_publish(request_id, &token, &event, incoming)
             .await
+    }
+
+    /// The callee gate: cooldown, then the daily cap. On `Pass`, the returned hold says what
+    /// was taken, to be kept or given back once the dial's fate is known.
+    async fn callee_gate(&self, request: &DialRequest) -> Result<Gate, StoreError> {
+        let Some(gate) = &self.callee else {
+            return Ok(Gate::Pass(None));
+        };
+        let request_id = request.request_id().as_str();
+        let key = gate.key(request);
+        let mut hold = CalleeHold {
+            key,
+            cooldown: None,
+            day: None,
+        };
+        if let Some(window) = gate.window() {
+            match self
+                .store
+                .cooldown_acquire(&hold.key, request_id, window)
+                .await?
+            {
+                Cooldown::Free => hold.cooldown = Some(window),
+                Cooldown::Taken {
+                    request_id: earlier,
+                    task_id,
+                } => {
+                    return Ok(Gate::Suppressed(
+                        SuppressReason::Cooldown,
+                        Some((earlier, task_id)),
+                    ));
+                }
+            }
+        }
+        if let Some((max, day)) = gate.daily_cap(jiff::Timestamp::now()) {
+            if !self.store.daily_reserve(&hold.key, &day, max).await? {
+                self.settle_callee(request_id, Some(hold), None).await;
+                return Ok(Gate::Suppressed(SuppressReason::DailyCap, None));
+            }
+            hold.day = Some(day);
+        }
+        Ok(Gate::Pass(Some(hold)))
+    }
+
+    /// Keeps or gives back what the callee gate took. `placed` is `Some(task id if known)`
+    /// when the call was (or may have been) placed, `None` when it certainly was not.
+    async fn settle_callee(
+        &self,
+        request_id: &str,
+        hold: Option<CalleeHold>,
+        placed: Option<Option<&str>>,
+    ) {
+        let Some(hold) = hold else { return };
+        let result = async {
+            match placed {
+                Some(task_id) => {
+                    if let (Some(window), Some(task_id)) = (hold.cooldown, task_id) {
+                        self.store
+                            .cooldown_dialed(&hold.key, request_id, task_id, window)
+                            .await?;
+                    }
+                }
+                None => {
+                    if hold.cooldown.is_some() {
+                        self.store.cooldown_release(&hold.key, request_id).await?;
+                    }
+                    if let Some(day) = &hold.day {
+                        self.store.daily_release(&hold.key, day).await?;
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not update the callee's cooldown or daily count");
+        }
     }
 
     /// Records `event` as the request's result, then publishes whichever result the store

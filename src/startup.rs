@@ -13,8 +13,9 @@ use crate::ccc::CccClient;
 use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
 use crate::dial::DialPolicy;
-use crate::gates::cooldown::CooldownGate;
+use crate::gates::cooldown::CalleeGate;
 use crate::intake::{Stopped, consume};
+use crate::metrics::Metrics;
 use crate::pipeline::{Halt, HaltCause, Pipeline};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
@@ -34,6 +35,8 @@ pub enum RunError {
     Halted(HaltCause),
     #[error("the broker closed the consumer")]
     ConsumerClosed,
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
 }
 
 /// This process's name in claims: the pod name (Kubernetes sets `HOSTNAME`) plus a random
@@ -51,17 +54,18 @@ pub fn worker_id() -> String {
 pub async fn run_with_configured_store<C: CccClient>(
     settings: &Settings,
     client: C,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker = worker_id();
     match settings.store.backend {
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(&settings.store, worker)?;
-            run(settings, client, store, shutdown).await
+            run(settings, client, store, metrics, shutdown).await
         }
         StoreBackend::Redis => {
             let store = RedisStore::connect(&settings.store, worker).await?;
-            run(settings, client, store, shutdown).await
+            run(settings, client, store, metrics, shutdown).await
         }
     }
 }
@@ -71,6 +75,7 @@ pub async fn run<C: CccClient, S: DialStore>(
     settings: &Settings,
     client: C,
     store: S,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let amqp_settings = &settings.amqp;
@@ -111,7 +116,9 @@ pub async fn run<C: CccClient, S: DialStore>(
         policy: DialPolicy::from_settings(&settings.ccc),
         publisher,
         tiers,
-        cooldown: CooldownGate::new(&settings.cooldown),
+        callee: CalleeGate::new(&settings.cooldown, &settings.business_hours)
+            .map_err(RunError::Config)?,
+        metrics,
         halt: Arc::clone(&halt),
     });
     let stopped = consume(consumer, pipeline, shutdown, DRAIN).await;

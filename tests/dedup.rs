@@ -9,6 +9,7 @@ use std::time::Duration;
 use dialex_worker::ccc::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
 use dialex_worker::harness::{Harness, Received};
+use dialex_worker::metrics::{DedupKind, SuppressReason};
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, outcomes_until, request, settings_with, started};
 
@@ -43,6 +44,11 @@ async fn duplicates_are_dialed_once(backend: StoreBackend) {
     }
     // Every message gets one publish: the result, or the stored result again.
     let received = h.outcomes(3 * REQUESTS, WAIT).await.unwrap();
+    // Every duplicate was answered from the record (some after waiting out a live claim).
+    assert_eq!(
+        h.metrics.dedup_count(DedupKind::Recorded),
+        2 * REQUESTS as u64
+    );
     let ids = event_ids(&received);
     assert_eq!(ids.len(), REQUESTS);
     assert!(
@@ -142,6 +148,7 @@ async fn repeat_clicks_for_one_callee_are_coalesced_into_one_call() {
             assert!(s.event.task_id.is_none() || s.event.task_id.as_deref() == task_id);
         }
         assert_eq!(h.simulator.dial_count(), 1, "{backend:?}");
+        assert_eq!(h.metrics.suppressed_count(SuppressReason::Cooldown), 2);
 
         // Outside the window the callee can be called again.
         let mut short = h.settings.clone();
@@ -155,6 +162,43 @@ async fn repeat_clicks_for_one_callee_are_coalesced_into_one_call() {
             let r = h.outcomes(1, WAIT).await.unwrap();
             assert_eq!(r[0].event.status, Status::Dialed, "{backend:?}");
         }
+        h.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_cap_stops_calls_beyond_the_limit_and_counts_failed_calls_back() {
+    for backend in [StoreBackend::Embedded, StoreBackend::Redis] {
+        let mut settings = settings_with(backend);
+        settings.cooldown.window_ms = 0;
+        settings.cooldown.max_per_day = 2;
+        let mut h = started(settings, SimConfig::default()).await;
+        let number = callee(88);
+        // A call that certainly was not placed does not count against the cap.
+        h.simulator.inject(
+            &number,
+            dialex_worker::ccc::simulator::Fault::Unavailable,
+            3,
+        );
+        let mut statuses = Vec::new();
+        for n in 0..4 {
+            h.publish_request(&request(&format!("cap-{n}"), &number, "ivr"), None)
+                .await
+                .unwrap();
+            // One at a time, so the order of the outcomes is the order of the requests.
+            let r = h.outcomes(1, WAIT).await.unwrap();
+            statuses.push((r[0].event.status, r[0].event.code.clone()));
+        }
+        assert_eq!(statuses[0].0, Status::Failed, "{backend:?}");
+        assert_eq!(statuses[1].0, Status::Dialed, "{backend:?}");
+        assert_eq!(statuses[2].0, Status::Dialed, "{backend:?}");
+        assert_eq!(
+            statuses[3],
+            (Status::Suppressed, Some("daily_cap".to_owned())),
+            "{backend:?}"
+        );
+        assert_eq!(h.simulator.dial_count(), 2);
+        assert_eq!(h.metrics.suppressed_count(SuppressReason::DailyCap), 1);
         h.cleanup().await.unwrap();
     }
 }

@@ -1,45 +1,67 @@
-//! The callee cooldown: repeat "call me" clicks are coalesced into one call.
+//! The callee gate: repeat "call me" clicks are coalesced, and a callee is not called more
+//! than a set number of times a day.
 //!
-//! A second request for the same (`instance_id`, `callee`) within the window after a dial is
-//! not dialed; it ends as `suppressed` with code `cooldown`. Stores never see the number: the
-//! key is an HMAC of instance and callee under a configured secret, so a leaked Redis dump
-//! cannot be reversed by hashing every possible phone number.
+//! A second request for the same (`instance_id`, `callee`) within the cooldown window after a
+//! dial is not dialed; it ends as `suppressed` with code `cooldown`. With a daily cap, requests
+//! over the cap end as `suppressed` with code `daily_cap`; the day runs midnight to midnight in
+//! the call centre's timezone. Stores never see the number: the key is an HMAC of instance and
+//! callee under a configured secret, so a leaked Redis dump cannot be reversed by hashing every
+//! possible phone number.
 
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use secrecy::ExposeSecret;
 use sha1::Sha1;
 
-use crate::config::CooldownSettings;
+use crate::config::{BusinessHoursSettings, ConfigError, CooldownSettings};
 use crate::validate::DialRequest;
 
-/// The cooldown gate's configuration, ready to derive keys.
+/// The callee gate's configuration, ready to derive keys and day labels.
 #[derive(Clone)]
-pub struct CooldownGate {
+pub struct CalleeGate {
     mac: Hmac<Sha1>,
-    window: Duration,
+    window: Option<Duration>,
+    daily: Option<(u32, TimeZone)>,
 }
 
-impl CooldownGate {
-    /// `None` when the cooldown is switched off (`window_ms = 0`).
-    pub fn new(settings: &CooldownSettings) -> Option<Self> {
-        if settings.window_ms == 0 {
-            return None;
+impl CalleeGate {
+    /// `None` when both the cooldown (`window_ms = 0`) and the daily cap (`max_per_day = 0`)
+    /// are switched off.
+    pub fn new(
+        cooldown: &CooldownSettings,
+        hours: &BusinessHoursSettings,
+    ) -> Result<Option<Self>, ConfigError> {
+        let window = (cooldown.window_ms > 0).then(|| cooldown.window());
+        let daily = if cooldown.max_per_day > 0 {
+            Some((cooldown.max_per_day, hours.time_zone()?))
+        } else {
+            None
+        };
+        if window.is_none() && daily.is_none() {
+            return Ok(None);
         }
-        let mac = Hmac::<Sha1>::new_from_slice(settings.hash_key.expose_secret().as_bytes())
+        let mac = Hmac::<Sha1>::new_from_slice(cooldown.hash_key.expose_secret().as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        Some(CooldownGate {
-            mac,
-            window: settings.window(),
-        })
+        Ok(Some(CalleeGate { mac, window, daily }))
     }
 
-    pub fn window(&self) -> Duration {
+    /// The cooldown window, when the cooldown is on.
+    pub fn window(&self) -> Option<Duration> {
         self.window
     }
 
-    /// Hex HMAC-SHA1 of instance and callee: the store key for this callee's cooldown.
+    /// The cap and today's label (`2026-11-25` in the configured timezone), when the daily
+    /// cap is on.
+    pub fn daily_cap(&self, now: Timestamp) -> Option<(u32, String)> {
+        self.daily
+            .as_ref()
+            .map(|(max, tz)| (*max, tz.to_datetime(now).date().to_string()))
+    }
+
+    /// Hex HMAC-SHA1 of instance and callee: the store key for this callee.
     pub fn key(&self, request: &DialRequest) -> String {
         let mut mac = self.mac.clone();
         mac.update(request.instance_id().as_bytes());
@@ -68,10 +90,14 @@ mod tests {
         crate::validate::decode(body.to_string().as_bytes(), None).unwrap()
     }
 
+    fn gate(settings: &Settings) -> Option<CalleeGate> {
+        CalleeGate::new(&settings.cooldown, &settings.business_hours).unwrap()
+    }
+
     #[test]
     fn keys_depend_on_instance_callee_and_secret_but_not_formatting() {
         let settings = Settings::load_from(None, Vec::new()).unwrap();
-        let gate = CooldownGate::new(&settings.cooldown).unwrap();
+        let gate = gate(&settings).unwrap();
         let a = gate.key(&request("i1", "15732036617"));
         assert_eq!(a, gate.key(&request("i1", "+86 157-3203-6617")));
         assert_ne!(a, gate.key(&request("i2", "15732036617")));
@@ -79,20 +105,43 @@ mod tests {
         assert_eq!(a.len(), 40);
         assert!(!a.contains("15732036617"));
 
-        let mut other = settings.cooldown.clone();
-        other.hash_key = secrecy::SecretString::from("another-secret");
+        let mut other = settings.clone();
+        other.cooldown.hash_key = secrecy::SecretString::from("another-secret");
         assert_ne!(
             a,
-            CooldownGate::new(&other)
+            CalleeGate::new(&other.cooldown, &other.business_hours)
+                .unwrap()
                 .unwrap()
                 .key(&request("i1", "15732036617"))
         );
     }
 
     #[test]
-    fn a_zero_window_switches_the_gate_off() {
+    fn the_gate_is_off_only_when_both_checks_are() {
         let mut settings = Settings::load_from(None, Vec::new()).unwrap();
         settings.cooldown.window_ms = 0;
-        assert!(CooldownGate::new(&settings.cooldown).is_none());
+        assert!(gate(&settings).is_none());
+        settings.cooldown.max_per_day = 3;
+        let g = gate(&settings).unwrap();
+        assert!(g.window().is_none());
+        assert_eq!(g.daily_cap(Timestamp::UNIX_EPOCH).map(|(m, _)| m), Some(3));
+    }
+
+    #[test]
+    fn the_day_turns_at_midnight_in_the_call_centres_timezone() {
+        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
+        settings.cooldown.max_per_day = 1;
+        let g = gate(&settings).unwrap();
+        // 15:59:59 UTC is 23:59:59 in Shanghai; a second later it is the next day there.
+        let before: Timestamp = "2026-11-25T15:59:59Z".parse().unwrap();
+        let after: Timestamp = "2026-11-26T16:00:00Z".parse().unwrap();
+        assert_eq!(g.daily_cap(before).unwrap().1, "2026-11-25");
+        assert_eq!(
+            g.daily_cap("2026-11-25T16:00:00Z".parse().unwrap())
+                .unwrap()
+                .1,
+            "2026-11-26"
+        );
+        assert_eq!(g.daily_cap(after).unwrap().1, "2026-11-27");
     }
 }

@@ -1,4 +1,5 @@
-//! Embedded backend: dial records and cooldowns in one local [redb] file, for a single replica.
+//! Embedded backend: dial records, cooldowns and daily call counters in one local [redb] file, for
+//! a single replica.
 //!
 //! # Why redb
 //!
@@ -21,6 +22,12 @@
 //! | `records_by_expiry`   | `(expires_at_ms, request_id)` | `()`                                 |
 //! | `cooldowns`           | cooldown key               | `(expires_at_ms, holder request_id, task_id)` |
 //! | `cooldowns_by_expiry` | `(expires_at_ms, key)`     | `()`                                    |
+//! | `daily_counters`      | `<day length>\|<day>\|<key>` | `(expires_at_ms, count)`              |
+//! | `daily_counters_by_expiry` | `(expires_at_ms, counter key)` | `()`                          |
+//!
+//! A counter key leads with the day label's length, so it is unambiguous whatever the day label and
+//! key contain. A counter's expiry is set when it is created and not moved by later
+//! reservations or releases.
 //!
 //! Every write keeps a row and its expiry-index entry in step, in the same transaction. Expired
 //! rows are treated as absent by every operation; a background sweeper deletes them later, walking
@@ -32,11 +39,12 @@
 //! read-check-write inside it is atomic, the way a Lua script is in the Redis backend. Time is the
 //! local system clock (ms since the epoch), read after the writer lock is taken so that
 //! transactions see time move forward in commit order. Operations whose loss could lead to a second
-//! dial or a wrong outcome (`claim`, `record`, `release`, the cooldowns) commit with
-//! [`Durability::Immediate`]: fsynced before they return. `mark_published` and the sweeper commit
-//! without fsync: losing either in a crash is harmless (a recorded result is published again; an
-//! expired row is treated as absent), and the next durable commit persists them anyway. An
-//! operation that finds nothing to change aborts its transaction and costs no fsync.
+//! dial or a wrong outcome (`claim`, `record`, `release`, the cooldowns, the daily counters)
+//! commit with [`Durability::Immediate`]: fsynced before they return. `mark_published` and the
+//! sweeper commit without fsync: losing either in a crash is harmless (a recorded result is
+//! published again; an expired row is treated as absent), and the next durable commit persists
+//! them anyway. An operation that finds nothing to change aborts its transaction and costs no
+//! fsync.
 //!
 //! redb's "quick repair" is left off: it would double the cost of every commit to save the full
 //! repair that follows a crash, which reads the whole file once at start-up (about half a second
@@ -55,7 +63,9 @@ use redb::{
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::{Claim, ClaimToken, Cooldown, DialStore, Record, Recorded, StoreError};
+use super::{
+    Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
+};
 use crate::config::StoreSettings;
 
 /// The database file inside `StoreSettings::data_dir`.
@@ -79,10 +89,14 @@ const COOLDOWNS: TableDefinition<&str, (u64, &str, Option<&str>)> =
     TableDefinition::new("cooldowns");
 const COOLDOWNS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("cooldowns_by_expiry");
+const DAILY_COUNTERS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("daily_counters");
+const DAILY_COUNTERS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("daily_counters_by_expiry");
 
 type ExpiryTable<'t> = redb::Table<'t, (u64, &'static str), ()>;
 type RecordTable<'t> = redb::Table<'t, &'static str, (u64, &'static [u8])>;
 type CooldownTable<'t> = redb::Table<'t, &'static str, (u64, &'static str, Option<&'static str>)>;
+type CounterTable<'t> = redb::Table<'t, &'static str, (u64, u32)>;
 
 /// The file-backed [`DialStore`] for a single replica.
 ///
@@ -167,6 +181,8 @@ impl EmbeddedStore {
         txn.open_table(RECORDS_BY_EXPIRY).or_backend()?;
         txn.open_table(COOLDOWNS).or_backend()?;
         txn.open_table(COOLDOWNS_BY_EXPIRY).or_backend()?;
+        txn.open_table(DAILY_COUNTERS).or_backend()?;
+        txn.open_table(DAILY_COUNTERS_BY_EXPIRY).or_backend()?;
         txn.commit().or_backend()?;
 
         let stop = CancellationToken::new();
@@ -217,6 +233,64 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| backend(format!("store task failed: {e}")))?
+    }
+
+    /// [`DialStore::daily_reserve`] with the counter's lifetime as a parameter (tests use a short
+    /// one). Fsynced when it counts: a reservation must survive a crash, like a claim.
+    async fn reserve_daily(
+        &self,
+        key: &str,
+        day: &str,
+        max: u32,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // Nothing can be counted: no transaction, no fsync.
+        if max == 0 {
+            return Ok(false);
+        }
+        let counter = counter_key(key, day);
+        let ttl_ms = millis(ttl);
+        self.write(Durability::Immediate, move |_, txn, now| {
+            let mut counters = txn.open_table(DAILY_COUNTERS).or_backend()?;
+            let mut index = txn.open_table(DAILY_COUNTERS_BY_EXPIRY).or_backend()?;
+            let current = read_counter(&counters, &counter)?;
+            let (expires, count) = match current {
+                Some((expires, count)) if expires > now => (expires, count),
+                // Absent or expired (not yet swept): a fresh counter, living from now.
+                _ => (now.saturating_add(ttl_ms), 0),
+            };
+            if count >= max {
+                return Ok((false, Changed::No));
+            }
+            if let Some((old, _)) = current
+                && old != expires
+            {
+                index.remove((old, counter.as_str())).or_backend()?;
+            }
+            counters
+                .insert(counter.as_str(), (expires, count + 1))
+                .or_backend()?;
+            index.insert((expires, counter.as_str()), ()).or_backend()?;
+            Ok((true, Changed::Yes))
+        })
+        .await
+    }
+
+    /// Row counts of (daily counters, daily counter expiry index).
+    #[cfg(test)]
+    fn counter_row_counts(&self) -> Result<[u64; 2], StoreError> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = self.inner.db.begin_read().or_backend()?;
+        Ok([
+            txn.open_table(DAILY_COUNTERS)
+                .or_backend()?
+                .len()
+                .or_backend()?,
+            txn.open_table(DAILY_COUNTERS_BY_EXPIRY)
+                .or_backend()?
+                .len()
+                .or_backend()?,
+        ])
     }
 
     /// Row counts of (records, record expiry index, cooldowns, cooldown expiry index).
@@ -470,6 +544,45 @@ impl DialStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn daily_reserve(&self, key: &str, day: &str, max: u32) -> Result<bool, StoreError> {
+        self.reserve_daily(key, day, max, DAILY_COUNTER_TTL).await
+    }
+
+    async fn daily_release(&self, key: &str, day: &str) -> Result<(), StoreError> {
+        let counter = counter_key(key, day);
+        // Durable: a lost release would cost the callee one of its calls for the day.
+        self.write(Durability::Immediate, move |_, txn, now| {
+            let mut counters = txn.open_table(DAILY_COUNTERS).or_backend()?;
+            match read_counter(&counters, &counter)? {
+                // Same expiry, so the index entry stays as it is. A counter at 0 stays until it
+                // expires, keeping the lifetime it was created with.
+                Some((expires, count)) if expires > now && count > 0 => {
+                    counters
+                        .insert(counter.as_str(), (expires, count - 1))
+                        .or_backend()?;
+                    Ok(((), Changed::Yes))
+                }
+                // Absent, expired (reads as 0) or already 0: never below zero, never created.
+                _ => Ok(((), Changed::No)),
+            }
+        })
+        .await
+    }
+}
+
+/// The `daily_counters` key of `key` on `day`: `<day length>|<day>|<key>`, unambiguous for any
+/// day label and key.
+fn counter_key(key: &str, day: &str) -> String {
+    format!("{}|{day}|{key}", day.len())
+}
+
+/// A daily counter row: `(expires_at_ms, count)`.
+fn read_counter(
+    counters: &CounterTable<'_>,
+    counter: &str,
+) -> Result<Option<(u64, u32)>, StoreError> {
+    Ok(counters.get(counter).or_backend()?.map(|row| row.value()))
 }
 
 /// A record row, copied out of the transaction: `(expires_at_ms, encoded Record)`.
@@ -540,9 +653,10 @@ fn put_cooldown(
     Ok(())
 }
 
-/// Every `every`, deletes expired records, then expired cooldowns, one batch per transaction,
-/// yielding between batches. Holds only a `Weak` between batches, so it never keeps the store
-/// (and its file) open; stops when `stop` is cancelled (the last store clone was dropped).
+/// Every `every`, deletes expired records, then expired cooldowns, then expired daily counters,
+/// one batch per transaction, yielding between batches. Holds only a `Weak` between batches, so it
+/// never keeps the store (and its file) open; stops when `stop` is cancelled (the last store clone
+/// was dropped).
 async fn sweep_loop(store: Weak<Inner>, every: Duration, stop: CancellationToken) {
     // A zero interval would spin; validation forbids it, this keeps the loop sane regardless.
     let every = every.max(Duration::from_millis(1));
@@ -551,7 +665,7 @@ async fn sweep_loop(store: Weak<Inner>, every: Duration, stop: CancellationToken
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        for kind in [Swept::Records, Swept::Cooldowns] {
+        for kind in [Swept::Records, Swept::Cooldowns, Swept::DailyCounters] {
             let mut total = 0;
             loop {
                 let Some(inner) = store.upgrade() else { return };
@@ -591,6 +705,7 @@ async fn sweep_loop(store: Weak<Inner>, every: Duration, stop: CancellationToken
 enum Swept {
     Records,
     Cooldowns,
+    DailyCounters,
 }
 
 /// Deletes up to `limit` expired rows of one kind, in one non-durable transaction, and returns
@@ -604,6 +719,14 @@ fn sweep_batch(inner: &Inner, kind: Swept, limit: usize) -> Result<usize, StoreE
     let deleted = match kind {
         Swept::Records => sweep_table(&txn, RECORDS, RECORDS_BY_EXPIRY, now, limit, |v| v.0)?,
         Swept::Cooldowns => sweep_table(&txn, COOLDOWNS, COOLDOWNS_BY_EXPIRY, now, limit, |v| v.0)?,
+        Swept::DailyCounters => sweep_table(
+            &txn,
+            DAILY_COUNTERS,
+            DAILY_COUNTERS_BY_EXPIRY,
+            now,
+            limit,
+            |v| v.0,
+        )?,
     };
     if deleted == 0 {
         txn.abort().or_backend()?;
@@ -1265,6 +1388,157 @@ mod tests {
         );
         // One row, one index entry: the index moved with each rewrite.
         assert_eq!(store.row_counts().unwrap()[2..], [1, 1]);
+    }
+
+    const DAY: &str = "2026-11-25";
+
+    #[tokio::test]
+    async fn daily_reservations_stop_at_max_and_release_frees_one() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        for _ in 0..3 {
+            assert!(store.daily_reserve("k", DAY, 3).await.unwrap());
+        }
+        assert!(!store.daily_reserve("k", DAY, 3).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 3).await.unwrap());
+        store.daily_release("k", DAY).await.unwrap();
+        assert!(store.daily_reserve("k", DAY, 3).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 3).await.unwrap());
+        // A higher max lets more through; a lower one none.
+        assert!(store.daily_reserve("k", DAY, 4).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 2).await.unwrap());
+        // `max == 0` counts nothing and writes nothing.
+        assert!(!store.daily_reserve("zero", DAY, 0).await.unwrap());
+        assert_eq!(store.counter_row_counts().unwrap(), [1, 1]);
+        // The counter's expiry is its creation time plus the TTL.
+        let now = now_ms().unwrap();
+        let (expires, count) = {
+            use redb::ReadableDatabase;
+            let txn = store.inner.db.begin_read().unwrap();
+            let counters = txn.open_table(DAILY_COUNTERS).unwrap();
+            counters
+                .get(counter_key("k", DAY).as_str())
+                .unwrap()
+                .unwrap()
+                .value()
+        };
+        assert_eq!(count, 4);
+        let ttl = millis(DAILY_COUNTER_TTL);
+        assert!(
+            expires <= now + ttl && expires > now + ttl - 60_000,
+            "{expires}"
+        );
+    }
+
+    #[tokio::test]
+    async fn daily_release_never_goes_below_zero_nor_creates() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        store.daily_release("k", DAY).await.unwrap();
+        assert_eq!(store.counter_row_counts().unwrap(), [0, 0]);
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        store.daily_release("k", DAY).await.unwrap();
+        store.daily_release("k", DAY).await.unwrap();
+        store.daily_release("k", DAY).await.unwrap();
+        // Still exactly `max` reservations available, not more.
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 2).await.unwrap());
+        assert_eq!(store.counter_row_counts().unwrap(), [1, 1]);
+    }
+
+    #[tokio::test]
+    async fn daily_counters_are_per_day_and_per_key() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        assert!(store.daily_reserve("a", DAY, 1).await.unwrap());
+        assert!(!store.daily_reserve("a", DAY, 1).await.unwrap());
+        assert!(store.daily_reserve("b", DAY, 1).await.unwrap());
+        assert!(store.daily_reserve("a", "2026-11-26", 1).await.unwrap());
+        // Separators inside a day label or key do not make two counters collide.
+        assert!(store.daily_reserve("c|d", "x", 1).await.unwrap());
+        assert!(store.daily_reserve("d", "x|c", 1).await.unwrap());
+        assert!(store.daily_reserve("x|d", "c", 1).await.unwrap());
+        // Releasing one counter leaves the others alone.
+        store.daily_release("b", DAY).await.unwrap();
+        assert!(!store.daily_reserve("a", DAY, 1).await.unwrap());
+        assert!(!store.daily_reserve("a", "2026-11-26", 1).await.unwrap());
+        assert!(store.daily_reserve("b", DAY, 1).await.unwrap());
+        assert_eq!(store.counter_row_counts().unwrap(), [6, 6]);
+    }
+
+    #[tokio::test]
+    async fn daily_counters_survive_closing_and_reopening() {
+        let dir = TempDir::new();
+        let settings = settings(&dir);
+        let store = open(&settings);
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        store.daily_release("k", DAY).await.unwrap();
+        drop(store);
+
+        let store = open(&settings);
+        assert!(store.daily_reserve("k", DAY, 2).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn expired_daily_counters_count_as_absent_and_are_swept() {
+        let dir = TempDir::new();
+        // No sweep during the first part: expired rows are still there to count.
+        let store = open(&settings_with(&dir, 20, 60_000, 60_000));
+        let short = Duration::from_millis(50);
+        assert!(store.reserve_daily("k", DAY, 1, short).await.unwrap());
+        assert!(!store.reserve_daily("k", DAY, 1, short).await.unwrap());
+        assert!(store.reserve_daily("gone", DAY, 1, short).await.unwrap());
+        assert!(store.daily_reserve("long", DAY, 1).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.counter_row_counts().unwrap(), [3, 3]);
+        // An expired counter is not released (it reads as 0) ...
+        store.daily_release("gone", DAY).await.unwrap();
+        // ... and reads as absent: counting starts over, with a new expiry; the index entry moves.
+        assert!(store.daily_reserve("k", DAY, 1).await.unwrap());
+        assert!(!store.daily_reserve("k", DAY, 1).await.unwrap());
+        assert_eq!(store.counter_row_counts().unwrap(), [3, 3]);
+        drop(store);
+
+        // Reopened with a short sweep interval: only the expired counter goes.
+        let store = open(&settings_with(&dir, 20, 60_000, 25));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let counts = store.counter_row_counts().unwrap();
+            if counts == [2, 2] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sweeper left {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!store.daily_reserve("k", DAY, 1).await.unwrap());
+        assert!(!store.daily_reserve("long", DAY, 1).await.unwrap());
+        assert!(store.daily_reserve("gone", DAY, 1).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_daily_reservations_never_exceed_max() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        let tasks: Vec<_> = (0..30)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.daily_reserve("k", DAY, 5).await })
+            })
+            .collect();
+        let mut counted = 0;
+        for task in tasks {
+            if task.await.unwrap().unwrap() {
+                counted += 1;
+            }
+        }
+        assert_eq!(counted, 5);
+        assert!(!store.daily_reserve("k", DAY, 5).await.unwrap());
     }
 
     #[test]

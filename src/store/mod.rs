@@ -181,7 +181,28 @@ pub trait DialStore: Send + Sync + 'static {
         key: &str,
         request_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts one call to `key` (a keyed hash of instance and callee) on `day` (a date label
+    /// such as `2026-11-25`), unless `max` calls are already counted. Returns whether it was
+    /// counted. Atomic: concurrent reservations never exceed `max`. Counters live for
+    /// [`DAILY_COUNTER_TTL`].
+    fn daily_reserve(
+        &self,
+        key: &str,
+        day: &str,
+        max: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes back one reservation for a call that was certainly not placed (never below 0).
+    fn daily_release(
+        &self,
+        key: &str,
+        day: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// How long a per-day call counter is kept: long enough to outlive its day in any timezone.
+pub const DAILY_COUNTER_TTL: Duration = Duration::from_secs(48 * 3600);
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,8 @@
 //! - `<prefix>:cd:<key>`: a hash with field `r` (the holding `request_id`) and, once dialed,
 //!   `t` (the CCC task id), expiring `window` after it was taken or dialed. The key is already a
 //!   keyed hash of instance and callee: no phone number is ever stored.
+//! - `<prefix>:day:<day>:<key>`: an integer, the calls counted for that callee (the same keyed
+//!   hash) on that day label, expiring [`DAILY_COUNTER_TTL`] after its first reservation.
 //!
 //! # Errors mean "unknown"
 //!
@@ -46,7 +48,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisError, Script};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Claim, ClaimToken, Cooldown, DialStore, Record, Recorded, StoreError};
+use super::{
+    Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
+};
 use crate::config::StoreSettings;
 
 /// How long [`RedisStore::connect`] waits for Redis, all reconnection attempts included.
@@ -165,6 +169,48 @@ end
 return 0
 ";
 
+/// Counts one call if fewer than the cap are counted. Read, compare and increment are one
+/// script, so concurrent reservations from any number of replicas never exceed the cap (the
+/// `INCR`-then-check-then-`DECR` alternative would briefly overshoot and refuse calls that
+/// fit). The expiry is set when the counter has none (it was just created, or lost it somehow),
+/// so a counter never outlives [`DAILY_COUNTER_TTL`] from its first call and is never kept
+/// alive forever by later ones.
+///
+/// KEYS[1] counter key; ARGV[1] cap (>= 1), ARGV[2] TTL ms.
+/// Returns 1 (counted), 0 (cap reached) or -1 (the key holds something that is not a count).
+const DAILY_RESERVE_LUA: &str = r"
+local current = redis.call('GET', KEYS[1])
+local count = 0
+if current then
+  count = tonumber(current)
+  if not count then
+    return -1
+  end
+end
+if count >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Takes back one reservation: `DECR` only while the counter exists and is above zero, so a
+/// repeated or late release never drives it negative (which would grant an extra call) and
+/// never creates a key without an expiry. `DECR` keeps the key's TTL.
+///
+/// KEYS[1] counter key. Returns 1 if decremented, else 0.
+const DAILY_RELEASE_LUA: &str = r"
+local count = tonumber(redis.call('GET', KEYS[1]))
+if count and count > 0 then
+  redis.call('DECR', KEYS[1])
+  return 1
+end
+return 0
+";
+
 /// The dial store on Redis, for many replicas. Cheap to clone: a multiplexed connection that
 /// reconnects by itself, and shared configuration.
 #[derive(Clone)]
@@ -190,6 +236,8 @@ struct Scripts {
     cooldown_acquire: Script,
     cooldown_dialed: Script,
     cooldown_release: Script,
+    daily_reserve: Script,
+    daily_release: Script,
 }
 
 impl Scripts {
@@ -202,10 +250,12 @@ impl Scripts {
             cooldown_acquire: Script::new(COOLDOWN_ACQUIRE_LUA),
             cooldown_dialed: Script::new(COOLDOWN_DIALED_LUA),
             cooldown_release: Script::new(COOLDOWN_RELEASE_LUA),
+            daily_reserve: Script::new(DAILY_RESERVE_LUA),
+            daily_release: Script::new(DAILY_RELEASE_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.claim,
             &self.record,
@@ -214,6 +264,8 @@ impl Scripts {
             &self.cooldown_acquire,
             &self.cooldown_dialed,
             &self.cooldown_release,
+            &self.daily_reserve,
+            &self.daily_release,
         ]
     }
 }
@@ -306,6 +358,10 @@ impl RedisStore {
 
     fn cooldown_key(&self, key: &str) -> String {
         format!("{}:cd:{key}", self.inner.key_prefix)
+    }
+
+    fn daily_key(&self, key: &str, day: &str) -> String {
+        format!("{}:day:{day}:{key}", self.inner.key_prefix)
     }
 
     fn error(&self, what: &str, err: &RedisError) -> StoreError {
@@ -466,6 +522,45 @@ impl DialStore for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error("cooldown release", &e))?;
+        Ok(())
+    }
+
+    async fn daily_reserve(&self, key: &str, day: &str, max: u32) -> Result<bool, StoreError> {
+        // A cap of 0 allows nothing; no need to ask Redis (callers pass max >= 1 anyway).
+        if max == 0 {
+            return Ok(false);
+        }
+        let mut conn = self.conn.clone();
+        let counted: i64 = self
+            .inner
+            .scripts
+            .daily_reserve
+            .key(self.daily_key(key, day))
+            .arg(max)
+            .arg(millis(DAILY_COUNTER_TTL))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error("daily reserve", &e))?;
+        match counted {
+            1 => Ok(true),
+            0 => Ok(false),
+            // The key names a hash and a date label, never a phone number: safe to report.
+            _ => Err(StoreError::Corrupt(format!(
+                "daily counter {day}:{key} is not a number"
+            ))),
+        }
+    }
+
+    async fn daily_release(&self, key: &str, day: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _decremented: i64 = self
+            .inner
+            .scripts
+            .daily_release
+            .key(self.daily_key(key, day))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error("daily release", &e))?;
         Ok(())
     }
 }
@@ -964,6 +1059,158 @@ mod tests {
         assert!(!exists);
 
         cleanup(&a).await;
+    }
+
+    async fn exists(store: &RedisStore, key: &str) -> bool {
+        let mut conn = store.conn.clone();
+        conn.exists(key).await.expect("EXISTS")
+    }
+
+    #[tokio::test]
+    async fn daily_reserve_counts_up_to_the_cap_and_release_frees_one() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let (key, day) = ("9d4e01", "2026-11-25");
+        let counter = a.daily_key(key, day);
+        assert_eq!(counter, format!("{}:day:{day}:{key}", settings.key_prefix));
+
+        for _ in 0..3 {
+            assert!(a.daily_reserve(key, day, 3).await.unwrap());
+        }
+        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
+        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
+        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"3"[..]));
+
+        // The counter expires, within DAILY_COUNTER_TTL of its first reservation.
+        let ttl = pttl(&a, &counter).await;
+        let limit = i64::try_from(DAILY_COUNTER_TTL.as_millis()).unwrap();
+        assert!(ttl > limit - 60_000 && ttl <= limit, "daily PTTL {ttl}");
+
+        a.daily_release(key, day).await.unwrap();
+        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"2"[..]));
+        let ttl_after = pttl(&a, &counter).await;
+        assert!(ttl_after > 0 && ttl_after <= ttl, "release keeps the TTL");
+        assert!(a.daily_reserve(key, day, 3).await.unwrap());
+        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
+
+        // A raised cap lets more through; a lowered one refuses without counting.
+        assert!(a.daily_reserve(key, day, 4).await.unwrap());
+        assert!(!a.daily_reserve(key, day, 2).await.unwrap());
+        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"4"[..]));
+
+        // A cap of 0 allows nothing and creates nothing.
+        assert!(!a.daily_reserve("e0e0", day, 0).await.unwrap());
+        assert!(!exists(&a, &a.daily_key("e0e0", day)).await);
+
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn daily_release_never_goes_below_zero_nor_creates_a_key() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let day = "2026-11-25";
+
+        // Nothing reserved: nothing is created.
+        a.daily_release("f00d", day).await.unwrap();
+        a.daily_release("f00d", day).await.unwrap();
+        assert!(!exists(&a, &a.daily_key("f00d", day)).await);
+
+        // Reserved once, released three times: zero, not negative.
+        let key = "beef";
+        let counter = a.daily_key(key, day);
+        assert!(a.daily_reserve(key, day, 1).await.unwrap());
+        for _ in 0..3 {
+            a.daily_release(key, day).await.unwrap();
+        }
+        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"0"[..]));
+        // So the cap still allows exactly one more, not one per extra release.
+        assert!(a.daily_reserve(key, day, 1).await.unwrap());
+        assert!(!a.daily_reserve(key, day, 1).await.unwrap());
+        assert!(pttl(&a, &counter).await > 0);
+
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn daily_counters_are_per_day_and_per_key() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let (today, tomorrow) = ("2026-11-25", "2026-11-26");
+
+        assert!(a.daily_reserve("k1", today, 1).await.unwrap());
+        assert!(!a.daily_reserve("k1", today, 1).await.unwrap());
+        // Another day, or another callee, has its own count.
+        assert!(a.daily_reserve("k1", tomorrow, 1).await.unwrap());
+        assert!(a.daily_reserve("k2", today, 1).await.unwrap());
+        assert!(!a.daily_reserve("k1", tomorrow, 1).await.unwrap());
+        assert!(!a.daily_reserve("k2", today, 1).await.unwrap());
+
+        // Releasing one day's call frees that day only.
+        a.daily_release("k1", tomorrow).await.unwrap();
+        assert!(!a.daily_reserve("k1", today, 1).await.unwrap());
+        assert!(a.daily_reserve("k1", tomorrow, 1).await.unwrap());
+
+        for (key, day) in [("k1", today), ("k1", tomorrow), ("k2", today)] {
+            let ttl = pttl(&a, &a.daily_key(key, day)).await;
+            assert!(ttl > 0, "{key} {day} has PTTL {ttl}");
+        }
+
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn a_non_numeric_daily_counter_is_reported_corrupt() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let (key, day) = ("c0de", "2026-11-25");
+        let counter = a.daily_key(key, day);
+        let mut conn = a.conn.clone();
+        let _: () = conn.set(&counter, "garbage").await.expect("SET");
+        assert!(matches!(
+            a.daily_reserve(key, day, 5).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // Release leaves it alone rather than failing.
+        a.daily_release(key, day).await.unwrap();
+        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"garbage"[..]));
+        cleanup(&a).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_daily_reservations_never_exceed_the_cap() {
+        let settings = settings(60_000);
+        let stores = [
+            connect(&settings, "worker-a").await,
+            connect(&settings, "worker-b").await,
+            connect(&settings, "worker-c").await,
+        ];
+        let (key, day) = ("5eed", "2026-11-25");
+        let barrier = Arc::new(tokio::sync::Barrier::new(30));
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.daily_reserve(key, day, 5).await
+                })
+            })
+            .collect();
+        let mut counted = 0;
+        for task in tasks {
+            if task.await.unwrap().unwrap() {
+                counted += 1;
+            }
+        }
+        assert_eq!(counted, 5);
+        assert_eq!(
+            get(&stores[0], &stores[0].daily_key(key, day))
+                .await
+                .as_deref(),
+            Some(&b"5"[..])
+        );
+        cleanup(&stores[0]).await;
     }
 
     #[tokio::test]
