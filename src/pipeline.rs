@@ -234,9 +234,11 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             }
         }
         if let Some((max, day)) = gate.daily_cap(jiff::Timestamp::now()) {
-            if !self.store.daily_reserve(&hold.key, &day, max).await? {
+            let reserved = self.store.daily_reserve(&hold.key, &day, max).await;
+            if !matches!(reserved, Ok(true)) {
+                // Over the cap, or the store failed: give back the cooldown slot taken above.
                 self.settle_callee(request_id, Some(hold), None).await;
-                return Ok(Gate::Suppressed(SuppressReason::DailyCap, None));
+                return reserved.map(|_| Gate::Suppressed(SuppressReason::DailyCap, None));
             }
             hold.day = Some(day);
         }
