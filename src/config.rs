@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+
+pub use crate::gates::hours::BusinessHoursSettings;
 use serde::Deserialize;
 
 /// The defaults, also shipped as `config/default.toml`.
@@ -21,6 +23,8 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("configuration key `{key}`: {reason}")]
+    InvalidAt { key: String, reason: String },
     #[error("environment variable {0} is not set")]
     MissingEnv(&'static str),
 }
@@ -34,7 +38,30 @@ pub struct Settings {
     pub store: StoreSettings,
     pub cooldown: CooldownSettings,
     pub business_hours: BusinessHoursSettings,
+    pub limits: LimitsSettings,
+    pub dnc: DncFileSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    pub max_in_flight: u32,
+    pub calls_per_second: f64,
+    pub burst: u32,
+    pub per_caller_calls_per_second: f64,
+    pub max_wait_ms: u64,
+    pub throttle_factor: f64,
+    pub throttle_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DncFileSettings {
+    /// Empty: no file.
+    pub file: std::path::PathBuf,
+    pub reload_interval_ms: u64,
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,22 +171,6 @@ pub struct CooldownSettings {
     pub max_per_day: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BusinessHoursSettings {
-    /// IANA name, checked against the bundled time zone database at start-up.
-    pub timezone: String,
-}
-
-impl BusinessHoursSettings {
-    pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, ConfigError> {
-        jiff::tz::TimeZone::get(&self.timezone).map_err(|e| ConfigError::Invalid {
-            key: "business_hours.timezone",
-            reason: format!("not a known IANA time zone: {e}"),
-        })
-    }
-}
-
 impl CooldownSettings {
     pub fn window(&self) -> Duration {
         Duration::from_millis(self.window_ms)
@@ -210,6 +221,14 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("deferral.tiers_ms")
+                .with_list_parse_key("business_hours.closed_dates")
+                .with_list_parse_key("business_hours.weekly.mon")
+                .with_list_parse_key("business_hours.weekly.tue")
+                .with_list_parse_key("business_hours.weekly.wed")
+                .with_list_parse_key("business_hours.weekly.thu")
+                .with_list_parse_key("business_hours.weekly.fri")
+                .with_list_parse_key("business_hours.weekly.sat")
+                .with_list_parse_key("business_hours.weekly.sun")
                 .source(Some(overrides)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -336,7 +355,42 @@ impl Settings {
         if self.cooldown.hash_key.expose_secret().is_empty() {
             return Err(invalid("cooldown.hash_key", "must not be empty"));
         }
-        self.business_hours.time_zone()?;
+        crate::gates::hours::BusinessHours::new(&self.business_hours).map_err(|e| {
+            ConfigError::InvalidAt {
+                key: e.key.clone(),
+                reason: e.reason.clone(),
+            }
+        })?;
+        let limits = &self.limits;
+        if limits.max_in_flight == 0 {
+            return Err(invalid("limits.max_in_flight", "must be at least 1"));
+        }
+        if !(limits.calls_per_second.is_finite() && limits.calls_per_second > 0.0) {
+            return Err(invalid(
+                "limits.calls_per_second",
+                "must be a positive number",
+            ));
+        }
+        if limits.burst == 0 {
+            return Err(invalid("limits.burst", "must be at least 1"));
+        }
+        if !(limits.per_caller_calls_per_second.is_finite()
+            && limits.per_caller_calls_per_second >= 0.0)
+        {
+            return Err(invalid(
+                "limits.per_caller_calls_per_second",
+                "must be 0 (off) or a positive number",
+            ));
+        }
+        if !(limits.throttle_factor > 0.0 && limits.throttle_factor <= 1.0) {
+            return Err(invalid("limits.throttle_factor", "must be in (0, 1]"));
+        }
+        if self.dnc.reload_interval_ms == 0 {
+            return Err(invalid("dnc.reload_interval_ms", "must be positive"));
+        }
+        if self.dnc.shared && self.store.backend != StoreBackend::Redis {
+            return Err(invalid("dnc.shared", "needs store.backend = \"redis\""));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }
@@ -449,8 +503,16 @@ mod tests {
             ("DIALEX_CCC__ENDPOINT", "http://127.0.0.1:9999"),
             ("OTHER_AMQP__PREFETCH", "9"),
             ("DIALEX_DEFERRAL__TIERS_MS", "1000,60000"),
+            (
+                "DIALEX_BUSINESS_HOURS__WEEKLY__SAT",
+                "08:00-12:00,13:00-17:00",
+            ),
         ])
         .unwrap();
+        assert_eq!(
+            s.business_hours.default.weekly["sat"],
+            ["08:00-12:00", "13:00-17:00"]
+        );
         assert_eq!(s.deferral.tiers_ms, [1000, 60000]);
         assert_eq!(s.amqp.prefetch, 7);
         assert_eq!(s.amqp.names.request_queue, "q");

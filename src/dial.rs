@@ -5,7 +5,7 @@
 //! jittered exponential backoff and a fresh nonce each time. Ambiguous failures (a timeout or
 //! reset after the request was sent) are never re-sent: the customer may already be ringing.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
@@ -43,6 +43,8 @@ pub enum DialResult {
     Unknown(DialFailure),
     /// The worker itself is misconfigured; the request is not at fault and must be kept.
     Systemic(DialFailure),
+    /// `expires_at` passed before an attempt could start; nothing more was sent.
+    Expired,
 }
 
 /// The result and the number of HTTP attempts it took.
@@ -50,6 +52,8 @@ pub enum DialResult {
 pub struct DialReport {
     pub result: DialResult,
     pub attempts: u32,
+    /// Some attempt was answered with `Throttling*`: the caller should slow down.
+    pub throttled: bool,
 }
 
 /// Dials `request`, retrying retryable failures per `policy`.
@@ -67,29 +71,41 @@ pub async fn dial<C: CccClient>(
         provider: request.provider(),
     };
     let attempts = AtomicU32::new(0);
+    let throttled = AtomicBool::new(false);
+    let deadline = request.expires_at();
     let backoff = ExponentialBuilder::default()
         .with_min_delay(policy.initial_backoff)
         .with_max_delay(policy.max_backoff)
         .with_max_times(policy.max_attempts.saturating_sub(1) as usize)
         .with_jitter();
     let outcome = (|| async {
+        // Checked before every attempt: a retry must not ring someone whose request is stale.
+        if deadline.is_some_and(|d| jiff::Timestamp::now() >= d) {
+            return Err(Attempt::Expired);
+        }
         attempts.fetch_add(1, Ordering::Relaxed);
-        client.dial_ex(&params).await
+        client.dial_ex(&params).await.map_err(|failure| {
+            if failure.code().starts_with("Throttling") {
+                throttled.store(true, Ordering::Relaxed);
+            }
+            Attempt::Failed(failure)
+        })
     })
     .retry(backoff)
     .sleep(tokio::time::sleep)
-    .when(|failure: &DialFailure| failure.class() == ErrorClass::Retryable)
-    .notify(|failure: &DialFailure, wait: Duration| {
-        tracing::warn!(
-            code = failure.code(),
-            ?wait,
-            "DialEx attempt failed; retrying"
-        );
+    .when(|attempt: &Attempt| {
+        matches!(attempt, Attempt::Failed(f) if f.class() == ErrorClass::Retryable)
+    })
+    .notify(|attempt: &Attempt, wait: Duration| {
+        if let Attempt::Failed(failure) = attempt {
+            tracing::warn!(code = failure.code(), ?wait, "DialEx attempt failed; retrying");
+        }
     })
     .await;
     let result = match outcome {
         Ok(accepted) => DialResult::Dialed(accepted),
-        Err(failure) => match failure.class() {
+        Err(Attempt::Expired) => DialResult::Expired,
+        Err(Attempt::Failed(failure)) => match failure.class() {
             ErrorClass::Retryable | ErrorClass::Permanent => DialResult::Failed(failure),
             ErrorClass::Ambiguous => DialResult::Unknown(failure),
             ErrorClass::Systemic => DialResult::Systemic(failure),
@@ -98,5 +114,12 @@ pub async fn dial<C: CccClient>(
     DialReport {
         result,
         attempts: attempts.into_inner(),
+        throttled: throttled.into_inner(),
     }
+}
+
+/// Why one attempt did not succeed.
+enum Attempt {
+    Failed(DialFailure),
+    Expired,
 }

@@ -203,6 +203,16 @@ impl Harness {
             ("STORE__KEY_PREFIX", s.store.key_prefix.clone()),
             ("STORE__LEASE_MS", s.store.lease_ms.to_string()),
             ("COOLDOWN__WINDOW_MS", s.cooldown.window_ms.to_string()),
+            ("LIMITS__MAX_IN_FLIGHT", s.limits.max_in_flight.to_string()),
+            (
+                "LIMITS__CALLS_PER_SECOND",
+                s.limits.calls_per_second.to_string(),
+            ),
+            ("LIMITS__BURST", s.limits.burst.to_string()),
+            (
+                "BUSINESS_HOURS__TIMEZONE",
+                s.business_hours.default.timezone.clone(),
+            ),
             ("LOG__LEVEL", s.log.level.clone()),
             (
                 "DEFERRAL__TIERS_MS",
@@ -216,6 +226,18 @@ impl Harness {
         ]
         .into_iter()
         .map(|(k, v)| (format!("DIALEX_{k}"), v))
+        .chain(
+            s.business_hours
+                .default
+                .weekly
+                .iter()
+                .map(|(day, windows)| {
+                    (
+                        format!("DIALEX_BUSINESS_HOURS__WEEKLY__{}", day.to_uppercase()),
+                        windows.join(","),
+                    )
+                }),
+        )
         .chain([
             (
                 Credentials::ACCESS_KEY_ID.to_owned(),

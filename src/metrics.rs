@@ -28,6 +28,7 @@ pub struct DedupLabels {
 pub enum SuppressReason {
     Cooldown,
     DailyCap,
+    Dnc,
 }
 
 impl DedupKind {
@@ -46,6 +47,7 @@ impl SuppressReason {
         match self {
             SuppressReason::Cooldown => "cooldown",
             SuppressReason::DailyCap => "daily_cap",
+            SuppressReason::Dnc => "dnc",
         }
     }
 }

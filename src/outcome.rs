@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::ccc::{DialAccepted, DialFailure};
+use crate::metrics::SuppressReason;
 use crate::validate::{DialRequest, Rejection};
 
 /// Namespace of the deterministic `event_id`s (UUID v5).
@@ -169,12 +170,13 @@ impl OutcomeEvent {
         event
     }
 
-    /// Not dialed because the callee was called recently (`cooldown`, with the earlier
-    /// request and its task id) or too often today (`daily_cap`).
+    /// Not dialed because of the callee: called recently (`cooldown`, with the earlier
+    /// request and its task id), too often today (`daily_cap`), or on the do-not-call list
+    /// (`dnc`).
     pub fn suppressed(
         request: &DialRequest,
         received_at: Timestamp,
-        code: &str,
+        reason: SuppressReason,
         earlier: Option<(&str, Option<&str>)>,
     ) -> Self {
         let mut event = Self::new(
@@ -183,14 +185,50 @@ impl OutcomeEvent {
             received_at,
             request.attributes(),
         );
-        event.code = Some(code.to_owned());
-        event.message = Some(match earlier {
-            Some((earlier_id, _)) => {
+        event.code = Some(reason.as_str().to_owned());
+        event.message = Some(match (reason, earlier) {
+            (SuppressReason::Cooldown, Some((earlier_id, _))) => {
                 format!("the callee was called for request {earlier_id} within the cooldown window")
             }
-            None => "the callee has reached today's call limit".to_owned(),
+            (SuppressReason::Cooldown, None) => {
+                "the callee was called within the cooldown window".to_owned()
+            }
+            (SuppressReason::DailyCap, _) => "the callee has reached today's call limit".to_owned(),
+            (SuppressReason::Dnc, _) => "the callee is on the do-not-call list".to_owned(),
         });
         event.task_id = earlier.and_then(|(_, task_id)| task_id.map(ToOwned::to_owned));
+        event
+    }
+
+    /// Not dialed: the request's `expires_at` passed before it could be.
+    pub fn expired(request: &DialRequest, received_at: Timestamp, attempts: u32) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            Status::Expired,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some("expired".to_owned());
+        event.message = Some("expires_at passed before the call could be placed".to_owned());
+        event.attempts = attempts;
+        event
+    }
+
+    /// Informational: the request waits and will be evaluated again at `next_attempt_at`.
+    pub fn deferred(
+        request: &DialRequest,
+        received_at: Timestamp,
+        reason: &str,
+        next_attempt_at: Timestamp,
+    ) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            Status::Deferred,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some(reason.to_owned());
+        event.next_attempt_at = Some(next_attempt_at);
         event
     }
 

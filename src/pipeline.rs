@@ -11,6 +11,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -19,7 +21,10 @@ use crate::amqp::{Incoming, Publisher};
 use crate::ccc::{CccClient, DialFailure};
 use crate::defer::Tiers;
 use crate::dial::{DialPolicy, DialResult, dial};
-use crate::gates::cooldown::CalleeGate;
+use crate::gates::cooldown::{CalleeGate, NumberHasher};
+use crate::gates::dnc::DncList;
+use crate::gates::hours::BusinessHours;
+use crate::gates::limits::{AnyLimiter, CallKey, Limiter};
 use crate::metrics::{DedupKind, Metrics, SuppressReason};
 use crate::outcome::{OutcomeEvent, Status};
 use crate::settle::Disposition;
@@ -67,6 +72,10 @@ pub struct Pipeline<C, S> {
     pub publisher: Publisher,
     pub tiers: Tiers,
     pub callee: Option<CalleeGate>,
+    pub hasher: NumberHasher,
+    pub hours: BusinessHours,
+    pub dnc: DncList,
+    pub limiter: AnyLimiter,
     pub metrics: Arc<Metrics>,
     pub halt: Arc<Halt>,
 }
@@ -139,6 +148,51 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             Err(error) => return self.halt_on(HaltCause::Store(error)),
         };
 
+        let now = Timestamp::now();
+        if request.expires_at().is_some_and(|at| now >= at) {
+            let event = OutcomeEvent::expired(request, incoming.received_at, 0);
+            return self
+                .record_and_publish(request_id, &token, &event, incoming)
+                .await;
+        }
+        if let Some((reason, when)) = self.not_yet(request, now) {
+            if request.expires_at().is_some_and(|at| when >= at) {
+                let event = OutcomeEvent::expired(request, incoming.received_at, 0);
+                return self
+                    .record_and_publish(request_id, &token, &event, incoming)
+                    .await;
+            }
+            // Not ours to hold while it waits: whoever sees it come back claims it afresh.
+            if let Err(error) = self.store.release(request_id, &token).await {
+                return self.halt_on(HaltCause::Store(error));
+            }
+            return self.defer_until(request, incoming, reason, when, now).await;
+        }
+
+        match self.dnc.contains(request.callee()).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.metrics.suppressed(SuppressReason::Dnc);
+                let event = OutcomeEvent::suppressed(
+                    request,
+                    incoming.received_at,
+                    SuppressReason::Dnc,
+                    None,
+                );
+                return self
+                    .record_and_publish(request_id, &token, &event, incoming)
+                    .await;
+            }
+            Err(error) => {
+                // Fail closed: never dial a number that might be on the list.
+                tracing::error!(%error, "the do-not-call list could not be checked; deferring");
+                let _ = self.store.release(request_id, &token).await;
+                return self
+                    .defer(incoming, Duration::ZERO, "dnc_unavailable")
+                    .await;
+            }
+        }
+
         let hold = match self.callee_gate(request).await {
             Ok(Gate::Pass(hold)) => hold,
             Ok(Gate::Suppressed(reason, earlier)) => {
@@ -146,7 +200,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 let event = OutcomeEvent::suppressed(
                     request,
                     incoming.received_at,
-                    reason.as_str(),
+                    reason,
                     earlier
                         .as_ref()
                         .map(|(id, task)| (id.as_str(), task.as_deref())),
@@ -161,7 +215,45 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             }
         };
 
+        let caller_key = self
+            .hasher
+            .hash(&[request.instance_id(), request.caller().as_str()]);
+        let pair_key = self.hasher.hash(&[
+            request.instance_id(),
+            request.caller().as_str(),
+            request.callee().as_str(),
+        ]);
+        let key = CallKey {
+            instance_id: request.instance_id(),
+            caller_key: &caller_key,
+            pair_key: &pair_key,
+        };
+        let permit = match self.limiter.acquire(&key).await {
+            Ok(Some(permit)) => permit,
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "the limiter could not decide; deferring");
+                }
+                // Too long a wait for a slot: wait outside the process instead.
+                self.settle_callee(request_id, hold, None).await;
+                let _ = self.store.release(request_id, &token).await;
+                return self
+                    .defer_until(
+                        request,
+                        incoming,
+                        "limits",
+                        Timestamp::now(),
+                        Timestamp::now(),
+                    )
+                    .await;
+            }
+        };
+
         let report = dial(&self.client, &self.policy, request).await;
+        permit.release().await;
+        if report.throttled {
+            self.limiter.throttled(request.instance_id());
+        }
         let received_at = incoming.received_at;
         let event = match &report.result {
             DialResult::Dialed(accepted) => {
@@ -181,6 +273,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 failure,
                 report.attempts,
             ),
+            DialResult::Expired => OutcomeEvent::expired(request, received_at, report.attempts),
             DialResult::Systemic(failure) => {
                 // Not dialed: give the request back whole, for when the worker is fixed.
                 self.settle_callee(request_id, hold, None).await;
@@ -200,6 +293,47 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         }
         self.record_and_publish(request_id, &token, &event, incoming)
             .await
+    }
+
+    /// When the request may be dialed, if not now: the later of `not_before` and the next
+    /// opening of its instance's calendar, with the reason that decides.
+    fn not_yet(&self, request: &DialRequest, now: Timestamp) -> Option<(&'static str, Timestamp)> {
+        let not_before = request.not_before().filter(|at| *at > now);
+        let calendar = self.hours.for_instance(request.instance_id());
+        let from = not_before.unwrap_or(now);
+        // A calendar that never opens again: nothing can be dialed; treat it as far future,
+        // which expires requests with a deadline and parks the others in the longest tier.
+        let opening = calendar
+            .next_opening(from)
+            .unwrap_or_else(|| from + jiff::SignedDuration::from_hours(24 * 400));
+        if opening > from {
+            Some(("outside_hours", opening))
+        } else {
+            not_before.map(|at| ("not_before", at))
+        }
+    }
+
+    /// Defers until `when`: a `deferred` event the first time for this reason, then the hop
+    /// through the wait tier that fits the remaining delay.
+    async fn defer_until(
+        &self,
+        request: &DialRequest,
+        incoming: &Incoming,
+        reason: &str,
+        when: Timestamp,
+        now: Timestamp,
+    ) -> Disposition {
+        if incoming.deferred_reason.as_deref() != Some(reason) {
+            let event = OutcomeEvent::deferred(request, incoming.received_at, reason, when);
+            if let Err(error) = self.publisher.publish_outcome(&event, None).await {
+                tracing::warn!(%error, "could not publish the deferred event");
+            }
+        }
+        let delay = when
+            .duration_since(now)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        self.defer(incoming, delay, reason).await
     }
 
     /// The callee gate: cooldown, then the daily cap. On `Pass`, the returned hold says what
@@ -233,7 +367,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 }
             }
         }
-        if let Some((max, day)) = gate.daily_cap(jiff::Timestamp::now()) {
+        if let Some((max, day)) = gate.daily_cap(Timestamp::now()) {
             let reserved = self.store.daily_reserve(&hold.key, &day, max).await;
             if !matches!(reserved, Ok(true)) {
                 // Over the cap, or the store failed: give back the cooldown slot taken above.

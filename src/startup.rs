@@ -13,7 +13,10 @@ use crate::ccc::CccClient;
 use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
 use crate::dial::DialPolicy;
-use crate::gates::cooldown::CalleeGate;
+use crate::gates::cooldown::{CalleeGate, NumberHasher};
+use crate::gates::dnc::{DncList, DncSettings, RedisDnc};
+use crate::gates::hours::BusinessHours;
+use crate::gates::limits::{AnyLimiter, LimitSettings, LocalLimiter, RedisLimiter};
 use crate::intake::{Stopped, consume};
 use crate::metrics::Metrics;
 use crate::pipeline::{Halt, HaltCause, Pipeline};
@@ -35,8 +38,22 @@ pub enum RunError {
     Halted(HaltCause),
     #[error("the broker closed the consumer")]
     ConsumerClosed,
-    #[error(transparent)]
-    Config(crate::config::ConfigError),
+    /// A gate (calendar, do-not-call list, limiter) could not be set up.
+    #[error("{0}")]
+    Gate(String),
+}
+
+fn dnc_settings(settings: &Settings) -> DncSettings {
+    let file = &settings.dnc.file;
+    DncSettings {
+        file: (!file.as_os_str().is_empty()).then(|| file.clone()),
+        reload_interval: Duration::from_millis(settings.dnc.reload_interval_ms),
+        redis: settings.dnc.shared.then(|| RedisDnc {
+            url: settings.store.url.clone(),
+            key_prefix: settings.store.key_prefix.clone(),
+            hash_key: settings.cooldown.hash_key.clone(),
+        }),
+    }
 }
 
 /// This process's name in claims: the pod name (Kubernetes sets `HOSTNAME`) plus a random
@@ -58,14 +75,22 @@ pub async fn run_with_configured_store<C: CccClient>(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker = worker_id();
+    // A permit outlives a crashed holder by the dial lease: longer than any dial.
+    let limits = LimitSettings::from_config(&settings.limits, settings.store.lease());
     match settings.store.backend {
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(&settings.store, worker)?;
-            run(settings, client, store, metrics, shutdown).await
+            let limiter = AnyLimiter::Local(LocalLimiter::new(limits));
+            run(settings, client, store, limiter, metrics, shutdown).await
         }
         StoreBackend::Redis => {
             let store = RedisStore::connect(&settings.store, worker).await?;
-            run(settings, client, store, metrics, shutdown).await
+            let limiter = AnyLimiter::Redis(
+                RedisLimiter::connect(&settings.store.url, &settings.store.key_prefix, limits)
+                    .await
+                    .map_err(|e| RunError::Gate(e.to_string()))?,
+            );
+            run(settings, client, store, limiter, metrics, shutdown).await
         }
     }
 }
@@ -75,11 +100,17 @@ pub async fn run<C: CccClient, S: DialStore>(
     settings: &Settings,
     client: C,
     store: S,
+    limiter: AnyLimiter,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let amqp_settings = &settings.amqp;
     let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
+    let hours =
+        BusinessHours::new(&settings.business_hours).map_err(|e| RunError::Gate(e.to_string()))?;
+    let dnc = DncList::start(dnc_settings(settings))
+        .await
+        .map_err(|e| RunError::Gate(e.to_string()))?;
     let publish_connection = amqp::connect(&amqp_settings.url, "dialex-worker publish").await?;
     let consume_connection = amqp::connect(&amqp_settings.url, "dialex-worker consume").await?;
     let publisher = Publisher::open(&publish_connection, amqp_settings).await?;
@@ -116,8 +147,11 @@ pub async fn run<C: CccClient, S: DialStore>(
         policy: DialPolicy::from_settings(&settings.ccc),
         publisher,
         tiers,
-        callee: CalleeGate::new(&settings.cooldown, &settings.business_hours)
-            .map_err(RunError::Config)?,
+        callee: CalleeGate::new(&settings.cooldown, hours.default_calendar().time_zone()),
+        hasher: NumberHasher::new(&settings.cooldown),
+        hours,
+        dnc,
+        limiter,
         metrics,
         halt: Arc::clone(&halt),
     });

@@ -43,11 +43,24 @@ pub struct Incoming {
     pub properties: BasicProperties,
     pub redelivered: bool,
     pub received_at: Timestamp,
+    /// Why the request was last deferred (the `x-dialex-deferred` header), if it was.
+    pub deferred_reason: Option<String>,
 }
 
 impl Incoming {
     pub fn new(body: Vec<u8>, properties: BasicProperties, redelivered: bool) -> Self {
+        let deferred_reason = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(publisher::DEFERRED_HEADER))
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+                }
+                _ => None,
+            });
         Incoming {
+            deferred_reason,
             message_id: properties
                 .message_id()
                 .as_ref()

@@ -16,13 +16,46 @@ use jiff::tz::TimeZone;
 use secrecy::ExposeSecret;
 use sha1::Sha1;
 
-use crate::config::{BusinessHoursSettings, ConfigError, CooldownSettings};
+use crate::config::CooldownSettings;
 use crate::validate::DialRequest;
+
+/// Keyed hashes of phone numbers (HMAC-SHA1 under `cooldown.hash_key`, hex): what shared
+/// stores hold instead of numbers.
+#[derive(Clone)]
+pub struct NumberHasher {
+    mac: Hmac<Sha1>,
+}
+
+impl NumberHasher {
+    pub fn new(cooldown: &CooldownSettings) -> Self {
+        let mac = Hmac::<Sha1>::new_from_slice(cooldown.hash_key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        NumberHasher { mac }
+    }
+
+    /// Hex HMAC of `parts` joined by newlines.
+    pub fn hash(&self, parts: &[&str]) -> String {
+        let mut mac = self.mac.clone();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                mac.update(b"\n");
+            }
+            mac.update(part.as_bytes());
+        }
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(digest.len() * 2);
+        for byte in digest {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{byte:02x}");
+        }
+        out
+    }
+}
 
 /// The callee gate's configuration, ready to derive keys and day labels.
 #[derive(Clone)]
 pub struct CalleeGate {
-    mac: Hmac<Sha1>,
+    hasher: NumberHasher,
     window: Option<Duration>,
     daily: Option<(u32, TimeZone)>,
 }
@@ -30,22 +63,17 @@ pub struct CalleeGate {
 impl CalleeGate {
     /// `None` when both the cooldown (`window_ms = 0`) and the daily cap (`max_per_day = 0`)
     /// are switched off.
-    pub fn new(
-        cooldown: &CooldownSettings,
-        hours: &BusinessHoursSettings,
-    ) -> Result<Option<Self>, ConfigError> {
+    pub fn new(cooldown: &CooldownSettings, day_zone: &TimeZone) -> Option<Self> {
         let window = (cooldown.window_ms > 0).then(|| cooldown.window());
-        let daily = if cooldown.max_per_day > 0 {
-            Some((cooldown.max_per_day, hours.time_zone()?))
-        } else {
-            None
-        };
+        let daily = (cooldown.max_per_day > 0).then(|| (cooldown.max_per_day, day_zone.clone()));
         if window.is_none() && daily.is_none() {
-            return Ok(None);
+            return None;
         }
-        let mac = Hmac::<Sha1>::new_from_slice(cooldown.hash_key.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        Ok(Some(CalleeGate { mac, window, daily }))
+        Some(CalleeGate {
+            hasher: NumberHasher::new(cooldown),
+            window,
+            daily,
+        })
     }
 
     /// The cooldown window, when the cooldown is on.
@@ -63,17 +91,8 @@ impl CalleeGate {
 
     /// Hex HMAC-SHA1 of instance and callee: the store key for this callee.
     pub fn key(&self, request: &DialRequest) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(request.instance_id().as_bytes());
-        mac.update(b"\n");
-        mac.update(request.callee().as_str().as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(digest.len() * 2);
-        for byte in digest {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{byte:02x}");
-        }
-        out
+        self.hasher
+            .hash(&[request.instance_id(), request.callee().as_str()])
     }
 }
 
@@ -91,7 +110,11 @@ mod tests {
     }
 
     fn gate(settings: &Settings) -> Option<CalleeGate> {
-        CalleeGate::new(&settings.cooldown, &settings.business_hours).unwrap()
+        CalleeGate::new(&settings.cooldown, &shanghai())
+    }
+
+    fn shanghai() -> TimeZone {
+        TimeZone::get("Asia/Shanghai").unwrap()
     }
 
     #[test]
@@ -109,8 +132,7 @@ mod tests {
         other.cooldown.hash_key = secrecy::SecretString::from("another-secret");
         assert_ne!(
             a,
-            CalleeGate::new(&other.cooldown, &other.business_hours)
-                .unwrap()
+            CalleeGate::new(&other.cooldown, &shanghai())
                 .unwrap()
                 .key(&request("i1", "15732036617"))
         );

@@ -2,3 +2,6 @@
 //! this one" (a terminal outcome), or "not yet" (deferral).
 
 pub mod cooldown;
+pub mod dnc;
+pub mod hours;
+pub mod limits;

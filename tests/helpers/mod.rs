@@ -25,6 +25,14 @@ pub fn settings() -> Settings {
     settings.store.lease_ms = 4_000;
     settings.deferral.tiers_ms = vec![500, 2_000, 10_000];
     settings.log.level = "warn".into();
+    // Limits far above what a test pushes, unless a test is about them.
+    settings.limits.max_in_flight = 10_000;
+    settings.limits.calls_per_second = 100_000.0;
+    settings.limits.burst = 100_000;
+    // Tests run at any hour: the call centre is always open unless a test says otherwise.
+    for windows in settings.business_hours.default.weekly.values_mut() {
+        *windows = vec!["00:00-24:00".to_owned()];
+    }
     settings.validate().expect("test settings are valid");
     settings
 }
@@ -79,6 +87,7 @@ pub async fn outcomes_until(
 /// A harness with a running worker using the simulator's credentials. Fails loudly when
 /// RabbitMQ is unreachable: the tests never skip.
 pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
+    dialex_worker::telemetry::init(&settings.log);
     let mut harness = Harness::start(settings, sim).await.expect(
         "RabbitMQ must be reachable on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)",
     );

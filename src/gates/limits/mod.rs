@@ -1,0 +1,625 @@
+//! The pace gate: how many `DialEx` requests run at once, and how fast they start, per
+//! call-centre instance.
+//!
+//! CCC answers `Throttling*` when an instance is called too fast, and every such answer is a
+//! retry, a delay and a risk of giving up on a customer. So the worker paces itself below the
+//! gateway's limits instead of discovering them. This module owns four rules, all per
+//! `instance_id`:
+//!
+//! - **Concurrency**: at most `max_in_flight` `DialEx` requests in flight. A [`Permit`] is held
+//!   for the duration of the HTTP call.
+//! - **Rate**: at most `calls_per_second`, with bursts of up to `burst` calls, by the generic
+//!   cell rate algorithm (GCRA): one number per key, the *theoretical arrival time* (TAT) of
+//!   the next call. A call is allowed when `TAT - now <= (burst - 1) * T` (`T` = 1 / rate),
+//!   and then pushes the TAT to `max(TAT, now) + T`. Unlike a fixed window it never lets
+//!   `2 * rate` through across a window boundary, and unlike a token bucket it needs no
+//!   refill bookkeeping. A refused call is told exactly how long to wait.
+//! - **Per caller**: optionally, `per_caller_calls_per_second` per caller number (burst 1),
+//!   the same algorithm keyed by an opaque caller key.
+//! - **Pairs**: the same caller and callee are never dialed twice within [`PAIR_SPACING`].
+//!
+//! # One decision, all or nothing
+//!
+//! [`Limiter::acquire`] takes *every* slot in one atomic step, or none: the pacing rules are
+//! checked first (their wait is reported when they refuse, and a request waiting for pace
+//! never holds a permit), then the permit; and only if everything passes are the rate
+//! states advanced, the pair marked and the permit taken. So a request that has to wait for a
+//! permit has not spent a rate slot meanwhile, and calls never bunch up behind a busy
+//! semaphore: a call *starts* (takes its permit) at the moment its rate slot is counted, so
+//! the rate bounds call starts, which is what the gateway measures.
+//!
+//! # Waiting is bounded and in-process
+//!
+//! A refused attempt names its wait: the GCRA's exact retry-after, the pair mark's remaining
+//! life, or, for a full semaphore, nothing useful (permits come back when calls end), so the
+//! loop polls (5 ms doubling to 50 ms) and is woken at once by permits released in this
+//! process. Sleeps get a little random jitter so waiters do not retry in lock step. Waiters
+//! refused by an instance's rate, or for its permits, queue in-process (first come, first
+//! served) and only the head retries, so a backlog costs one retry per replica per slot, not
+//! one per waiter. When the next wait would end past `max_wait`, [`Limiter::acquire`] answers
+//! `Ok(None)` at once (or, waiting for a permit or its turn, at the deadline) and the caller
+//! defers the request instead of holding a consumer slot.
+//!
+//! # Backends
+//!
+//! - [`LocalLimiter`]: in memory, for one replica (the embedded store).
+//! - [`RedisLimiter`]: shared by every replica, one Lua script per attempt, on Redis server
+//!   time (see [`redis`](self::redis) for the keys and why).
+//!
+//! # Throttling feedback
+//!
+//! [`Limiter::throttled`] records that CCC answered `Throttling*` for an instance: for
+//! `throttle_cooldown` this replica's calls to that instance count `1 / throttle_factor` rate
+//! slots each, i.e. it runs at `throttle_factor` of the pace. This is in-process only: each
+//! replica backs off on what it saw. With Redis the rate state is shared, so a throttled
+//! replica's heavier calls slow the whole instance in proportion to its share of the
+//! traffic; when every replica is being throttled (the usual case: the gateway limits the
+//! instance), the instance runs at `throttle_factor` of its pace overall. Throttling again
+//! during a cool-down restarts the cool-down; factors do not compound.
+
+mod local;
+pub mod redis;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
+use tokio::time::Instant;
+
+pub use self::local::LocalLimiter;
+pub use self::redis::RedisLimiter;
+use crate::config::LimitsSettings;
+
+/// The same caller and callee are never dialed twice within this time.
+pub const PAIR_SPACING: Duration = Duration::from_secs(1);
+
+/// The longest interval between calls a rate can ask for; slower rates are treated as this.
+/// It keeps `1 / rate` finite and the arithmetic on it free of overflow.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The smallest throttle factor honoured: a factor of 0 would stop an instance for good.
+const MIN_THROTTLE_FACTOR: f64 = 0.01;
+
+/// The longest `max_wait` and `permit_lease` honoured: a day. Far past any sensible value, and
+/// it keeps deadline arithmetic on `Instant` from overflowing.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// First and longest poll interval while every permit is taken. Releases in this process
+/// wake waiters at once; the poll finds permits released by other replicas (or by leases
+/// running out).
+const POLL_START: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// How fast and how many `DialEx` calls may run per instance.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// `DialEx` requests in flight at once per instance (at least 1).
+    pub max_in_flight: u32,
+    /// Calls started per second per instance (positive).
+    pub calls_per_second: f64,
+    /// Calls that may start back to back after a quiet spell (at least 1).
+    pub burst: u32,
+    /// Calls per second per caller number, burst 1; 0 switches the rule off.
+    pub per_caller_calls_per_second: f64,
+    /// Longest in-process wait for all slots; past it, `acquire` answers `None`.
+    pub max_wait: Duration,
+    /// How long a permit's hold outlives a holder that never releases it (a crashed replica).
+    /// Must exceed the longest time a permit is legitimately held (the HTTP timeout, or the
+    /// whole dial with its retries if the permit is held across them).
+    pub permit_lease: Duration,
+    /// Pace multiplier after a `Throttling*` answer, in (0, 1].
+    pub throttle_factor: f64,
+    /// How long the lowered pace lasts after the last `Throttling*` answer.
+    pub throttle_cooldown: Duration,
+}
+
+impl LimitSettings {
+    /// From the `[limits]` configuration, with the permit lease the caller derives from its
+    /// HTTP timeout.
+    pub fn from_config(limits: &LimitsSettings, permit_lease: Duration) -> Self {
+        LimitSettings {
+            max_in_flight: limits.max_in_flight,
+            calls_per_second: limits.calls_per_second,
+            burst: limits.burst,
+            per_caller_calls_per_second: limits.per_caller_calls_per_second,
+            max_wait: Duration::from_millis(limits.max_wait_ms),
+            permit_lease,
+            throttle_factor: limits.throttle_factor,
+            throttle_cooldown: Duration::from_millis(limits.throttle_cooldown_ms),
+        }
+    }
+}
+
+/// What one dial is paced by. All three keys are opaque to the limiter and end up in Redis key
+/// names: `caller_key` and `pair_key` must already be hashes (never raw phone numbers).
+#[derive(Debug, Clone, Copy)]
+pub struct CallKey<'a> {
+    /// The CCC instance: concurrency, rate and throttling are counted per instance.
+    pub instance_id: &'a str,
+    /// The caller number, hashed: the per-caller rate's key (within the instance).
+    pub caller_key: &'a str,
+    /// Caller and callee, hashed together: the [`PAIR_SPACING`] rule's key (within the
+    /// instance).
+    pub pair_key: &'a str,
+}
+
+/// Why a `Limiter` could not decide. The attempt's effect is unknown (a lost answer may have
+/// taken a permit, which then comes back after its lease): do not dial; defer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitError {
+    /// Redis could not be reached or refused the request. Never contains the URL.
+    #[error("redis limiter: {0}")]
+    Backend(String),
+    /// A limiter key holds something the limiter did not write.
+    #[error("redis limiter: {0}")]
+    Corrupt(String),
+}
+
+/// Paces `DialEx` calls. Implementors are cheap to clone and share (an `Arc` inside).
+pub trait Limiter: Send + Sync + 'static {
+    /// Waits (in-process, at most `max_wait`) until this call may start, and returns the
+    /// permit to hold during the HTTP call. `Ok(None)`: the wait would exceed `max_wait`;
+    /// defer the request instead.
+    fn acquire(
+        &self,
+        key: &CallKey<'_>,
+    ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
+
+    /// CCC answered `Throttling*` for this instance: this replica slows it to
+    /// `throttle_factor` of its pace for `throttle_cooldown`.
+    fn throttled(&self, instance_id: &str);
+}
+
+/// Either backend, chosen at start-up.
+#[derive(Debug, Clone)]
+pub enum AnyLimiter {
+    Local(LocalLimiter),
+    Redis(RedisLimiter),
+}
+
+impl Limiter for AnyLimiter {
+    async fn acquire(&self, key: &CallKey<'_>) -> Result<Option<Permit>, LimitError> {
+        match self {
+            AnyLimiter::Local(limiter) => limiter.acquire(key).await,
+            AnyLimiter::Redis(limiter) => limiter.acquire(key).await,
+        }
+    }
+
+    fn throttled(&self, instance_id: &str) {
+        match self {
+            AnyLimiter::Local(limiter) => limiter.throttled(instance_id),
+            AnyLimiter::Redis(limiter) => limiter.throttled(instance_id),
+        }
+    }
+}
+
+/// One concurrency slot, held for the duration of a `DialEx` request.
+///
+/// Give it back with [`Permit::release`]. Dropping it also gives it back (so an error path or
+/// a cancelled task cannot leak a slot): at once for the local limiter; for Redis by a
+/// background task on the current Tokio runtime (or, with no runtime, when its lease runs
+/// out).
+#[must_use = "dropping a permit gives it back at once"]
+pub struct Permit {
+    hold: Option<Hold>,
+}
+
+enum Hold {
+    Local(local::LocalHold),
+    Redis(redis::RedisHold),
+}
+
+impl Permit {
+    fn new(hold: Hold) -> Permit {
+        Permit { hold: Some(hold) }
+    }
+
+    /// Gives the slot back and wakes this process's waiters for it. For Redis the removal
+    /// runs on its own task, so cancelling this call does not lose it; a Redis error is
+    /// logged (the lease frees the slot later) rather than returned, as there is nothing the
+    /// caller could do about it.
+    pub async fn release(mut self) {
+        match self.hold.take() {
+            Some(Hold::Local(hold)) => hold.release(),
+            Some(Hold::Redis(hold)) => {
+                if let Some(task) = hold.release_in_background() {
+                    // A JoinError means the runtime is shutting down; the lease covers it.
+                    let _ = task.await;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        match self.hold.take() {
+            Some(Hold::Local(hold)) => hold.release(),
+            Some(Hold::Redis(hold)) => {
+                let _ = hold.release_in_background();
+            }
+            None => {}
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (backend, instance) = match &self.hold {
+            Some(Hold::Local(hold)) => ("local", Some(hold.instance())),
+            Some(Hold::Redis(hold)) => ("redis", Some(hold.instance())),
+            None => ("released", None),
+        };
+        f.debug_struct("Permit")
+            .field("backend", &backend)
+            .field("instance_id", &instance)
+            .finish()
+    }
+}
+
+/// The settings with every value made usable. The constructors cannot fail, and configuration
+/// validation already rejects these cases, so out-of-range values are replaced (with a
+/// warning) rather than trusted to arithmetic that could panic or stop an instance forever:
+/// `max_in_flight` and `burst` of 0 become 1; an unusable `calls_per_second` becomes 1/s (an
+/// unusable per-caller rate switches that rule off); rates slower than one call an hour are
+/// one call an hour; a `throttle_factor` outside (0, 1] becomes 1 (no effect) and one below
+/// 0.01 becomes 0.01; `permit_lease` is at least 1 ms; durations are at most a day.
+#[derive(Debug, Clone)]
+struct Rules {
+    max_in_flight: u32,
+    interval: Duration,
+    burst: u32,
+    caller_interval: Option<Duration>,
+    max_wait: Duration,
+    lease: Duration,
+    throttle_factor: f64,
+    throttle_cooldown: Duration,
+}
+
+impl Rules {
+    fn new(s: &LimitSettings) -> Rules {
+        let mut rules = Rules {
+            max_in_flight: s.max_in_flight.max(1),
+            interval: interval(s.calls_per_second).unwrap_or(Duration::from_secs(1)),
+            burst: s.burst.max(1),
+            caller_interval: interval(s.per_caller_calls_per_second),
+            max_wait: s.max_wait.min(MAX_DURATION),
+            lease: s.permit_lease.clamp(Duration::from_millis(1), MAX_DURATION),
+            throttle_factor: s.throttle_factor,
+            throttle_cooldown: s.throttle_cooldown.min(MAX_DURATION),
+        };
+        if !(rules.throttle_factor > 0.0 && rules.throttle_factor <= 1.0) {
+            // NaN or above 1 (a "speed-up") falls back to no throttling effect.
+            rules.throttle_factor = 1.0;
+        }
+        rules.throttle_factor = rules.throttle_factor.max(MIN_THROTTLE_FACTOR);
+        let clamped = s.max_in_flight == 0
+            || s.burst == 0
+            || interval(s.calls_per_second).is_none()
+            || !(s.throttle_factor > 0.0 && s.throttle_factor <= 1.0)
+            || !(s.per_caller_calls_per_second.is_finite() && s.per_caller_calls_per_second >= 0.0)
+            || s.permit_lease.is_zero()
+            || s.max_wait > MAX_DURATION;
+        if clamped {
+            tracing::warn!(
+                settings = ?s,
+                rules = ?rules,
+                "limit settings out of range; using the nearest usable values"
+            );
+        }
+        rules
+    }
+
+    /// The pace of one attempt, on an instance that is or is not being throttled.
+    fn pace(&self, throttled: bool) -> Pace {
+        let interval = if throttled {
+            Duration::try_from_secs_f64(self.interval.as_secs_f64() / self.throttle_factor)
+                .unwrap_or(MAX_INTERVAL)
+                .min(MAX_INTERVAL)
+        } else {
+            self.interval
+        };
+        Pace {
+            interval,
+            tolerance: interval.saturating_mul(self.burst - 1),
+            caller_interval: self.caller_interval,
+            pair_window: PAIR_SPACING,
+        }
+    }
+}
+
+/// `1 / rate`, or `None` when the rate is off (0) or unusable (negative, NaN, infinite).
+fn interval(rate: f64) -> Option<Duration> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(1.0 / rate)
+            .unwrap_or(MAX_INTERVAL)
+            .min(MAX_INTERVAL),
+    )
+}
+
+/// What one attempt checks, as both backends apply it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pace {
+    /// The instance's emission interval `T` for this call (longer while throttled).
+    interval: Duration,
+    /// `(burst - 1) * T`: how far ahead of now the TAT may be for a call to go.
+    tolerance: Duration,
+    /// The per-caller interval, burst 1; `None` when the rule is off.
+    caller_interval: Option<Duration>,
+    /// How long a pair stays marked after its call started.
+    pair_window: Duration,
+}
+
+/// GCRA: how long until a call is allowed (zero: now). `tat` is the stored theoretical
+/// arrival time (anything in the past means "idle").
+fn gcra_wait(tat: Duration, now: Duration, tolerance: Duration) -> Duration {
+    tat.saturating_sub(tolerance).saturating_sub(now)
+}
+
+/// GCRA: the TAT after a call allowed at `now`.
+fn gcra_advance(tat: Duration, now: Duration, interval: Duration) -> Duration {
+    tat.max(now).saturating_add(interval)
+}
+
+/// Why an attempt was refused (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitFor {
+    /// The instance's rate.
+    Pace,
+    /// The caller's rate.
+    CallerPace,
+    /// The same pair was dialed less than [`PAIR_SPACING`] ago.
+    Pair,
+    /// Every permit is taken.
+    Permit,
+}
+
+/// The answer of one attempt.
+enum Attempt {
+    Granted(Permit),
+    /// Refused; `after` is the suggested wait (for [`WaitFor::Permit`], the time until the
+    /// earliest lease runs out: an upper bound, as permits usually come back sooner).
+    Wait {
+        reason: WaitFor,
+        after: Duration,
+    },
+}
+
+/// One atomic all-or-nothing attempt at every slot.
+trait Backend: Send + Sync {
+    fn attempt(
+        &self,
+        key: &CallKey<'_>,
+        pace: &Pace,
+    ) -> impl Future<Output = Result<Attempt, LimitError>> + Send;
+}
+
+/// What both backends share: the rules, the in-process throttling state and the wake-ups.
+struct Common {
+    rules: Rules,
+    /// Instance -> end of its throttling cool-down.
+    throttles: Mutex<HashMap<String, Instant>>,
+    wakers: Wakers,
+}
+
+impl Common {
+    fn new(settings: &LimitSettings) -> Common {
+        Common {
+            rules: Rules::new(settings),
+            throttles: Mutex::new(HashMap::new()),
+            wakers: Wakers::default(),
+        }
+    }
+
+    fn throttled(&self, instance_id: &str) {
+        if self.rules.throttle_factor >= 1.0 || self.rules.throttle_cooldown.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let until = now + self.rules.throttle_cooldown;
+        let already = {
+            let mut throttles = lock(&self.throttles);
+            // Forget finished cool-downs so the map stays as small as the set of throttled
+            // instances.
+            throttles.retain(|_, end| *end > now);
+            throttles.insert(instance_id.to_owned(), until).is_some()
+        };
+        // Loud once per episode; under sustained throttling every answer would repeat it.
+        if already {
+            tracing::debug!(instance_id, "CCC throttled again; cool-down restarted");
+        } else {
+            tracing::info!(
+                instance_id,
+                factor = self.rules.throttle_factor,
+                cooldown_ms = self.rules.throttle_cooldown.as_millis() as u64,
+                "CCC throttled this instance; slowing its pace on this replica"
+            );
+        }
+    }
+
+    fn pace(&self, instance_id: &str) -> Pace {
+        let throttled = lock(&self.throttles)
+            .get(instance_id)
+            .is_some_and(|end| *end > Instant::now());
+        self.rules.pace(throttled)
+    }
+
+    /// The acquire loop both backends share; see the module documentation.
+    async fn acquire<B: Backend>(
+        &self,
+        backend: &B,
+        key: &CallKey<'_>,
+    ) -> Result<Option<Permit>, LimitError> {
+        let start = Instant::now();
+        let deadline = start + self.rules.max_wait;
+        let local = self.wakers.get(key.instance_id);
+        // This process's turn at the instance's rate or permits (see `InstanceWaiters`), held
+        // only while refused for that reason.
+        let mut turn: Option<(WaitFor, OwnedMutexGuard<()>)> = None;
+        let mut poll = POLL_START;
+        loop {
+            // Registered before the attempt, so a release between the attempt and the sleep
+            // still wakes us.
+            let mut released = std::pin::pin!(local.released.notified());
+            released.as_mut().enable();
+
+            let pace = self.pace(key.instance_id);
+            let (reason, after) = match backend.attempt(key, &pace).await? {
+                Attempt::Granted(permit) => return Ok(Some(permit)),
+                Attempt::Wait { reason, after } => (reason, after),
+            };
+            if turn.as_ref().is_some_and(|(held, _)| *held != reason) {
+                // Refused for another reason now: let the next in line for the old one go.
+                turn = None;
+            }
+            if turn.is_none()
+                && let Some(queue) = local.queue(reason)
+            {
+                if Instant::now() >= deadline {
+                    return Ok(defer(key, start, reason));
+                }
+                // Wait for our turn, then try again at once: the previous head may have just
+                // taken the slot or permit we were told to wait for.
+                match tokio::time::timeout_at(deadline, queue.clone().lock_owned()).await {
+                    Ok(guard) => {
+                        turn = Some((reason, guard));
+                        poll = POLL_START;
+                        continue;
+                    }
+                    Err(_) => return Ok(defer(key, start, reason)),
+                }
+            }
+            let now = Instant::now();
+            if reason == WaitFor::Permit {
+                // Unknown wait: poll until the deadline, one last attempt at it.
+                if now >= deadline {
+                    return Ok(defer(key, start, reason));
+                }
+                let nap = (poll + jitter(poll))
+                    .min(after + Duration::from_millis(1))
+                    .min(deadline - now);
+                tokio::select! {
+                    () = tokio::time::sleep(nap) => {}
+                    () = released => {}
+                }
+                poll = (poll * 2).min(POLL_MAX);
+            } else {
+                // A known wait: if it ends past the deadline, waiting is pointless.
+                if now + after > deadline {
+                    return Ok(defer(key, start, reason));
+                }
+                let nap = (after + jitter(after)).min(deadline - now);
+                tokio::time::sleep(nap).await;
+            }
+        }
+    }
+}
+
+/// Logs a deferral and answers `None`.
+fn defer(key: &CallKey<'_>, start: Instant, reason: WaitFor) -> Option<Permit> {
+    tracing::debug!(
+        instance_id = key.instance_id,
+        waited_ms = start.elapsed().as_millis() as u64,
+        ?reason,
+        "no DialEx slot within max_wait; deferring"
+    );
+    None
+}
+
+/// A small random addition to a sleep (up to a twentieth of it, between 1 and 5 ms) so that
+/// waiters told the same retry-after (on different replicas) do not all come back in the
+/// same instant. Small, because with burst 1 every bit of lateness is rate not used.
+fn jitter(base: Duration) -> Duration {
+    let cap = (base / 20).clamp(Duration::from_millis(1), Duration::from_millis(5));
+    let micros = u64::try_from(cap.as_micros()).unwrap_or(5_000);
+    Duration::from_micros(rand::rng().random_range(0..=micros))
+}
+
+/// This process's [`InstanceWaiters`], per instance. Only weak references are kept, so an
+/// instance nobody waits on costs nothing once its waiters are gone.
+#[derive(Default)]
+struct Wakers {
+    inner: Mutex<WakerMap>,
+}
+
+#[derive(Default)]
+struct WakerMap {
+    map: HashMap<String, Weak<InstanceWaiters>>,
+    /// Dead entries are swept when the map reaches this size (then twice its live size).
+    sweep_at: usize,
+}
+
+/// One instance's waiters in this process.
+///
+/// Waiters refused for the same shared reason (the instance's rate, or its permits) would
+/// all retry at once (told the same retry-after, or woken by the same release) and all but
+/// one be refused again: with Redis, a round trip per waiter per slot, and a stampede that
+/// grows with the backlog. So they queue, first come first served, and only the head of each
+/// queue retries: one attempt per replica per slot, whatever the backlog, and fairness within
+/// a replica. A waiter refused for its own caller or pair waits alone (no one else waits for
+/// the same thing).
+#[derive(Default)]
+struct InstanceWaiters {
+    /// Notified (all waiters) when a permit of the instance is released in this process.
+    released: Notify,
+    /// Held by the one waiter that retries the instance's rate.
+    pace_turn: Arc<AsyncMutex<()>>,
+    /// Held by the one waiter that retries for a permit.
+    permit_turn: Arc<AsyncMutex<()>>,
+}
+
+impl InstanceWaiters {
+    /// The queue for waiters refused for `reason`, if they queue.
+    fn queue(&self, reason: WaitFor) -> Option<&Arc<AsyncMutex<()>>> {
+        match reason {
+            WaitFor::Pace => Some(&self.pace_turn),
+            WaitFor::Permit => Some(&self.permit_turn),
+            WaitFor::CallerPace | WaitFor::Pair => None,
+        }
+    }
+}
+
+impl Wakers {
+    fn get(&self, instance_id: &str) -> Arc<InstanceWaiters> {
+        let mut inner = lock(&self.inner);
+        if let Some(waiters) = inner.map.get(instance_id).and_then(Weak::upgrade) {
+            return waiters;
+        }
+        if inner.map.len() >= inner.sweep_at {
+            inner.map.retain(|_, weak| weak.strong_count() > 0);
+            inner.sweep_at = (inner.map.len() * 2).max(64);
+        }
+        let waiters = Arc::new(InstanceWaiters::default());
+        inner
+            .map
+            .insert(instance_id.to_owned(), Arc::downgrade(&waiters));
+        waiters
+    }
+
+    fn wake(&self, instance_id: &str) {
+        let waiters = lock(&self.inner)
+            .map
+            .get(instance_id)
+            .and_then(Weak::upgrade);
+        if let Some(waiters) = waiters {
+            waiters.released.notify_waiters();
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded state is plain numbers and maps that are
+/// never left half-updated by a panic in this module.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,422 @@
+//! The shared limiter: every replica paces each instance against the same state in Redis.
+//!
+//! # One script per attempt
+//!
+//! An attempt reads four keys and, only if every rule passes, writes them all. As separate
+//! commands two replicas could both see the last free permit, or the same free rate slot, and
+//! both call. A Lua script runs atomically on the server, so each attempt is one script: one
+//! round trip, no `WATCH` retries, no window between the check and the take. The script is
+//! loaded at [`RedisLimiter::connect`] (failing early on an ACL without scripting); `EVALSHA`
+//! loads it again if Redis forgot it.
+//!
+//! # Server time
+//!
+//! Rate states (theoretical arrival times) and permit leases are instants, and replicas'
+//! clocks disagree: a replica whose clock ran fast would see every other replica's rate slots
+//! as long past and call early, and would expire live permits. So every instant is read and
+//! compared on Redis's clock, with `TIME` inside the script, in microseconds (a 50 ms interval
+//! at 20 calls/s, or 1 ms at 1000, needs finer than whole milliseconds). The pair mark is a
+//! relative `PX` expiry, so it runs on the server's clock too. Redis 7 replicates a script's
+//! effects, not the script, so reading `TIME` before writing is allowed.
+//!
+//! # Keys
+//!
+//! All under `<prefix>:lim:{<instance_id>}:`; the braces are a Redis Cluster hash tag, so one
+//! attempt's keys always live on one node.
+//!
+//! - `…:rate`: a string, the instance's TAT in microseconds of server time. Expires when the
+//!   TAT passes (an absent key and a past TAT mean the same: idle).
+//! - `…:sem`: a sorted set of permit holders (a random token each) scored by lease end in
+//!   milliseconds of server time. Expired holders are removed before counting, so a crashed
+//!   replica's permits come back after their lease. The key expires one lease after its
+//!   latest holder joined, so an idle instance leaves nothing behind.
+//! - `…:caller:<caller_key>`: a caller's TAT, like `rate`, when per-caller pacing is on.
+//! - `…:pair:<pair_key>`: a marker set with `PX` [`PAIR_SPACING`](super::PAIR_SPACING).
+//!
+//! Caller and pair keys are opaque hashes supplied by the caller: no phone number is stored.
+//!
+//! # Errors
+//!
+//! A [`LimitError::Backend`] does not say whether the script ran. If it ran and granted, the
+//! holder entry stays until its lease and one rate slot is spent: harmless, as the request is
+//! not dialed (the caller defers it) and the slot comes back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, RedisError, Script};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{
+    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitSettings, Limiter, Pace, Permit,
+    WaitFor,
+};
+
+/// How long [`RedisLimiter::connect`] waits for Redis, all reconnection attempts included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one script may take to answer. Short: the acquire loop is bounded by `max_wait`,
+/// and a stalled Redis should fail the attempt (the request is deferred) rather than hang it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One all-or-nothing attempt at every slot of a call.
+///
+/// KEYS[1] rate, KEYS[2] sem, KEYS[3] caller, KEYS[4] pair.
+/// ARGV[1] interval µs, ARGV[2] tolerance µs ((burst - 1) * interval), ARGV[3] caller
+/// interval µs (0: off), ARGV[4] pair window ms (0: off), ARGV[5] max in flight, ARGV[6]
+/// lease ms, ARGV[7] holder token.
+///
+/// Returns `{0, lease end ms}` (granted: rate and caller TATs advanced, pair marked, holder
+/// added), `{1|2|3, wait µs}` (refused by the rate, the caller's rate or the pair mark: the
+/// longest of their waits), `{4, µs until the earliest lease ends}` (every permit taken), or
+/// `{-1, n}` (KEYS[n] holds something this script did not write).
+const ACQUIRE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+
+-- A stored TAT, or now when absent or past. nil: not a number.
+local function tat_of(key)
+  local v = redis.call('GET', key)
+  if not v then
+    return now
+  end
+  local n = tonumber(v)
+  if not n then
+    return nil
+  end
+  return math.max(n, now)
+end
+
+-- Pacing first: every rule, keeping the longest wait (nothing can go before it).
+local reason, wait = 0, 0
+local tat = tat_of(KEYS[1])
+if not tat then
+  return {-1, 1}
+end
+local d = tat - tonumber(ARGV[2]) - now
+if d > wait then
+  reason, wait = 1, d
+end
+local caller_interval = tonumber(ARGV[3])
+local caller_tat = now
+if caller_interval > 0 then
+  caller_tat = tat_of(KEYS[3])
+  if not caller_tat then
+    return {-1, 3}
+  end
+  d = caller_tat - now
+  if d > wait then
+    reason, wait = 2, d
+  end
+end
+local pair_window = tonumber(ARGV[4])
+if pair_window > 0 then
+  local ttl = redis.call('PTTL', KEYS[4])
+  if ttl == -1 then
+    -- Exists without an expiry: not ours (ours always carry PX).
+    return {-1, 4}
+  end
+  if ttl > 0 and ttl * 1000 > wait then
+    reason, wait = 3, ttl * 1000
+  end
+end
+if wait > 0 then
+  return {reason, wait}
+end
+
+-- Then the permit: holders whose lease ended (crashed replicas) give their slot back first.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {4, math.max(tonumber(first[2]) - now_ms, 0) * 1000}
+end
+
+-- Everything passed: take it all. %.0f, not tostring: tostring switches to exponent
+-- notation (and loses digits) for numbers this large.
+local interval = tonumber(ARGV[1])
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
+  'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
+if caller_interval > 0 then
+  local next_caller = caller_tat + caller_interval
+  redis.call('SET', KEYS[3], string.format('%.0f', next_caller),
+    'PX', string.format('%.0f', math.ceil((next_caller - now) / 1000) + 1))
+end
+if pair_window > 0 then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
+end
+local lease = tonumber(ARGV[6])
+local lease_end = now_ms + lease
+redis.call('ZADD', KEYS[2], string.format('%.0f', lease_end), ARGV[7])
+-- Never shorten: a holder added by a replica with a longer lease must outlive this one.
+if redis.call('PTTL', KEYS[2]) < lease then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+return {0, lease_end}
+";
+
+/// Paces `DialEx` calls across every replica sharing one Redis. Cheap to clone: a
+/// multiplexed connection that reconnects by itself, and shared configuration.
+#[derive(Clone)]
+pub struct RedisLimiter {
+    pub(super) conn: ConnectionManager,
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) common: Common,
+    pub(super) key_prefix: String,
+    lease_ms: u64,
+    acquire: Script,
+    redactor: Redactor,
+}
+
+impl fmt::Debug for RedisLimiter {
+    // By hand: the connection's own Debug is not ours to vet for secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("rules", &self.inner.common.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// Connects to `url` (waiting at most 5 s) and loads the script. Keys live under
+    /// `<key_prefix>:lim:`; every replica must use the same prefix (and, for the limits to
+    /// mean what they say, the same settings).
+    ///
+    /// Fails if Redis cannot be reached, refuses the credentials, or refuses `SCRIPT LOAD`:
+    /// better at start-up than on the first call. Error messages never contain the URL or its
+    /// password.
+    pub async fn connect(
+        url: &SecretString,
+        key_prefix: &str,
+        settings: LimitSettings,
+    ) -> Result<Self, LimitError> {
+        let url = url.expose_secret();
+        let redactor = Redactor::new(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| redactor.error("the URL is not a usable Redis URL", &e))?;
+        let acquire = Script::new(ACQUIRE_LUA);
+        // One deadline around everything: the manager retries a refused connection with
+        // backoff, which on its own could outlast the limit.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            // A plain connection first: it fails at once with the real reason (refused, wrong
+            // password, scripting not allowed), where the manager would retry until the
+            // deadline and leave only "timed out".
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(
+                    &AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+                )
+                .await
+                .map_err(|e| redactor.error("cannot connect", &e))?;
+            acquire
+                .prepare_invoke()
+                .load_async(&mut probe)
+                .await
+                .map_err(|e| redactor.error("cannot load scripts", &e))?;
+            drop(probe);
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| redactor.error("cannot connect", &e))
+        })
+        .await
+        .map_err(|_| {
+            LimitError::Backend(format!(
+                "no connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })??;
+        let common = Common::new(&settings);
+        Ok(RedisLimiter {
+            conn,
+            inner: Arc::new(Inner {
+                lease_ms: millis(common.rules.lease),
+                common,
+                key_prefix: key_prefix.to_owned(),
+                acquire,
+                redactor,
+            }),
+        })
+    }
+
+    /// `<prefix>:lim:{<instance_id>}:<kind>`.
+    pub(super) fn key(&self, instance_id: &str, kind: &str) -> String {
+        format!("{}:lim:{{{instance_id}}}:{kind}", self.inner.key_prefix)
+    }
+}
+
+impl Limiter for RedisLimiter {
+    async fn acquire(&self, key: &CallKey<'_>) -> Result<Option<Permit>, LimitError> {
+        self.inner.common.acquire(self, key).await
+    }
+
+    fn throttled(&self, instance_id: &str) {
+        self.inner.common.throttled(instance_id);
+    }
+}
+
+impl Backend for RedisLimiter {
+    async fn attempt(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Attempt, LimitError> {
+        let sem_key = self.key(key.instance_id, "sem");
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut conn = self.conn.clone();
+        let (code, value): (i64, i64) = self
+            .inner
+            .acquire
+            .key(self.key(key.instance_id, "rate"))
+            .key(&sem_key)
+            .key(self.key(key.instance_id, &format!("caller:{}", key.caller_key)))
+            .key(self.key(key.instance_id, &format!("pair:{}", key.pair_key)))
+            .arg(micros(pace.interval).max(1))
+            .arg(micros(pace.tolerance))
+            .arg(pace.caller_interval.map_or(0, |i| micros(i).max(1)))
+            .arg(millis(pace.pair_window))
+            .arg(self.inner.common.rules.max_in_flight)
+            .arg(self.inner.lease_ms)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.redactor.error("acquire", &e))?;
+        let after = Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        let reason = match code {
+            0 => {
+                return Ok(Attempt::Granted(Permit::new(Hold::Redis(RedisHold {
+                    conn,
+                    inner: self.inner.clone(),
+                    instance: key.instance_id.to_owned(),
+                    sem_key,
+                    token,
+                }))));
+            }
+            1 => WaitFor::Pace,
+            2 => WaitFor::CallerPace,
+            3 => WaitFor::Pair,
+            4 => WaitFor::Permit,
+            -1 => {
+                let which = match value {
+                    1 => "rate",
+                    3 => "caller",
+                    _ => "pair",
+                };
+                // Names the instance and the kind of key only: keys hold no phone numbers,
+                // but there is no need to log hashes either.
+                return Err(LimitError::Corrupt(format!(
+                    "a {which} key of instance {} holds something the limiter did not write",
+                    key.instance_id
+                )));
+            }
+            other => {
+                return Err(LimitError::Corrupt(format!(
+                    "unexpected answer {other} from the acquire script"
+                )));
+            }
+        };
+        Ok(Attempt::Wait { reason, after })
+    }
+}
+
+/// A Redis permit's hold: which holder entry to remove.
+pub(super) struct RedisHold {
+    conn: ConnectionManager,
+    inner: Arc<Inner>,
+    instance: String,
+    sem_key: String,
+    token: String,
+}
+
+impl RedisHold {
+    pub(super) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Removes the holder entry on a task of its own (so neither a synchronous `Drop` nor a
+    /// cancelled `release` loses it), then wakes this process's waiters. `None` when there is
+    /// no Tokio runtime to run it on: the lease frees the slot instead.
+    pub(super) fn release_in_background(self) -> Option<tokio::task::JoinHandle<()>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                instance_id = self.instance,
+                "no runtime to release a permit on; its lease will free it"
+            );
+            return None;
+        };
+        Some(runtime.spawn(async move {
+            let RedisHold {
+                mut conn,
+                inner,
+                instance,
+                sem_key,
+                token,
+            } = self;
+            let removed: Result<i64, RedisError> = redis::cmd("ZREM")
+                .arg(&sem_key)
+                .arg(&token)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = removed {
+                tracing::warn!(
+                    instance_id = instance,
+                    error = %inner.redactor.error("release", &e),
+                    "could not release a permit; its lease will free it"
+                );
+            }
+            inner.common.wakers.wake(&instance);
+        }))
+    }
+}
+
+/// Whole milliseconds for Redis, rounding a non-zero sub-millisecond duration up to 1 (an
+/// expiry of 0 would be rejected).
+fn millis(d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !d.is_zero() { 1 } else { ms }
+}
+
+/// Whole microseconds, saturating (the settings are clamped far below that anyway).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Keeps the URL and its password out of error messages. The redis crate does not put them in
+/// its errors today; this makes sure a future version (or a server echoing input) cannot leak
+/// them into logs either.
+struct Redactor {
+    secrets: Vec<SecretString>,
+}
+
+impl Redactor {
+    fn new(url: &str) -> Redactor {
+        let mut secrets = vec![SecretString::from(url.to_owned())];
+        if let Ok(parsed) = url::Url::parse(url)
+            && let Some(password) = parsed.password()
+        {
+            let decoded = percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned();
+            secrets.push(SecretString::from(password.to_owned()));
+            secrets.push(SecretString::from(decoded));
+        }
+        Redactor { secrets }
+    }
+
+    fn error(&self, what: &str, err: &RedisError) -> LimitError {
+        let mut message = format!("{what}: {err}");
+        for secret in &self.secrets {
+            let secret = secret.expose_secret();
+            if !secret.is_empty() && message.contains(secret) {
+                message = message.replace(secret, "[redacted]");
+            }
+        }
+        LimitError::Backend(message)
+    }
+}
