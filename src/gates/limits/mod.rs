@@ -44,7 +44,7 @@
 //!
 //! - [`LocalLimiter`]: in memory, for one replica (the embedded store).
 //! - [`RedisLimiter`]: shared by every replica, one Lua script per attempt, on Redis server
-//!   time (see [`redis`](self::redis) for the keys and why).
+//!   time (see [`redis`] for the keys and why).
 //!
 //! # Throttling feedback
 //!
@@ -372,7 +372,7 @@ fn gcra_advance(tat: Duration, now: Duration, interval: Duration) -> Duration {
     tat.max(now).saturating_add(interval)
 }
 
-/// Why an attempt was refused (for logs).
+/// Why an attempt was refused: for logs, and to pick the queue a waiter joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WaitFor {
     /// The instance's rate.

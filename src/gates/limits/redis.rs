@@ -63,15 +63,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One all-or-nothing attempt at every slot of a call.
 ///
-/// KEYS[1] rate, KEYS[2] sem, KEYS[3] caller, KEYS[4] pair.
-/// ARGV[1] interval µs, ARGV[2] tolerance µs ((burst - 1) * interval), ARGV[3] caller
-/// interval µs (0: off), ARGV[4] pair window ms (0: off), ARGV[5] max in flight, ARGV[6]
-/// lease ms, ARGV[7] holder token.
+/// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair.
+/// `ARGV[1]` interval µs, `ARGV[2]` tolerance µs ((burst - 1) * interval), `ARGV[3]` caller
+/// interval µs (0: off), `ARGV[4]` pair window ms (0: off), `ARGV[5]` max in flight, `ARGV[6]`
+/// lease ms, `ARGV[7]` holder token.
 ///
 /// Returns `{0, lease end ms}` (granted: rate and caller TATs advanced, pair marked, holder
 /// added), `{1|2|3, wait µs}` (refused by the rate, the caller's rate or the pair mark: the
 /// longest of their waits), `{4, µs until the earliest lease ends}` (every permit taken), or
-/// `{-1, n}` (KEYS[n] holds something this script did not write).
+/// `{-1, n}` (`KEYS[n]` holds something this script did not write).
 const ACQUIRE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])

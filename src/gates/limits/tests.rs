@@ -850,3 +850,13 @@ async fn throttling_lasts_for_the_cooldown_only() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(common.pace("i").interval, normal);
 }
+
+#[test]
+fn limiters_and_permits_can_cross_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<LocalLimiter>();
+    send_sync::<RedisLimiter>();
+    send_sync::<AnyLimiter>();
+    send_sync::<Permit>();
+    send_sync::<LimitError>();
+}
