@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
 use dialex_worker::config::{Credentials, Settings};
+use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
+use dialex_worker::phone::PhoneNumber;
 use dialex_worker::{demo, startup, telemetry};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -49,11 +51,26 @@ enum Command {
         #[arg(long, env = "ALIBABA_CLOUD_ACCESS_KEY_SECRET", default_value = simulator::DEMO_ACCESS_KEY_SECRET, hide_env_values = true, hide_default_value = true)]
         access_key_secret: String,
     },
+    /// Add or remove numbers on the shared do-not-call set (Redis store only).
+    Dnc {
+        #[command(subcommand)]
+        action: DncAction,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Run a simulator and a worker in-process, publish sample requests, print the outcomes.
     Demo {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum DncAction {
+    /// Never call these numbers (any format the worker accepts, e.g. "+86 157-3203-6617").
+    Add { numbers: Vec<String> },
+    /// Take these numbers off the shared list.
+    Remove { numbers: Vec<String> },
 }
 
 #[tokio::main]
@@ -104,6 +121,36 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             cancel_on_signal(shutdown.clone()).await;
             shutdown.cancelled().await;
             sim.shutdown().await;
+            Ok(())
+        }
+        Command::Dnc { action, config } => {
+            let settings = Settings::load(config.as_deref())?;
+            telemetry::init(&settings.log);
+            let list = DncList::start(DncSettings {
+                file: None,
+                reload_interval: Duration::from_secs(60),
+                redis: Some(RedisDnc {
+                    url: settings.store.url.clone(),
+                    key_prefix: settings.store.key_prefix.clone(),
+                    hash_key: settings.cooldown.hash_key.clone(),
+                }),
+            })
+            .await?;
+            let (numbers, add) = match &action {
+                DncAction::Add { numbers } => (numbers, true),
+                DncAction::Remove { numbers } => (numbers, false),
+            };
+            for (i, raw) in numbers.iter().enumerate() {
+                // The message names the argument, not the number: it may be someone's phone.
+                let number = PhoneNumber::parse(raw)
+                    .with_context(|| format!("number {} is not dialable", i + 1))?;
+                if add {
+                    list.add(&number).await?;
+                } else {
+                    list.remove(&number).await?;
+                }
+                println!("{} {number}", if add { "added" } else { "removed" });
+            }
             Ok(())
         }
         Command::Demo { config } => {

@@ -197,6 +197,46 @@ async fn numbers_on_the_do_not_call_list_are_never_dialed_and_the_list_reloads()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_on_the_shared_redis_list_are_never_dialed() {
+    use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
+    let mut s = settings_with(StoreBackend::Redis);
+    s.dnc.shared = true;
+    let mut h = started(s, SimConfig::default()).await;
+    let list = DncList::start(DncSettings {
+        file: None,
+        reload_interval: Duration::from_secs(60),
+        redis: Some(RedisDnc {
+            url: h.settings.store.url.clone(),
+            key_prefix: h.settings.store.key_prefix.clone(),
+            hash_key: h.settings.cooldown.hash_key.clone(),
+        }),
+    })
+    .await
+    .unwrap();
+    let number = callee(6);
+    list.add(&dialex_worker::phone::PhoneNumber::parse(&number).unwrap())
+        .await
+        .unwrap();
+    h.publish_request(&request("shared-listed", &number, "ivr"), None)
+        .await
+        .unwrap();
+    h.publish_request(&request("not-listed", &callee(7), "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(2, WAIT).await.unwrap();
+    for r in &received {
+        let expected = if r.event.request_id == "shared-listed" {
+            Status::Suppressed
+        } else {
+            Status::Dialed
+        };
+        assert_eq!(r.event.status, expected, "{}", r.event.request_id);
+    }
+    assert_eq!(h.simulator.dial_count(), 1);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_the_concurrency_and_pace_limits() {
     let mut s = settings_with(StoreBackend::Redis);
     s.cooldown.window_ms = 0;
