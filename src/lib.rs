@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod phone;
 pub mod pipeline;
+mod redact;
 pub mod settle;
 pub mod startup;
 pub mod store;

@@ -42,6 +42,7 @@
 //! (the pipeline fails closed: an unknown answer is not a "no"). No error message contains a
 //! phone number, the Redis URL or a secret.
 
+use crate::redact::Redactor;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
@@ -51,8 +52,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
+use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, RedisError};
 use secrecy::{ExposeSecret, SecretString};
 use sha1::Sha1;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -574,7 +575,7 @@ struct SharedSet {
     conn: ConnectionManager,
     key: String,
     mac: Hmac<Sha1>,
-    redactor: Redactor,
+    redactor: Redactor<DncError>,
 }
 
 impl SharedSet {
@@ -590,7 +591,7 @@ impl SharedSet {
         let mac = Hmac::<Sha1>::new_from_slice(hash_key.as_bytes())
             .map_err(|_| DncError::Settings("the hash key is not usable for HMAC"))?;
         let url = settings.url.expose_secret();
-        let redactor = Redactor::new(url);
+        let redactor = Redactor::new(url, DncError::Redis);
         let client =
             redis::Client::open(url).map_err(|e| redactor.error("not a usable Redis URL", &e))?;
         let key = format!("{}:dnc", settings.key_prefix);
@@ -682,39 +683,6 @@ impl SharedSet {
             Ok(Err(e)) => Err(self.redactor.error(what, &e)),
             Err(_) => Err(DncError::Timeout(limit)),
         }
-    }
-}
-
-/// Keeps the URL and its password out of error messages. The redis crate does not put them in
-/// its errors today; this makes sure a future version cannot leak them through us.
-struct Redactor {
-    secrets: Vec<SecretString>,
-}
-
-impl Redactor {
-    fn new(url: &str) -> Redactor {
-        let mut secrets = vec![SecretString::from(url.to_owned())];
-        if let Ok(parsed) = url::Url::parse(url)
-            && let Some(password) = parsed.password()
-        {
-            let decoded = percent_encoding::percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned();
-            secrets.push(SecretString::from(password.to_owned()));
-            secrets.push(SecretString::from(decoded));
-        }
-        Redactor { secrets }
-    }
-
-    fn error(&self, what: &str, err: &RedisError) -> DncError {
-        let mut message = format!("{what}: {err}");
-        for secret in &self.secrets {
-            let secret = secret.expose_secret();
-            if !secret.is_empty() && message.contains(secret) {
-                message = message.replace(secret, "[redacted]");
-            }
-        }
-        DncError::Redis(message)
     }
 }
 
@@ -1277,8 +1245,8 @@ mod tests {
 
     #[test]
     fn redaction_covers_the_url_and_both_spellings_of_the_password() {
-        let redactor = Redactor::new("redis://u:p%40ss@h:6379/0");
-        let err = RedisError::from((
+        let redactor = Redactor::new("redis://u:p%40ss@h:6379/0", DncError::Redis);
+        let err = redis::RedisError::from((
             redis::ErrorKind::Io,
             "boom",
             "redis://u:p%40ss@h:6379/0 p@ss p%40ss".to_owned(),

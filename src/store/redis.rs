@@ -40,13 +40,14 @@
 //! whose answer was lost may have left a claim in Redis; the caller must not dial on an error,
 //! and the request will later be seen as held, then abandoned (never dialed twice).
 
+use crate::redact::Redactor;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, RedisError, Script};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::{
     Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
@@ -225,7 +226,7 @@ struct Inner {
     lease_ms: u64,
     record_ttl_ms: u64,
     scripts: Scripts,
-    redactor: Redactor,
+    redactor: Redactor<StoreError>,
 }
 
 struct Scripts {
@@ -294,7 +295,7 @@ impl RedisStore {
         worker_id: String,
     ) -> Result<RedisStore, StoreError> {
         let url = settings.url.expose_secret();
-        let redactor = Redactor::new(url);
+        let redactor = Redactor::new(url, backend);
         let client = redis::Client::open(url)
             .map_err(|e| redactor.error("store.url is not a usable Redis URL", &e))?;
         let scripts = Scripts::new();
@@ -579,40 +580,6 @@ fn backend(message: String) -> StoreError {
     }
 }
 
-/// Keeps the URL and its password out of error messages. The redis crate does not put them in
-/// its errors today; this makes sure a future version (or a server echoing input) cannot leak
-/// them into logs either.
-struct Redactor {
-    secrets: Vec<SecretString>,
-}
-
-impl Redactor {
-    fn new(url: &str) -> Redactor {
-        let mut secrets = vec![SecretString::from(url.to_owned())];
-        if let Ok(parsed) = url::Url::parse(url)
-            && let Some(password) = parsed.password()
-        {
-            let decoded = percent_encoding::percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned();
-            secrets.push(SecretString::from(password.to_owned()));
-            secrets.push(SecretString::from(decoded));
-        }
-        Redactor { secrets }
-    }
-
-    fn error(&self, what: &str, err: &RedisError) -> StoreError {
-        let mut message = format!("{what}: {err}");
-        for secret in &self.secrets {
-            let secret = secret.expose_secret();
-            if !secret.is_empty() && message.contains(secret) {
-                message = message.replace(secret, "[redacted]");
-            }
-        }
-        backend(message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,7 +595,7 @@ mod tests {
             .store;
         // Mutating fields skips validation; these values are chosen to be sane anyway.
         store.backend = StoreBackend::Redis;
-        store.url = SecretString::from(REDIS_URL.to_owned());
+        store.url = secrecy::SecretString::from(REDIS_URL.to_owned());
         store.key_prefix = format!("dialex-test-{}", uuid::Uuid::new_v4());
         store.lease_ms = lease_ms;
         // Short, so keys a failed test leaves behind disappear on their own.
@@ -1217,7 +1184,7 @@ mod tests {
     async fn connection_errors_never_show_the_password() {
         let mut settings = settings(60_000);
         // Nothing listens on port 1: the connection is refused.
-        settings.url = SecretString::from("redis://user:hunter2@127.0.0.1:1/0".to_owned());
+        settings.url = secrecy::SecretString::from("redis://user:hunter2@127.0.0.1:1/0".to_owned());
         let err = RedisStore::connect(&settings, "w".into())
             .await
             .expect_err("port 1 must refuse");
@@ -1230,7 +1197,7 @@ mod tests {
 
     #[test]
     fn the_redactor_scrubs_url_and_password() {
-        let redactor = Redactor::new("redis://u:p%40ss@h:6379/0");
+        let redactor = Redactor::new("redis://u:p%40ss@h:6379/0", backend);
         let err = RedisError::from((
             redis::ErrorKind::Io,
             "boom",

@@ -41,6 +41,7 @@
 //! holder entry stays until its lease and one rate slot is spent: harmless, as the request is
 //! not dialed (the caller defers it) and the slot comes back.
 
+use crate::redact::Redactor;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,7 +172,7 @@ pub(super) struct Inner {
     pub(super) key_prefix: String,
     lease_ms: u64,
     acquire: Script,
-    redactor: Redactor,
+    redactor: Redactor<LimitError>,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -198,7 +199,7 @@ impl RedisLimiter {
         settings: LimitSettings,
     ) -> Result<Self, LimitError> {
         let url = url.expose_secret();
-        let redactor = Redactor::new(url);
+        let redactor = Redactor::new(url, LimitError::Backend);
         let client = redis::Client::open(url)
             .map_err(|e| redactor.error("the URL is not a usable Redis URL", &e))?;
         let acquire = Script::new(ACQUIRE_LUA);
@@ -385,38 +386,4 @@ fn millis(d: Duration) -> u64 {
 /// Whole microseconds, saturating (the settings are clamped far below that anyway).
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Keeps the URL and its password out of error messages. The redis crate does not put them in
-/// its errors today; this makes sure a future version (or a server echoing input) cannot leak
-/// them into logs either.
-struct Redactor {
-    secrets: Vec<SecretString>,
-}
-
-impl Redactor {
-    fn new(url: &str) -> Redactor {
-        let mut secrets = vec![SecretString::from(url.to_owned())];
-        if let Ok(parsed) = url::Url::parse(url)
-            && let Some(password) = parsed.password()
-        {
-            let decoded = percent_encoding::percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned();
-            secrets.push(SecretString::from(password.to_owned()));
-            secrets.push(SecretString::from(decoded));
-        }
-        Redactor { secrets }
-    }
-
-    fn error(&self, what: &str, err: &RedisError) -> LimitError {
-        let mut message = format!("{what}: {err}");
-        for secret in &self.secrets {
-            let secret = secret.expose_secret();
-            if !secret.is_empty() && message.contains(secret) {
-                message = message.replace(secret, "[redacted]");
-            }
-        }
-        LimitError::Backend(message)
-    }
 }
