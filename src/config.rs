@@ -108,6 +108,9 @@ pub struct CccSettings {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Operator additions to the error-class table: code (or `Code.*`) to class.
+    #[serde(default)]
+    pub error_classes: std::collections::BTreeMap<String, crate::ccc::ErrorClass>,
 }
 
 impl CccSettings {
@@ -560,6 +563,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("prefetch"), "{err}");
+    }
+
+    #[test]
+    fn error_classes_extend_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[ccc.error_classes]\n\"Busy.*\" = \"retryable\"\n\"Forbidden.Instance\" = \"permanent\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+        assert_eq!(
+            s.ccc.error_classes.get("Busy.*"),
+            Some(&crate::ccc::ErrorClass::Retryable)
+        );
+        std::fs::write(&path, "[ccc.error_classes]\n\"X\" = \"maybe\"\n").unwrap();
+        assert!(Settings::load_from(Some(&path), Vec::new()).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
 
-use crate::ccc::{CccClient, DialAccepted, DialFailure, DialParams, ErrorClass};
+use crate::ccc::{CccClient, Classifier, DialAccepted, DialFailure, DialParams, ErrorClass};
 use crate::config::CccSettings;
 use crate::validate::DialRequest;
 
 /// How persistently a request is dialed in-process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DialPolicy {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    pub classifier: Classifier,
 }
 
 impl DialPolicy {
@@ -28,6 +29,12 @@ impl DialPolicy {
             max_attempts: settings.max_attempts,
             initial_backoff: settings.initial_backoff(),
             max_backoff: settings.max_backoff(),
+            classifier: Classifier::new(
+                settings
+                    .error_classes
+                    .iter()
+                    .map(|(code, class)| (code.clone(), *class)),
+            ),
         }
     }
 }
@@ -94,7 +101,7 @@ pub async fn dial<C: CccClient>(
     .retry(backoff)
     .sleep(tokio::time::sleep)
     .when(|attempt: &Attempt| {
-        matches!(attempt, Attempt::Failed(f) if f.class() == ErrorClass::Retryable)
+        matches!(attempt, Attempt::Failed(f) if policy.classifier.class(f) == ErrorClass::Retryable)
     })
     .notify(|attempt: &Attempt, wait: Duration| {
         if let Attempt::Failed(failure) = attempt {
@@ -105,7 +112,7 @@ pub async fn dial<C: CccClient>(
     let result = match outcome {
         Ok(accepted) => DialResult::Dialed(accepted),
         Err(Attempt::Expired) => DialResult::Expired,
-        Err(Attempt::Failed(failure)) => match failure.class() {
+        Err(Attempt::Failed(failure)) => match policy.classifier.class(&failure) {
             ErrorClass::Retryable | ErrorClass::Permanent => DialResult::Failed(failure),
             ErrorClass::Ambiguous => DialResult::Unknown(failure),
             ErrorClass::Systemic => DialResult::Systemic(failure),

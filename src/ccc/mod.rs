@@ -10,7 +10,7 @@ pub mod sign;
 pub mod simulator;
 
 pub use client::HttpCccClient;
-pub use response::{ApiError, DialAccepted, DialFailure, ErrorClass};
+pub use response::{ApiError, Classifier, DialAccepted, DialFailure, ErrorClass};
 
 use std::future::Future;
 

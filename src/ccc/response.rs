@@ -6,7 +6,8 @@
 use serde::Deserialize;
 
 /// What a failure means for the request that caused it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     /// The gateway proves the call was not placed: safe to retry with a fresh nonce.
     Retryable,
@@ -50,16 +51,51 @@ pub const CODE_CLASSES: &[(&str, ErrorClass)] = &[
 pub fn class_of_code(code: &str) -> ErrorClass {
     CODE_CLASSES
         .iter()
-        .find(|(pattern, _)| match pattern.strip_suffix(".*") {
-            Some(prefix) => {
-                code == prefix
-                    || code
-                        .strip_prefix(prefix)
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
-            None => code == *pattern,
-        })
+        .find(|(pattern, _)| code_matches(pattern, code))
         .map_or(ErrorClass::Permanent, |(_, class)| *class)
+}
+
+/// `pattern` is a code, or a code followed by `.*` for it and all its sub-codes.
+fn code_matches(pattern: &str, code: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => {
+            code == prefix
+                || code
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        }
+        None => code == pattern,
+    }
+}
+
+/// The built-in table plus the operator's additions from `[ccc.error_classes]`, which are
+/// consulted first (so they can also override a built-in entry).
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    overrides: Vec<(String, ErrorClass)>,
+}
+
+impl Classifier {
+    pub fn new(overrides: impl IntoIterator<Item = (String, ErrorClass)>) -> Self {
+        let mut overrides: Vec<(String, ErrorClass)> = overrides.into_iter().collect();
+        // Exact codes before wildcards, longer wildcards before shorter ones.
+        overrides.sort_by_key(|(pattern, _)| {
+            (pattern.ends_with(".*"), std::cmp::Reverse(pattern.len()))
+        });
+        Classifier { overrides }
+    }
+
+    pub fn class(&self, failure: &DialFailure) -> ErrorClass {
+        if let DialFailure::Api(api) = failure
+            && let Some((_, class)) = self
+                .overrides
+                .iter()
+                .find(|(pattern, _)| code_matches(pattern, &api.code))
+        {
+            return *class;
+        }
+        failure.class()
+    }
 }
 
 /// The class of an HTTP status that came without a parseable Alibaba error body.
@@ -350,6 +386,43 @@ mod tests {
         for (code, class) in cases {
             assert_eq!(class_of_code(code), class, "{code}");
         }
+    }
+
+    #[test]
+    fn operator_overrides_come_before_the_built_in_table() {
+        let classifier = Classifier::new([
+            ("Busy.*".to_owned(), ErrorClass::Retryable),
+            ("Busy.Forever".to_owned(), ErrorClass::Permanent),
+            ("Forbidden.Instance".to_owned(), ErrorClass::Permanent),
+        ]);
+        let failure = |code: &str| {
+            parse_answer(
+                400,
+                format!(r#"{{"RequestId":"R","Code":"{code}"}}"#).as_bytes(),
+            )
+            .unwrap_err()
+        };
+        assert_eq!(
+            classifier.class(&failure("Busy.Now")),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            classifier.class(&failure("Busy.Forever")),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classifier.class(&failure("Forbidden.Instance")),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classifier.class(&failure("Forbidden.RAM")),
+            ErrorClass::Systemic
+        );
+        assert_eq!(classifier.class(&failure("Other")), ErrorClass::Permanent);
+        assert_eq!(
+            Classifier::default().class(&failure("Busy.Now")),
+            ErrorClass::Permanent
+        );
     }
 
     #[test]
