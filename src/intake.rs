@@ -39,7 +39,7 @@ pub async fn consume<C: CccClient, S: DialStore>(
     drain: Duration,
 ) -> Stopped {
     let tracker = TaskTracker::new();
-    let halt = pipeline.halt.token().clone();
+    let halt = pipeline.halt.token();
     let stopped = loop {
         tokio::select! {
             biased;

@@ -8,7 +8,7 @@
 //! redelivery that finds the record and re-publishes the same event, never to a second call
 //! and never to a lost request.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -42,25 +42,41 @@ pub enum HaltCause {
     Store(StoreError),
 }
 
-/// Set once when the worker must stop consuming because every request would fail the same
-/// way; the cause is kept for the exit message.
+/// Raised when the worker must stop consuming because every request would fail the same
+/// way; the cause is kept for the log and the exit message. Reset when consumption resumes.
 #[derive(Default)]
 pub struct Halt {
-    token: CancellationToken,
-    cause: OnceLock<HaltCause>,
+    state: std::sync::Mutex<(CancellationToken, Option<HaltCause>)>,
 }
 
 impl Halt {
+    fn state(&self) -> std::sync::MutexGuard<'_, (CancellationToken, Option<HaltCause>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn trigger(&self, cause: HaltCause) {
-        tracing::error!(error = %cause, "stopping consumption");
-        let _ = self.cause.set(cause);
-        self.token.cancel();
+        let mut state = self.state();
+        if state.1.is_none() {
+            tracing::error!(error = %cause, "stopping consumption");
+            state.1 = Some(cause);
+        }
+        state.0.cancel();
     }
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
+
+    /// Cancelled once the halt is raised (a fresh token after [`Halt::reset`]).
+    pub fn token(&self) -> CancellationToken {
+        self.state().0.clone()
     }
-    pub fn cause(&self) -> Option<&HaltCause> {
-        self.cause.get()
+
+    pub fn cause(&self) -> Option<HaltCause> {
+        self.state().1.clone()
+    }
+
+    /// Clears the halt before consuming again.
+    pub fn reset(&self) {
+        *self.state() = (CancellationToken::new(), None);
     }
 }
 

@@ -116,30 +116,6 @@ pub async fn run<C: CccClient, S: DialStore>(
     let publisher = Publisher::open(&publish_connection, amqp_settings).await?;
     topology::declare(publisher.channel(), amqp_settings, &tiers).await?;
 
-    let channel = consume_connection
-        .create_channel()
-        .await
-        .map_err(op("open consume channel"))?;
-    channel
-        .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(op("set prefetch"))?;
-    let consumer = channel
-        .basic_consume(
-            amqp_settings.names.request_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(op("start consuming"))?;
-    let consumer_tag = consumer.tag();
-    tracing::info!(
-        queue = amqp_settings.names.request_queue,
-        prefetch = amqp_settings.prefetch,
-        "consuming dial requests"
-    );
-
     let halt = Arc::new(Halt::default());
     let pipeline = Arc::new(Pipeline {
         client,
@@ -155,21 +131,80 @@ pub async fn run<C: CccClient, S: DialStore>(
         metrics,
         halt: Arc::clone(&halt),
     });
-    let stopped = consume(consumer, pipeline, shutdown, DRAIN).await;
-    let _ = channel
-        .basic_cancel(consumer_tag, BasicCancelOptions::default())
-        .await;
-    // Closing the channel returns every unsettled delivery to the queue.
-    let _ = channel.close(200, "bye".into()).await;
+    let result = loop {
+        let channel = consume_connection
+            .create_channel()
+            .await
+            .map_err(op("open consume channel"))?;
+        channel
+            .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(op("set prefetch"))?;
+        let consumer = channel
+            .basic_consume(
+                amqp_settings.names.request_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op("start consuming"))?;
+        let consumer_tag = consumer.tag();
+        tracing::info!(
+            queue = amqp_settings.names.request_queue,
+            prefetch = amqp_settings.prefetch,
+            "consuming dial requests"
+        );
+        let stopped = consume(consumer, Arc::clone(&pipeline), shutdown.clone(), DRAIN).await;
+        let _ = channel
+            .basic_cancel(consumer_tag, BasicCancelOptions::default())
+            .await;
+        // Closing the channel returns every unsettled delivery to the queue.
+        let _ = channel.close(200, "bye".into()).await;
+
+        match stopped {
+            Stopped::Shutdown => break Ok(()),
+            Stopped::ConsumerClosed => break Err(RunError::ConsumerClosed),
+            Stopped::Halted => match halt.cause() {
+                // The worker's own credentials, signature or clock: keep the messages, wait
+                // until CCC accepts the worker again, then resume.
+                Some(HaltCause::Ccc(_)) => {
+                    if !wait_until_accepted(&pipeline.client, &shutdown).await {
+                        break Ok(());
+                    }
+                    tracing::info!("CCC accepts the worker again; resuming");
+                    halt.reset();
+                }
+                Some(cause) => break Err(RunError::Halted(cause)),
+                None => break Err(RunError::ConsumerClosed),
+            },
+        }
+    };
     let _ = consume_connection.close(200, "bye".into()).await;
     let _ = publish_connection.close(200, "bye".into()).await;
+    result
+}
 
-    match stopped {
-        Stopped::Shutdown => Ok(()),
-        Stopped::Halted => Err(halt
-            .cause()
-            .cloned()
-            .map_or(RunError::ConsumerClosed, RunError::Halted)),
-        Stopped::ConsumerClosed => Err(RunError::ConsumerClosed),
+/// Probes CCC with growing pauses (1 s doubling to a minute) until it accepts the worker;
+/// `false` if shutdown came first.
+async fn wait_until_accepted<C: CccClient>(client: &C, shutdown: &CancellationToken) -> bool {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(pause) => {}
+        }
+        match client.probe().await {
+            Ok(()) => return true,
+            Err(failure) => {
+                tracing::error!(
+                    code = failure.code(),
+                    error = %failure,
+                    next_probe_in = ?pause.saturating_mul(2).min(Duration::from_secs(60)),
+                    "paused: CCC still refuses the worker; check the ALIBABA_CLOUD_* credentials, the endpoint and the clock"
+                );
+            }
+        }
+        pause = pause.saturating_mul(2).min(Duration::from_secs(60));
     }
 }

@@ -8,8 +8,6 @@ use std::time::Duration;
 use dialex_worker::ccc::simulator::{Fault, SimConfig};
 use dialex_worker::config::Credentials;
 use dialex_worker::outcome::Status;
-use dialex_worker::pipeline::HaltCause;
-use dialex_worker::startup::RunError;
 use helpers::{WAIT, callee, request, settings, started};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +159,7 @@ async fn every_request_gets_exactly_one_outcome_with_the_simulators_task_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_gets_signature_does_not_match_and_keeps_the_request() {
+async fn a_wrong_secret_pauses_the_worker_with_the_request_kept_until_ccc_accepts_it() {
     let mut h = dialex_worker::harness::Harness::start(settings(), SimConfig::default())
         .await
         .expect("RabbitMQ must be reachable");
@@ -172,35 +170,36 @@ async fn a_wrong_secret_gets_signature_does_not_match_and_keeps_the_request() {
         .await
         .unwrap();
 
-    let exit = h.worker_exit(WAIT).await.unwrap();
-    match exit {
-        Err(RunError::Halted(HaltCause::Ccc(failure))) => {
-            assert_eq!(failure.code(), "SignatureDoesNotMatch");
-            let api = failure.api().expect("an answer from the gateway");
-            assert_eq!(api.http_status, 400);
-            assert!(
-                api.message
-                    .as_deref()
-                    .unwrap_or("")
-                    .contains("string to sign")
-            );
-        }
-        other => panic!("expected a halt, got {other:?}"),
-    }
-    assert_eq!(h.simulator.dial_count(), 0);
-    // The request is back in its queue, untouched, and no outcome was published.
+    // The simulator's check is real: the worker is refused, pauses, and gives the request back.
     let names = h.settings.amqp.names.clone();
     assert_eq!(
-        h.settled_depth(&names.request_queue, 1, Duration::from_secs(10))
+        h.settled_depth(&names.request_queue, 1, WAIT)
             .await
             .unwrap(),
-        1
+        1,
+        "the request must be back in its queue, untouched"
     );
-    assert_eq!(
-        h.queue_depth(&names.outcome_catch_all_queue).await.unwrap(),
-        0
+    assert_eq!(h.simulator.dial_count(), 0);
+    assert!(
+        h.next_outcome(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none()
     );
     assert!(h.dead_letters().await.unwrap().is_empty());
+    // Paused, not exited: the worker is still there, probing.
+    assert!(h.worker_exit(Duration::from_millis(100)).await.is_err());
+
+    // The account side is fixed (the key now matches what the worker signs with): the worker
+    // notices on its next probe and dials the request it kept.
+    h.simulator.set_credentials(
+        dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
+        "not-the-secret",
+    );
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    assert_eq!(received[0].event.request_id, "wrong-secret");
+    assert_eq!(received[0].event.status, Status::Dialed);
+    assert_eq!(h.simulator.dial_count(), 1);
     h.cleanup().await.unwrap();
 }
 

@@ -50,9 +50,24 @@ impl HttpCccClient {
         })
     }
 
-    /// Signs one attempt: returns the full URL (common parameters and signature) and the form
-    /// body (business parameters).
+    /// Signs one `DialEx` attempt: returns the full URL (common parameters and signature) and
+    /// the form body (business parameters).
     fn signed_request(&self, params: &DialParams<'_>) -> (String, String) {
+        let mut business: Vec<(&str, &str)> = vec![
+            ("AnswerMode", params.answer_mode),
+            ("Callee", params.callee),
+            ("Caller", params.caller),
+            ("InstanceId", params.instance_id),
+            ("RoutPoint", params.rout_point),
+        ];
+        if let Some(provider) = params.provider {
+            business.push(("Provider", provider));
+        }
+        self.signed(&business)
+    }
+
+    /// Signs a `DialEx` request with these business parameters.
+    fn signed(&self, business: &[(&str, &str)]) -> (String, String) {
         let nonce = uuid::Uuid::new_v4().to_string();
         let timestamp = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -77,17 +92,6 @@ impl HttpCccClient {
         if let Some(token) = token {
             common.push(("SecurityToken", token));
         }
-        let mut business: Vec<(&str, &str)> = vec![
-            ("AnswerMode", params.answer_mode),
-            ("Callee", params.callee),
-            ("Caller", params.caller),
-            ("InstanceId", params.instance_id),
-            ("RoutPoint", params.rout_point),
-        ];
-        if let Some(provider) = params.provider {
-            business.push(("Provider", provider));
-        }
-
         let all: Vec<(&str, &str)> = common.iter().chain(business.iter()).copied().collect();
         let signature = sign(
             "POST",
@@ -101,7 +105,7 @@ impl HttpCccClient {
         url.push_str("&Signature=");
         push_encoded(&mut url, &signature);
         let mut body = String::with_capacity(256);
-        append_pairs(&mut body, &business);
+        append_pairs(&mut body, business);
         (url, body)
     }
 }
@@ -116,9 +120,8 @@ fn append_pairs(out: &mut String, pairs: &[(&str, &str)]) {
     }
 }
 
-impl CccClient for HttpCccClient {
-    async fn dial_ex(&self, params: &DialParams<'_>) -> Result<DialAccepted, DialFailure> {
-        let (url, body) = self.signed_request(params);
+impl HttpCccClient {
+    async fn send(&self, url: String, body: String) -> Result<DialAccepted, DialFailure> {
         let response = self
             .http
             .post(url)
@@ -143,6 +146,33 @@ impl CccClient for HttpCccClient {
         }
         let bytes = response.bytes().await.map_err(transport_failure)?;
         parse_answer(status, &bytes)
+    }
+}
+
+impl CccClient for HttpCccClient {
+    async fn dial_ex(&self, params: &DialParams<'_>) -> Result<DialAccepted, DialFailure> {
+        let (url, body) = self.signed_request(params);
+        self.send(url, body).await
+    }
+
+    async fn probe(&self) -> Result<(), DialFailure> {
+        // No Callee: the gateway checks credentials, signature and timestamp first, then
+        // refuses the missing parameter. Nobody can be rung by this request.
+        let (url, body) = self.signed(&[
+            ("AnswerMode", "0"),
+            ("Caller", "0"),
+            ("InstanceId", "dialex-worker-probe"),
+            ("RoutPoint", "probe"),
+        ]);
+        match self.send(url, body).await {
+            Err(failure)
+                if matches!(failure.class(), ErrorClass::Systemic)
+                    || matches!(failure, DialFailure::Transport { .. }) =>
+            {
+                Err(failure)
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -33,4 +33,8 @@ pub trait CccClient: Send + Sync + 'static {
         &self,
         params: &DialParams<'_>,
     ) -> impl Future<Output = Result<DialAccepted, DialFailure>> + Send;
+
+    /// Checks that CCC accepts the worker itself (credentials, signature, clock) without
+    /// placing a call. `Err` carries the failure while it does not.
+    fn probe(&self) -> impl Future<Output = Result<(), DialFailure>> + Send;
 }

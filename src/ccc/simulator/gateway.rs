@@ -34,7 +34,8 @@ pub(crate) enum Reply {
 
 /// The gateway's state: credentials, replay guard, faults and the dial log.
 pub(crate) struct Gateway {
-    keys: HashMap<String, SigningKey>,
+    /// Behind a lock so tests can rotate a key while the simulator runs.
+    keys: Mutex<HashMap<String, SigningKey>>,
     timestamp_window: Duration,
     latency: Duration,
     slow_delay: Duration,
@@ -67,7 +68,7 @@ impl Gateway {
             .map(|(id, secret)| (id.clone(), verify::signing_key(secret.expose_secret())))
             .collect();
         Ok(Self {
-            keys,
+            keys: Mutex::new(keys),
             timestamp_window: config.timestamp_window,
             latency: config.latency,
             slow_delay: config.slow_delay,
@@ -81,6 +82,10 @@ impl Gateway {
 
     pub(crate) fn log(&self) -> &DialLog {
         &self.log
+    }
+
+    pub(crate) fn set_credentials(&self, access_key_id: &str, secret: &str) {
+        lock(&self.keys).insert(access_key_id.to_owned(), verify::signing_key(secret));
     }
 
     pub(crate) fn inject(&self, callee: &str, fault: Fault, times: u32) {
@@ -132,7 +137,7 @@ impl Gateway {
         if signature_version != "1.0" {
             return Err(ApiError::invalid("SignatureVersion"));
         }
-        let Some(key) = self.keys.get(access_key_id) else {
+        let Some(key) = lock(&self.keys).get(access_key_id).cloned() else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "InvalidAccessKeyId.NotFound",
@@ -140,7 +145,7 @@ impl Gateway {
             ));
         };
         let string_to_sign = verify::string_to_sign(method, params);
-        if !verify::verify(key, &string_to_sign, signature) {
+        if !verify::verify(&key, &string_to_sign, signature) {
             // The real gateway includes its string to sign, and so do we: it is the fastest way
             // to see which parameter the client encoded differently.
             return Err(ApiError::new(

@@ -107,6 +107,12 @@ impl Simulator {
         self.gateway.inject(callee, fault, times);
     }
 
+    /// Accepts `secret` for `access_key_id` from now on (adds the key, or rotates it), as
+    /// when an operator fixes credentials on the account side.
+    pub fn set_credentials(&self, access_key_id: &str, secret: &str) {
+        self.gateway.set_credentials(access_key_id, secret);
+    }
+
     /// Every dial executed so far, in the order they completed.
     pub fn dials(&self) -> Vec<DialRecord> {
         self.gateway.log().snapshot()
