@@ -108,6 +108,7 @@ pub struct CccSettings {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    pub replay_ambiguous: bool,
     /// Operator additions to the error-class table: code (or `Code.*`) to class.
     #[serde(default)]
     pub error_classes: std::collections::BTreeMap<String, crate::ccc::ErrorClass>,
@@ -324,7 +325,10 @@ impl Settings {
             ));
         }
         let store = &self.store;
-        let longest_dial = u64::from(ccc.max_attempts) * ccc.request_timeout_ms
+        // Every attempt may time out; an ambiguous one (which ends the dial) may be replayed
+        // once more.
+        let sends = u64::from(ccc.max_attempts) + u64::from(ccc.replay_ambiguous);
+        let longest_dial = sends * ccc.request_timeout_ms
             + u64::from(ccc.max_attempts.saturating_sub(1)) * ccc.max_backoff_ms;
         if store.lease_ms <= longest_dial {
             return Err(invalid(

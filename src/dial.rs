@@ -21,6 +21,9 @@ pub struct DialPolicy {
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
     pub classifier: Classifier,
+    /// Resolve ambiguous sends by replaying the identical signed request (see
+    /// [`resolve_by_replay`]); off: `unknown` at once.
+    pub replay_ambiguous: bool,
 }
 
 impl DialPolicy {
@@ -29,6 +32,7 @@ impl DialPolicy {
             max_attempts: settings.max_attempts,
             initial_backoff: settings.initial_backoff(),
             max_backoff: settings.max_backoff(),
+            replay_ambiguous: settings.replay_ambiguous,
             classifier: Classifier::new(
                 settings
                     .error_classes
@@ -91,7 +95,19 @@ pub async fn dial<C: CccClient>(
             return Err(Attempt::Expired);
         }
         attempts.fetch_add(1, Ordering::Relaxed);
-        client.dial_ex(&params).await.map_err(|failure| {
+        let signed = client.sign(&params);
+        let first = client.send(&signed).await;
+        let answer = match first {
+            Err(failure)
+                if policy.replay_ambiguous
+                    && policy.classifier.class(&failure) == ErrorClass::Ambiguous
+                    && failure.code() != "SignatureNonceUsed" =>
+            {
+                resolve_by_replay(client, &signed, failure).await
+            }
+            other => other,
+        };
+        answer.map_err(|failure| {
             if failure.code().starts_with("Throttling") {
                 throttled.store(true, Ordering::Relaxed);
             }
@@ -122,6 +138,48 @@ pub async fn dial<C: CccClient>(
         result,
         attempts: attempts.into_inner(),
         throttled: throttled.into_inner(),
+    }
+}
+
+/// Sends the identical signed request again (same nonce, same timestamp). The gateway runs a
+/// nonce at most once: if the first send never arrived, this one executes (once); if it did
+/// arrive, the gateway answers `SignatureNonceUsed` and the call may have been placed. Any
+/// other answer proves nothing either way.
+async fn resolve_by_replay<C: CccClient>(
+    client: &C,
+    signed: &C::Signed,
+    first: DialFailure,
+) -> Result<DialAccepted, DialFailure> {
+    match client.send(signed).await {
+        Ok(accepted) => {
+            tracing::info!(
+                first = first.code(),
+                "the first send never arrived; the replay was placed"
+            );
+            Ok(accepted)
+        }
+        Err(replay) => {
+            let arrived = replay.code() == "SignatureNonceUsed";
+            tracing::warn!(
+                first = first.code(),
+                replay = replay.code(),
+                "no answer after sending; the call may have been placed and is not sent again"
+            );
+            Err(DialFailure::Transport {
+                class: ErrorClass::Ambiguous,
+                code: "ambiguous",
+                detail: if arrived {
+                    format!(
+                        "{first}; a replay of the identical request was refused as already seen, so the first send reached CCC"
+                    )
+                } else {
+                    format!(
+                        "{first}; a replay of the identical request answered {}",
+                        replay.code()
+                    )
+                },
+            })
+        }
     }
 }
 

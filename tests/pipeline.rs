@@ -277,8 +277,44 @@ async fn a_reset_after_the_call_was_placed_is_unknown_and_never_redialed() {
     let received = h.outcomes(1, WAIT).await.unwrap();
     let event = &received[0].event;
     assert_eq!(event.status, Status::Unknown);
+    assert_eq!(event.code.as_deref(), Some("ambiguous"));
     assert_eq!(event.attempts, 1);
     assert_eq!(h.simulator.dial_count(), 1, "dialed exactly once");
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_lost_before_it_arrived_is_placed_by_the_identical_replay() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let number = callee(46);
+    h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
+    h.publish_request(&request("lost", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let event = &received[0].event;
+    assert_eq!(event.status, Status::Dialed);
+    assert_eq!(event.attempts, 1);
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), 1);
+    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replay_an_ambiguous_send_is_unknown_at_once() {
+    let mut s = settings();
+    s.ccc.replay_ambiguous = false;
+    let mut h = started(s, SimConfig::default()).await;
+    let number = callee(47);
+    h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
+    h.publish_request(&request("no-replay", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    assert_eq!(received[0].event.status, Status::Unknown);
+    assert_eq!(received[0].event.code.as_deref(), Some("connection_lost"));
+    assert_eq!(h.simulator.dial_count(), 0);
     h.cleanup().await.unwrap();
 }
 
@@ -299,7 +335,15 @@ async fn a_timeout_after_sending_is_unknown_and_never_redialed() {
     let received = h.outcomes(1, WAIT).await.unwrap();
     let event = &received[0].event;
     assert_eq!(event.status, Status::Unknown);
-    assert_eq!(event.code.as_deref(), Some("timeout"));
+    // The identical request was replayed and refused as already seen.
+    assert_eq!(event.code.as_deref(), Some("ambiguous"));
+    assert!(
+        event
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("already seen")
+    );
     assert_eq!(event.attempts, 1);
     assert_eq!(h.simulator.dial_count(), 1);
     h.cleanup().await.unwrap();

@@ -120,16 +120,22 @@ fn append_pairs(out: &mut String, pairs: &[(&str, &str)]) {
     }
 }
 
+/// A signed `DialEx` request: the URL with the signed query, and the form body.
+pub struct SignedRequest {
+    url: String,
+    body: String,
+}
+
 impl HttpCccClient {
-    async fn send(&self, url: String, body: String) -> Result<DialAccepted, DialFailure> {
+    async fn post(&self, signed: &SignedRequest) -> Result<DialAccepted, DialFailure> {
         let response = self
             .http
-            .post(url)
+            .post(signed.url.as_str())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(body)
+            .body(signed.body.clone())
             .send()
             .await
             .map_err(transport_failure)?;
@@ -150,9 +156,15 @@ impl HttpCccClient {
 }
 
 impl CccClient for HttpCccClient {
-    async fn dial_ex(&self, params: &DialParams<'_>) -> Result<DialAccepted, DialFailure> {
+    type Signed = SignedRequest;
+
+    fn sign(&self, params: &DialParams<'_>) -> SignedRequest {
         let (url, body) = self.signed_request(params);
-        self.send(url, body).await
+        SignedRequest { url, body }
+    }
+
+    async fn send(&self, signed: &SignedRequest) -> Result<DialAccepted, DialFailure> {
+        self.post(signed).await
     }
 
     async fn probe(&self) -> Result<(), DialFailure> {
@@ -164,7 +176,7 @@ impl CccClient for HttpCccClient {
             ("InstanceId", "dialex-worker-probe"),
             ("RoutPoint", "probe"),
         ]);
-        match self.send(url, body).await {
+        match self.post(&SignedRequest { url, body }).await {
             Err(failure)
                 if matches!(failure.class(), ErrorClass::Systemic)
                     || matches!(failure, DialFailure::Transport { .. }) =>

@@ -26,12 +26,19 @@ pub struct DialParams<'a> {
     pub provider: Option<&'a str>,
 }
 
-/// One `DialEx` HTTP attempt. Implementations sign every attempt afresh (new nonce and
-/// timestamp); retrying is the caller's decision, made from [`DialFailure::class`].
+/// `DialEx` over the wire. Every attempt is signed afresh ([`CccClient::sign`]: new nonce and
+/// timestamp); [`CccClient::send`] may send the very same signed request twice, which is how an
+/// ambiguous send is resolved without risking a second call: the gateway executes a nonce at
+/// most once. Retrying is the caller's decision, made from the failure's class.
 pub trait CccClient: Send + Sync + 'static {
-    fn dial_ex(
+    /// One signed request, ready to send (and to send again unchanged).
+    type Signed: Send + Sync;
+
+    fn sign(&self, params: &DialParams<'_>) -> Self::Signed;
+
+    fn send(
         &self,
-        params: &DialParams<'_>,
+        signed: &Self::Signed,
     ) -> impl Future<Output = Result<DialAccepted, DialFailure>> + Send;
 
     /// Checks that CCC accepts the worker itself (credentials, signature, clock) without

@@ -21,8 +21,8 @@ pub fn settings() -> Settings {
     settings.ccc.connect_timeout_ms = 500;
     settings.amqp.prefetch = 32;
     // Short leases and wait tiers so crash scenarios resolve in seconds; still longer than the
-    // longest dial (3 attempts x 1 s plus backoffs), as validation demands.
-    settings.store.lease_ms = 4_000;
+    // longest dial (3 attempts and a replay of 1 s each, plus backoffs), as validation demands.
+    settings.store.lease_ms = 5_000;
     settings.deferral.tiers_ms = vec![500, 2_000, 10_000];
     settings.log.level = "warn".into();
     // Limits far above what a test pushes, unless a test is about them.

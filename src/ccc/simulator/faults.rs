@@ -25,6 +25,16 @@ impl FaultQueues {
             .push_back((fault, times));
     }
 
+    /// Takes the next fault for `callee` only if it is `fault`.
+    pub(crate) fn take_if(&mut self, callee: &str, fault: Fault) -> bool {
+        let next = self
+            .by_callee
+            .get(callee)
+            .and_then(|queue| queue.front())
+            .map(|(f, _)| *f);
+        next == Some(fault) && self.take(callee).is_some()
+    }
+
     /// Takes the next fault for `callee`, if any.
     pub(crate) fn take(&mut self, callee: &str) -> Option<Fault> {
         let queue = self.by_callee.get_mut(callee)?;

@@ -94,6 +94,12 @@ impl Gateway {
 
     /// Handles one `DialEx` request whose parameters have been decoded.
     pub(crate) async fn dial_ex(self: &Arc<Self>, method: &str, params: &Params) -> Reply {
+        if let Some(callee) = params.get("Callee")
+            && lock(&self.faults).take_if(callee, Fault::LostBeforeArrival)
+        {
+            tracing::debug!("simulator losing a request before it arrives");
+            return Reply::Drop;
+        }
         let request_id = answer::new_request_id();
         match self.admit(method, params) {
             Ok(dial) => self.execute(dial, request_id).await,
@@ -210,6 +216,8 @@ impl Gateway {
             Some(Fault::BadGatewayNoBody) => {
                 return Reply::Answer(answer::empty(StatusCode::BAD_GATEWAY));
             }
+            // Taken before authentication; only reachable if queued behind another fault.
+            Some(Fault::LostBeforeArrival) => return Reply::Drop,
             Some(Fault::Slow | Fault::ResetAfterExecute) | None => {}
         }
 

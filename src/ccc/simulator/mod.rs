@@ -133,6 +133,10 @@ pub enum Fault {
     Slow,
     /// The dial is executed and logged, then the connection is dropped without an answer.
     ResetAfterExecute,
+    /// The request is lost on the way: the connection is dropped before the gateway sees it
+    /// (nothing authenticated, the nonce not remembered, nothing executed). A replay of the
+    /// identical request is then executed normally.
+    LostBeforeArrival,
 }
 
 impl Fault {
