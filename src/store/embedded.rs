@@ -1409,7 +1409,6 @@ mod tests {
     /// this function selected; it claims (and records every other) request, printing each one as
     /// soon as the store returns, until it is killed.
     #[tokio::test]
-    #[ignore = "helper process for claims_survive_kill_9"]
     async fn crash_child() {
         let Ok(dir) = std::env::var(CRASH_DIR_VAR) else {
             return;
@@ -1439,7 +1438,6 @@ mod tests {
             .args([
                 "store::embedded::tests::crash_child",
                 "--exact",
-                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
