@@ -440,18 +440,6 @@ async fn delete_redis_keys(settings: &Settings) -> anyhow::Result<()> {
     use secrecy::ExposeSecret as _;
     let client = redis::Client::open(settings.store.url.expose_secret())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    let pattern = format!("{}:*", settings.store.key_prefix);
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<String> =
-            redis::AsyncCommands::scan_match(&mut connection, &pattern).await?;
-        let mut keys = Vec::new();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
-        }
-        keys
-    };
-    for chunk in keys.chunks(500) {
-        let _: () = redis::AsyncCommands::del(&mut connection, chunk).await?;
-    }
+    crate::redis_conn::delete_prefixed(&mut connection, &settings.store.key_prefix).await?;
     Ok(())
 }

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod phone;
 pub mod pipeline;
-mod redact;
+mod redis_conn;
 pub mod settle;
 pub mod startup;
 pub mod store;

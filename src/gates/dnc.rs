@@ -42,7 +42,6 @@
 //! (the pipeline fails closed: an unknown answer is not a "no"). No error message contains a
 //! phone number, the Redis URL or a secret.
 
-use crate::redact::Redactor;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
@@ -52,13 +51,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
-use redis::AsyncConnectionConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use sha1::Sha1;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::phone::PhoneNumber;
+use crate::redis_conn::{self, Redactor, Timeouts};
 
 /// How long a membership check in the shared set may take. A lookup sits on the path of every
 /// dial, so a stalled Redis must fail the check quickly rather than hold the call.
@@ -590,38 +589,29 @@ impl SharedSet {
         }
         let mac = Hmac::<Sha1>::new_from_slice(hash_key.as_bytes())
             .map_err(|_| DncError::Settings("the hash key is not usable for HMAC"))?;
-        let url = settings.url.expose_secret();
-        let redactor = Redactor::new(url, DncError::Redis);
-        let client =
-            redis::Client::open(url).map_err(|e| redactor.error("not a usable Redis URL", &e))?;
+        let (client, redactor) =
+            redis_conn::open(&settings.url, DncError::Redis, "not a usable Redis URL")?;
         let key = format!("{}:dnc", settings.key_prefix);
 
         // One deadline around everything: the manager retries a refused connection with
         // backoff, which on its own could outlast the limit.
         let (conn, size) = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            // A plain connection first: it fails at once with the real reason (refused, wrong
-            // password, no permission on the key), where the manager would retry until the
-            // deadline and leave only "timed out".
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(
-                    &AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(CONNECT_TIMEOUT)),
-                )
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))?;
+            let check = Timeouts {
+                connect: CONNECT_TIMEOUT,
+                response: CONNECT_TIMEOUT,
+            };
+            let mut probe = redis_conn::check_connection(&client, &redactor, check).await?;
             let size: u64 = redis::cmd("SCARD")
                 .arg(&key)
                 .query_async(&mut probe)
                 .await
                 .map_err(|e| redactor.error("cannot read the set", &e))?;
             drop(probe);
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(ADMIN_TIMEOUT));
-            let conn = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))?;
+            let timeouts = Timeouts {
+                connect: CONNECT_TIMEOUT,
+                response: ADMIN_TIMEOUT,
+            };
+            let conn = redis_conn::manager(client, &redactor, timeouts).await?;
             Ok::<_, DncError>((conn, size))
         })
         .await

@@ -40,19 +40,18 @@
 //! whose answer was lost may have left a claim in Redis; the caller must not dial on an error,
 //! and the request will later be seen as held, then abandoned (never dialed twice).
 
-use crate::redact::Redactor;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, RedisError, Script};
-use secrecy::ExposeSecret;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
 
 use super::{
     Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
 };
 use crate::config::StoreSettings;
+use crate::redis_conn::{self, Redactor, Timeouts};
 
 /// How long [`RedisStore::connect`] waits for Redis, all reconnection attempts included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -294,25 +293,20 @@ impl RedisStore {
         settings: &StoreSettings,
         worker_id: String,
     ) -> Result<RedisStore, StoreError> {
-        let url = settings.url.expose_secret();
-        let redactor = Redactor::new(url, backend);
-        let client = redis::Client::open(url)
-            .map_err(|e| redactor.error("store.url is not a usable Redis URL", &e))?;
+        let (client, redactor) = redis_conn::open(
+            &settings.url,
+            backend,
+            "store.url is not a usable Redis URL",
+        )?;
+        let timeouts = Timeouts {
+            connect: CONNECT_TIMEOUT,
+            response: RESPONSE_TIMEOUT,
+        };
         let scripts = Scripts::new();
         // One deadline around everything: the manager retries a refused connection with
         // backoff, which on its own could outlast the limit.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            // A plain connection first: it fails at once with the real reason (refused, wrong
-            // password, scripting not allowed), where the manager would retry until the
-            // deadline and leave only "timed out".
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(
-                    &AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
-                )
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))?;
+            let mut probe = redis_conn::check_connection(&client, &redactor, timeouts).await?;
             for script in scripts.all() {
                 script
                     .prepare_invoke()
@@ -321,12 +315,7 @@ impl RedisStore {
                     .map_err(|e| redactor.error("cannot load scripts", &e))?;
             }
             drop(probe);
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))
+            redis_conn::manager(client, &redactor, timeouts).await
         })
         .await
         .map_err(|_| {
@@ -617,21 +606,9 @@ mod tests {
     /// Deletes every key under the store's prefix.
     async fn cleanup(store: &RedisStore) {
         let mut conn = store.conn.clone();
-        let pattern = format!("{}:*", store.inner.key_prefix);
-        let keys: Vec<String> = {
-            let mut iter = conn
-                .scan_match::<_, String>(&pattern)
-                .await
-                .expect("scan test keys");
-            let mut keys = Vec::new();
-            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key.expect("scan key"));
-            }
-            keys
-        };
-        if !keys.is_empty() {
-            let _: i64 = conn.del(keys).await.expect("delete test keys");
-        }
+        crate::redis_conn::delete_prefixed(&mut conn, &store.inner.key_prefix)
+            .await
+            .expect("delete test keys");
     }
 
     async fn pttl(store: &RedisStore, key: &str) -> i64 {

@@ -41,19 +41,19 @@
 //! holder entry stays until its lease and one rate slot is spent: harmless, as the request is
 //! not dialed (the caller defers it) and the slot comes back.
 
-use crate::redact::Redactor;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, RedisError, Script};
-use secrecy::{ExposeSecret, SecretString};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
+use secrecy::SecretString;
 
 use super::{
     Attempt, Backend, CallKey, Common, Hold, LimitError, LimitSettings, Limiter, Pace, Permit,
     WaitFor,
 };
+use crate::redis_conn::{self, Redactor, Timeouts};
 
 /// How long [`RedisLimiter::connect`] waits for Redis, all reconnection attempts included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -198,37 +198,27 @@ impl RedisLimiter {
         key_prefix: &str,
         settings: LimitSettings,
     ) -> Result<Self, LimitError> {
-        let url = url.expose_secret();
-        let redactor = Redactor::new(url, LimitError::Backend);
-        let client = redis::Client::open(url)
-            .map_err(|e| redactor.error("the URL is not a usable Redis URL", &e))?;
+        let (client, redactor) = redis_conn::open(
+            url,
+            LimitError::Backend,
+            "the URL is not a usable Redis URL",
+        )?;
+        let timeouts = Timeouts {
+            connect: CONNECT_TIMEOUT,
+            response: RESPONSE_TIMEOUT,
+        };
         let acquire = Script::new(ACQUIRE_LUA);
         // One deadline around everything: the manager retries a refused connection with
         // backoff, which on its own could outlast the limit.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            // A plain connection first: it fails at once with the real reason (refused, wrong
-            // password, scripting not allowed), where the manager would retry until the
-            // deadline and leave only "timed out".
-            let mut probe = client
-                .get_multiplexed_async_connection_with_config(
-                    &AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
-                )
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))?;
+            let mut probe = redis_conn::check_connection(&client, &redactor, timeouts).await?;
             acquire
                 .prepare_invoke()
                 .load_async(&mut probe)
                 .await
                 .map_err(|e| redactor.error("cannot load scripts", &e))?;
             drop(probe);
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| redactor.error("cannot connect", &e))
+            redis_conn::manager(client, &redactor, timeouts).await
         })
         .await
         .map_err(|_| {

@@ -50,21 +50,9 @@ async fn redis_limiter(prefix: &str, settings: LimitSettings) -> RedisLimiter {
 /// Deletes every key under the limiter's prefix.
 async fn cleanup(limiter: &RedisLimiter) {
     let mut conn = limiter.conn.clone();
-    let pattern = format!("{}:*", limiter.inner.key_prefix);
-    let keys: Vec<String> = {
-        let mut iter = conn
-            .scan_match::<_, String>(&pattern)
-            .await
-            .expect("scan test keys");
-        let mut keys = Vec::new();
-        while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-            keys.push(key.expect("scan key"));
-        }
-        keys
-    };
-    if !keys.is_empty() {
-        let _: i64 = conn.del(keys).await.expect("delete test keys");
-    }
+    crate::redis_conn::delete_prefixed(&mut conn, &limiter.inner.key_prefix)
+        .await
+        .expect("delete test keys");
 }
 
 async fn holders(limiter: &RedisLimiter, instance: &str) -> i64 {

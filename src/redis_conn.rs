@@ -1,0 +1,137 @@
+//! What every Redis user here shares (the dial-record store, the limiter, the do-not-call
+//! list): opening a connection the same careful way, and keeping the URL and its password out
+//! of error messages.
+//!
+//! The redis crate does not put secrets in its errors today; the [`Redactor`] makes sure a
+//! future version (or a server echoing input) cannot leak them into logs either.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A Redis user's time limits: to connect, and for each answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+/// The client for `url`, and the redactor for its errors. `what` names the setting in the
+/// error when the URL is unusable.
+pub(crate) fn open<E>(
+    url: &SecretString,
+    wrap: fn(String) -> E,
+    what: &str,
+) -> Result<(Client, Redactor<E>), E> {
+    let url = url.expose_secret();
+    let redactor = Redactor::new(url, wrap);
+    let client = Client::open(url).map_err(|e| redactor.error(what, &e))?;
+    Ok((client, redactor))
+}
+
+/// A plain connection for start-up checks: it fails at once with the real reason (refused,
+/// wrong password, missing permission), where the connection manager would retry until the
+/// caller's deadline and leave only "timed out".
+pub(crate) async fn check_connection<E>(
+    client: &Client,
+    redactor: &Redactor<E>,
+    timeouts: Timeouts,
+) -> Result<MultiplexedConnection, E> {
+    client
+        .get_multiplexed_async_connection_with_config(
+            &AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.response)),
+        )
+        .await
+        .map_err(|e| redactor.error("cannot connect", &e))
+}
+
+/// The reconnecting connection used once the checks have passed.
+pub(crate) async fn manager<E>(
+    client: Client,
+    redactor: &Redactor<E>,
+    timeouts: Timeouts,
+) -> Result<ConnectionManager, E> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.response));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| redactor.error("cannot connect", &e))
+}
+
+/// Scrubs the URL, its password and the password's decoded form from messages, then wraps
+/// them in the caller's error type.
+pub(crate) struct Redactor<E> {
+    secrets: Vec<SecretString>,
+    wrap: fn(String) -> E,
+}
+
+impl<E> Redactor<E> {
+    pub(crate) fn new(url: &str, wrap: fn(String) -> E) -> Self {
+        let mut secrets = vec![SecretString::from(url.to_owned())];
+        if let Ok(parsed) = url::Url::parse(url)
+            && let Some(password) = parsed.password()
+        {
+            let decoded = percent_encoding::percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned();
+            secrets.push(SecretString::from(password.to_owned()));
+            secrets.push(SecretString::from(decoded));
+        }
+        Redactor { secrets, wrap }
+    }
+
+    /// `what: err`, scrubbed, as the caller's error.
+    pub(crate) fn error(&self, what: &str, err: &impl Display) -> E {
+        (self.wrap)(self.scrub(format!("{what}: {err}")))
+    }
+
+    pub(crate) fn scrub(&self, mut message: String) -> String {
+        for secret in &self.secrets {
+            let secret = secret.expose_secret();
+            if !secret.is_empty() && message.contains(secret) {
+                message = message.replace(secret, "[redacted]");
+            }
+        }
+        message
+    }
+}
+
+/// Deletes every key under `<prefix>:`: how tests and the harness leave Redis as they found it.
+pub(crate) async fn delete_prefixed<C>(conn: &mut C, prefix: &str) -> redis::RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send + Sync,
+{
+    use redis::AsyncCommands as _;
+    let pattern = format!("{prefix}:*");
+    let keys: Vec<String> = {
+        let mut iter = conn.scan_match::<_, String>(&pattern).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        keys
+    };
+    for chunk in keys.chunks(500) {
+        let _: () = conn.del(chunk).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_passwords_are_scrubbed_in_both_encodings() {
+        let r = Redactor::new("redis://user:p%40ss@host:6379/0", |m| m);
+        let out = r.scrub("redis://user:p%40ss@host:6379/0 said p%40ss and p@ss".to_owned());
+        assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
+        assert!(out.contains("[redacted]"));
+    }
+}
