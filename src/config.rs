@@ -108,6 +108,10 @@ pub struct CccSettings {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    pub retry_budget_ms: u64,
+    pub max_total_attempts: u32,
+    pub requeue_delay_ms: u64,
+    pub max_requeue_delay_ms: u64,
     pub replay_ambiguous: bool,
     /// Operator additions to the error-class table: code (or `Code.*`) to class.
     #[serde(default)]
@@ -126,6 +130,15 @@ impl CccSettings {
     }
     pub fn max_backoff(&self) -> Duration {
         Duration::from_millis(self.max_backoff_ms)
+    }
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_millis(self.retry_budget_ms)
+    }
+    pub fn requeue_delay(&self) -> Duration {
+        Duration::from_millis(self.requeue_delay_ms)
+    }
+    pub fn max_requeue_delay(&self) -> Duration {
+        Duration::from_millis(self.max_requeue_delay_ms)
     }
 }
 
@@ -322,6 +335,21 @@ impl Settings {
             return Err(invalid(
                 "ccc.max_backoff_ms",
                 "must be at least ccc.initial_backoff_ms",
+            ));
+        }
+        if ccc.max_total_attempts < ccc.max_attempts {
+            return Err(invalid(
+                "ccc.max_total_attempts",
+                "must be at least ccc.max_attempts",
+            ));
+        }
+        if ccc.requeue_delay_ms == 0 {
+            return Err(invalid("ccc.requeue_delay_ms", "must be positive"));
+        }
+        if ccc.max_requeue_delay_ms < ccc.requeue_delay_ms {
+            return Err(invalid(
+                "ccc.max_requeue_delay_ms",
+                "must be at least ccc.requeue_delay_ms",
             ));
         }
         let store = &self.store;

@@ -2,13 +2,15 @@
 //! proves the call was not placed.
 //!
 //! Retryable answers (throttling, 503, 500, connection refused) are retried in-process with
-//! jittered exponential backoff and a fresh nonce each time. Ambiguous failures (a timeout or
-//! reset after the request was sent) are never re-sent: the customer may already be ringing.
+//! exponential backoff, full jitter and a fresh nonce each time, within an attempt cap and a
+//! time budget; the pipeline sends what is still retryable after that through the wait
+//! queues. Ambiguous failures (a timeout or reset after the request was sent) are never re-sent
+//! with a new nonce: the customer may already be ringing.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 
 use crate::ccc::{CccClient, Classifier, DialAccepted, DialFailure, DialParams, ErrorClass};
 use crate::config::CccSettings;
@@ -20,6 +22,14 @@ pub struct DialPolicy {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// In-process retries stop when the next attempt would start later than this after the
+    /// first.
+    pub retry_budget: Duration,
+    /// Attempts across every hop through the wait queues.
+    pub max_total_attempts: u32,
+    /// The wait before the first hop back through the wait queues; doubles on each further hop.
+    pub requeue_delay: Duration,
+    pub max_requeue_delay: Duration,
     pub classifier: Classifier,
     /// Resolve ambiguous sends by replaying the identical signed request (see
     /// [`resolve_by_replay`]); off: `unknown` at once.
@@ -32,6 +42,10 @@ impl DialPolicy {
             max_attempts: settings.max_attempts,
             initial_backoff: settings.initial_backoff(),
             max_backoff: settings.max_backoff(),
+            retry_budget: settings.retry_budget(),
+            max_total_attempts: settings.max_total_attempts,
+            requeue_delay: settings.requeue_delay(),
+            max_requeue_delay: settings.max_requeue_delay(),
             replay_ambiguous: settings.replay_ambiguous,
             classifier: Classifier::new(
                 settings
@@ -40,6 +54,43 @@ impl DialPolicy {
                     .map(|(code, class)| (code.clone(), *class)),
             ),
         }
+    }
+
+    /// How many attempts this hop may make, after `prior` attempts on earlier hops: at least
+    /// one (a count in a header is not trusted to forbid dialing altogether).
+    pub fn attempts_for_hop(&self, prior: u32) -> u32 {
+        self.max_attempts
+            .min(self.max_total_attempts.saturating_sub(prior))
+            .max(1)
+    }
+
+    /// The wait before trying again after `attempts` attempts in all, or `None` when the cap
+    /// is reached. The delay doubles with every hop already made.
+    pub fn requeue_after(&self, attempts: u32) -> Option<Duration> {
+        if attempts >= self.max_total_attempts {
+            return None;
+        }
+        let hops_made = attempts
+            .div_ceil(self.max_attempts.max(1))
+            .saturating_sub(1);
+        let delay = self
+            .requeue_delay
+            .saturating_mul(2u32.saturating_pow(hops_made.min(20)));
+        Some(delay.min(self.max_requeue_delay))
+    }
+
+    /// Pauses between in-process attempts: exponential, full jitter (uniform in zero to the
+    /// exponential step), at most `attempts - 1` of them, and none that would start the next
+    /// attempt past the retry budget counted from `start`.
+    fn backoff(&self, attempts: u32, start: Instant) -> impl Iterator<Item = Duration> + use<> {
+        let budget = self.retry_budget;
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_max_times(attempts.saturating_sub(1) as usize)
+            .build()
+            .map(|step| step.mul_f64(rand::random::<f64>()))
+            .take_while(move |pause| start.elapsed() + *pause <= budget)
     }
 }
 
@@ -67,11 +118,13 @@ pub struct DialReport {
     pub throttled: bool,
 }
 
-/// Dials `request`, retrying retryable failures per `policy`.
+/// Dials `request`, making at most `max_attempts` attempts and retrying retryable failures
+/// per `policy`.
 pub async fn dial<C: CccClient>(
     client: &C,
     policy: &DialPolicy,
     request: &DialRequest,
+    max_attempts: u32,
 ) -> DialReport {
     let params = DialParams {
         instance_id: request.instance_id(),
@@ -84,11 +137,7 @@ pub async fn dial<C: CccClient>(
     let attempts = AtomicU32::new(0);
     let throttled = AtomicBool::new(false);
     let deadline = request.expires_at();
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.initial_backoff)
-        .with_max_delay(policy.max_backoff)
-        .with_max_times(policy.max_attempts.saturating_sub(1) as usize)
-        .with_jitter();
+    let backoff = policy.backoff(max_attempts, Instant::now());
     let outcome = (|| async {
         // Checked before every attempt: a retry must not ring someone whose request is stale.
         if deadline.is_some_and(|d| jiff::Timestamp::now() >= d) {
@@ -187,4 +236,81 @@ async fn resolve_by_replay<C: CccClient>(
 enum Attempt {
     Failed(DialFailure),
     Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn policy() -> DialPolicy {
+        let settings = Settings::load_from(None, Vec::new()).unwrap();
+        DialPolicy::from_settings(&settings.ccc)
+    }
+
+    #[test]
+    fn each_hop_gets_what_is_left_of_the_total_cap_and_never_nothing() {
+        let p = policy();
+        assert_eq!((p.max_attempts, p.max_total_attempts), (3, 6));
+        assert_eq!(p.attempts_for_hop(0), 3);
+        assert_eq!(p.attempts_for_hop(3), 3);
+        assert_eq!(p.attempts_for_hop(5), 1);
+        // A forged or stale count never forbids the dial altogether.
+        assert_eq!(p.attempts_for_hop(6), 1);
+        assert_eq!(p.attempts_for_hop(u32::MAX), 1);
+    }
+
+    #[test]
+    fn the_wait_between_hops_doubles_up_to_its_cap_and_stops_at_the_total() {
+        let mut p = policy();
+        p.max_total_attempts = 15;
+        p.requeue_delay = Duration::from_secs(30);
+        p.max_requeue_delay = Duration::from_secs(100);
+        let secs = |attempts| p.requeue_after(attempts).map(|d| d.as_secs());
+        assert_eq!(secs(3), Some(30));
+        // A short hop (fewer attempts than a full one) still counts as a hop.
+        assert_eq!(secs(4), Some(60));
+        assert_eq!(secs(6), Some(60));
+        assert_eq!(secs(9), Some(100));
+        assert_eq!(secs(12), Some(100));
+        assert_eq!(secs(15), None);
+        assert_eq!(secs(16), None);
+    }
+
+    #[test]
+    fn pauses_are_fully_jittered_below_the_exponential_step() {
+        let mut p = policy();
+        p.initial_backoff = Duration::from_millis(100);
+        p.max_backoff = Duration::from_millis(400);
+        p.retry_budget = Duration::from_secs(3600);
+        let mut sum_first = Duration::ZERO;
+        for _ in 0..200 {
+            let pauses: Vec<Duration> = p.backoff(5, Instant::now()).collect();
+            assert_eq!(pauses.len(), 4, "attempts - 1 pauses");
+            for (pause, step) in pauses.iter().zip([100, 200, 400, 400]) {
+                assert!(
+                    *pause <= Duration::from_millis(step),
+                    "{pause:?} > {step} ms"
+                );
+            }
+            sum_first += pauses[0];
+        }
+        // Uniform on [0, 100 ms]: the mean is near 50 ms, far from both ends.
+        let mean = sum_first / 200;
+        assert!(
+            mean > Duration::from_millis(25) && mean < Duration::from_millis(75),
+            "{mean:?}"
+        );
+    }
+
+    #[test]
+    fn no_pause_starts_an_attempt_past_the_budget() {
+        let mut p = policy();
+        p.initial_backoff = Duration::from_secs(1);
+        p.max_backoff = Duration::from_secs(1);
+        p.retry_budget = Duration::from_secs(10);
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        assert_eq!(p.backoff(3, long_ago).count(), 0);
+        assert_eq!(p.backoff(3, Instant::now()).count(), 2);
+    }
 }

@@ -198,6 +198,16 @@ impl Harness {
                 s.ccc.initial_backoff_ms.to_string(),
             ),
             ("CCC__MAX_BACKOFF_MS", s.ccc.max_backoff_ms.to_string()),
+            ("CCC__RETRY_BUDGET_MS", s.ccc.retry_budget_ms.to_string()),
+            (
+                "CCC__MAX_TOTAL_ATTEMPTS",
+                s.ccc.max_total_attempts.to_string(),
+            ),
+            ("CCC__REQUEUE_DELAY_MS", s.ccc.requeue_delay_ms.to_string()),
+            (
+                "CCC__MAX_REQUEUE_DELAY_MS",
+                s.ccc.max_requeue_delay_ms.to_string(),
+            ),
             ("STORE__BACKEND", backend.to_owned()),
             ("STORE__DATA_DIR", s.store.data_dir.display().to_string()),
             ("STORE__KEY_PREFIX", s.store.key_prefix.clone()),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::amqp::{Incoming, Publisher};
-use crate::ccc::{CccClient, DialFailure};
+use crate::ccc::{CccClient, DialFailure, ErrorClass};
 use crate::defer::Tiers;
 use crate::dial::{DialPolicy, DialResult, dial};
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
@@ -166,14 +166,16 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
 
         let now = Timestamp::now();
         if request.expires_at().is_some_and(|at| now >= at) {
-            let event = OutcomeEvent::expired(request, incoming.received_at, 0);
+            let event =
+                OutcomeEvent::expired(request, incoming.received_at, incoming.prior_attempts);
             return self
                 .record_and_publish(request_id, &token, &event, incoming)
                 .await;
         }
         if let Some((reason, when)) = self.not_yet(request, now) {
             if request.expires_at().is_some_and(|at| when >= at) {
-                let event = OutcomeEvent::expired(request, incoming.received_at, 0);
+                let event =
+                    OutcomeEvent::expired(request, incoming.received_at, incoming.prior_attempts);
                 return self
                     .record_and_publish(request_id, &token, &event, incoming)
                     .await;
@@ -265,31 +267,38 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             }
         };
 
-        let report = dial(&self.client, &self.policy, request).await;
+        let hop_attempts = self.policy.attempts_for_hop(incoming.prior_attempts);
+        let report = dial(&self.client, &self.policy, request, hop_attempts).await;
         permit.release().await;
         if report.throttled {
             self.limiter.throttled(request.instance_id());
         }
+        let attempts = incoming.prior_attempts.saturating_add(report.attempts);
         let received_at = incoming.received_at;
         let event = match &report.result {
             DialResult::Dialed(accepted) => {
-                OutcomeEvent::dialed(request, received_at, accepted, report.attempts)
+                OutcomeEvent::dialed(request, received_at, accepted, attempts)
             }
-            DialResult::Failed(failure) => OutcomeEvent::not_dialed(
-                request,
-                Status::Failed,
-                received_at,
-                failure,
-                report.attempts,
-            ),
-            DialResult::Unknown(failure) => OutcomeEvent::not_dialed(
-                request,
-                Status::Unknown,
-                received_at,
-                failure,
-                report.attempts,
-            ),
-            DialResult::Expired => OutcomeEvent::expired(request, received_at, report.attempts),
+            DialResult::Failed(failure) => {
+                if self.policy.classifier.class(failure) == ErrorClass::Retryable
+                    && let Some(when) = self.retry_at(request, attempts)
+                {
+                    // Certainly not placed: give everything back and try again later, from
+                    // whichever worker sees the request come back.
+                    self.settle_callee(request_id, hold, None).await;
+                    if let Err(error) = self.store.release(request_id, &token).await {
+                        return self.halt_on(HaltCause::Store(error));
+                    }
+                    return self
+                        .retry_later(request, incoming, failure, attempts, when)
+                        .await;
+                }
+                OutcomeEvent::not_dialed(request, Status::Failed, received_at, failure, attempts)
+            }
+            DialResult::Unknown(failure) => {
+                OutcomeEvent::not_dialed(request, Status::Unknown, received_at, failure, attempts)
+            }
+            DialResult::Expired => OutcomeEvent::expired(request, received_at, attempts),
             DialResult::Systemic(failure) => {
                 // Not dialed: give the request back whole, for when the worker is fixed.
                 self.settle_callee(request_id, hold, None).await;
@@ -309,6 +318,47 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         }
         self.record_and_publish(request_id, &token, &event, incoming)
             .await
+    }
+
+    /// When a request that failed retryably after `attempts` attempts may be tried again:
+    /// `None` once the attempt cap is reached or the next try would come after `expires_at`.
+    fn retry_at(&self, request: &DialRequest, attempts: u32) -> Option<Timestamp> {
+        let delay = self.policy.requeue_after(attempts)?;
+        let when = Timestamp::now().checked_add(delay).ok()?;
+        match request.expires_at() {
+            Some(deadline) if when >= deadline => None,
+            _ => Some(when),
+        }
+    }
+
+    /// Sends a request whose in-process retries are spent through the wait queues, with the
+    /// attempts made so far; one `deferred` event (code `retry`) says why and when.
+    async fn retry_later(
+        &self,
+        request: &DialRequest,
+        incoming: &Incoming,
+        failure: &DialFailure,
+        attempts: u32,
+        when: Timestamp,
+    ) -> Disposition {
+        const REASON: &str = "retry";
+        tracing::warn!(code = failure.code(), attempts, %when, "DialEx keeps refusing for now; trying again later");
+        if incoming.deferred_reason.as_deref() != Some(REASON) {
+            let mut event = OutcomeEvent::deferred(request, incoming.received_at, REASON, when);
+            event.message = Some(format!(
+                "not placed ({}); trying again at next_attempt_at",
+                failure.code()
+            ));
+            event.attempts = attempts;
+            if let Err(error) = self.publisher.publish_outcome(&event, None).await {
+                tracing::warn!(%error, "could not publish the deferred event");
+            }
+        }
+        let delay = when
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        self.defer_with(incoming, delay, REASON, attempts).await
     }
 
     /// When the request may be dialed, if not now: the later of `not_before` and the next
@@ -480,8 +530,24 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
 
     /// Sends the request to the wait tier for `delay`; it comes back and is evaluated again.
     async fn defer(&self, incoming: &Incoming, delay: Duration, reason: &str) -> Disposition {
+        self.defer_with(incoming, delay, reason, incoming.prior_attempts)
+            .await
+    }
+
+    /// [`Pipeline::defer`], recording `attempts` made so far across hops.
+    async fn defer_with(
+        &self,
+        incoming: &Incoming,
+        delay: Duration,
+        reason: &str,
+        attempts: u32,
+    ) -> Disposition {
         let tier = self.tiers.for_delay(delay);
-        match self.publisher.defer(incoming, &tier.queue, reason).await {
+        match self
+            .publisher
+            .defer(incoming, &tier.queue, reason, attempts)
+            .await
+        {
             Ok(()) => Disposition::Ack,
             Err(error) => {
                 tracing::error!(%error, "could not defer the request; returning it to the queue");

@@ -5,7 +5,7 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::{Fault, SimConfig};
+use dialex_worker::ccc::simulator::SimConfig;
 use dialex_worker::config::Credentials;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, started};
@@ -227,124 +227,5 @@ async fn a_malformed_body_lands_in_dial_dead_with_its_reason() {
             .unwrap(),
         0
     );
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_is_retried_with_fresh_nonces_and_dials_once() {
-    let mut h = started(settings(), SimConfig::default()).await;
-    let number = callee(42);
-    h.simulator.inject(&number, Fault::Throttle, 2);
-    h.publish_request(&request("throttled", &number, "agent"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
-    assert_eq!(event.status, Status::Dialed);
-    assert_eq!(event.attempts, 3);
-    let dials = h.simulator.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retryable_errors_that_persist_end_as_failed_without_a_dial() {
-    let mut h = started(settings(), SimConfig::default()).await;
-    let number = callee(43);
-    h.simulator.inject(&number, Fault::Unavailable, 3);
-    h.publish_request(&request("unavailable", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
-    assert_eq!(event.status, Status::Failed);
-    assert_eq!(event.code.as_deref(), Some("ServiceUnavailable"));
-    assert_eq!(event.attempts, 3);
-    assert!(event.aliyun_request_id.is_some());
-    assert_eq!(h.simulator.dial_count(), 0);
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_after_the_call_was_placed_is_unknown_and_never_redialed() {
-    let mut h = started(settings(), SimConfig::default()).await;
-    let number = callee(44);
-    h.simulator.inject(&number, Fault::ResetAfterExecute, 1);
-    h.publish_request(&request("reset", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
-    assert_eq!(event.status, Status::Unknown);
-    assert_eq!(event.code.as_deref(), Some("ambiguous"));
-    assert_eq!(event.attempts, 1);
-    assert_eq!(h.simulator.dial_count(), 1, "dialed exactly once");
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_lost_before_it_arrived_is_placed_by_the_identical_replay() {
-    let mut h = started(settings(), SimConfig::default()).await;
-    let number = callee(46);
-    h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
-    h.publish_request(&request("lost", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
-    assert_eq!(event.status, Status::Dialed);
-    assert_eq!(event.attempts, 1);
-    let dials = h.simulator.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_replay_an_ambiguous_send_is_unknown_at_once() {
-    let mut s = settings();
-    s.ccc.replay_ambiguous = false;
-    let mut h = started(s, SimConfig::default()).await;
-    let number = callee(47);
-    h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
-    h.publish_request(&request("no-replay", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    assert_eq!(received[0].event.status, Status::Unknown);
-    assert_eq!(received[0].event.code.as_deref(), Some("connection_lost"));
-    assert_eq!(h.simulator.dial_count(), 0);
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timeout_after_sending_is_unknown_and_never_redialed() {
-    let mut s = settings();
-    s.ccc.request_timeout_ms = 1_000;
-    let sim = SimConfig {
-        slow_delay: Duration::from_secs(3),
-        ..SimConfig::default()
-    };
-    let mut h = started(s, sim).await;
-    let number = callee(45);
-    h.simulator.inject(&number, Fault::Slow, 1);
-    h.publish_request(&request("slow", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
-    assert_eq!(event.status, Status::Unknown);
-    // The identical request was replayed and refused as already seen.
-    assert_eq!(event.code.as_deref(), Some("ambiguous"));
-    assert!(
-        event
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("already seen")
-    );
-    assert_eq!(event.attempts, 1);
-    assert_eq!(h.simulator.dial_count(), 1);
     h.cleanup().await.unwrap();
 }

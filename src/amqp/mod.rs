@@ -45,22 +45,29 @@ pub struct Incoming {
     pub received_at: Timestamp,
     /// Why the request was last deferred (the `x-dialex-deferred` header), if it was.
     pub deferred_reason: Option<String>,
+    /// DialEx attempts made on earlier hops (the `x-dialex-attempts` header).
+    pub prior_attempts: u32,
 }
 
 impl Incoming {
     pub fn new(body: Vec<u8>, properties: BasicProperties, redelivered: bool) -> Self {
-        let deferred_reason = properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(publisher::DEFERRED_HEADER))
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongString(s) => {
-                    std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
-                }
-                _ => None,
-            });
+        let header = |name: &str| {
+            properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(name))
+                .and_then(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => {
+                        std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
+                    }
+                    _ => None,
+                })
+        };
         Incoming {
-            deferred_reason,
+            deferred_reason: header(publisher::DEFERRED_HEADER),
+            prior_attempts: header(publisher::ATTEMPTS_HEADER)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             message_id: properties
                 .message_id()
                 .as_ref()

@@ -22,6 +22,8 @@ pub const DETAIL_HEADER: &str = "x-dialex-detail";
 
 /// Header on deferred requests: why the request is waiting.
 pub const DEFERRED_HEADER: &str = "x-dialex-deferred";
+/// Header on deferred requests: DialEx attempts made so far, across hops.
+pub const ATTEMPTS_HEADER: &str = "x-dialex-attempts";
 
 const PERSISTENT: u8 = 2;
 
@@ -117,14 +119,22 @@ impl Publisher {
     }
 
     /// Parks `incoming` on a wait queue; it returns to the request queue when the queue's TTL
-    /// has passed. The original body and properties travel unchanged, plus the reason.
+    /// has passed. The original body and properties travel unchanged, plus the reason and the
+    /// attempts made so far.
     pub async fn defer(
         &self,
         incoming: &Incoming,
         wait_queue: &str,
         reason: &str,
+        attempts: u32,
     ) -> Result<(), PublishError> {
-        let properties = annotated(incoming, &[(DEFERRED_HEADER, reason)]);
+        let properties = annotated(
+            incoming,
+            &[
+                (DEFERRED_HEADER, reason),
+                (ATTEMPTS_HEADER, &attempts.to_string()),
+            ],
+        );
         self.publish_with_retry("", wait_queue, &incoming.body, &properties)
             .await
     }

@@ -24,6 +24,9 @@ pub fn settings() -> Settings {
     // longest dial (3 attempts and a replay of 1 s each, plus backoffs), as validation demands.
     settings.store.lease_ms = 5_000;
     settings.deferral.tiers_ms = vec![500, 2_000, 10_000];
+    // Retries that outlast the in-process attempts come back through the shortest tier.
+    settings.ccc.requeue_delay_ms = 500;
+    settings.ccc.max_requeue_delay_ms = 2_000;
     settings.log.level = "warn".into();
     // Limits far above what a test pushes, unless a test is about them.
     settings.limits.max_in_flight = 10_000;

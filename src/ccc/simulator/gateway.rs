@@ -213,6 +213,13 @@ impl Gateway {
                      failure.",
                 );
             }
+            Some(Fault::InvalidParameter) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameter",
+                    "The specified parameter RoutPoint is not valid.",
+                );
+            }
             Some(Fault::BadGatewayNoBody) => {
                 return Reply::Answer(answer::empty(StatusCode::BAD_GATEWAY));
             }

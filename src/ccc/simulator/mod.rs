@@ -125,6 +125,9 @@ pub enum Fault {
     Unavailable,
     /// HTTP 500, `InternalError`; the dial is not executed.
     InternalError,
+    /// HTTP 400, `InvalidParameter`: a business parameter the call centre does not accept
+    /// (say, a contact flow that does not exist in the instance); the dial is not executed.
+    InvalidParameter,
     /// HTTP 502 with an empty body, as a load balancer in front of the gateway would answer;
     /// the dial is not executed (but the client cannot know that).
     BadGatewayNoBody,
