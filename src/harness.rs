@@ -58,6 +58,8 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     pub reason: Option<String>,
     pub detail: Option<String>,
+    /// Why the broker dead-lettered it, when the broker did (e.g. `delivery_limit`).
+    pub broker_reason: Option<String>,
 }
 
 pub struct Harness {
@@ -174,6 +176,7 @@ impl Harness {
         };
         [
             ("AMQP__PREFETCH", s.amqp.prefetch.to_string()),
+            ("AMQP__DELIVERY_LIMIT", s.amqp.delivery_limit.to_string()),
             ("AMQP__NAMES__REQUEST_EXCHANGE", n.request_exchange.clone()),
             ("AMQP__NAMES__REQUEST_QUEUE", n.request_queue.clone()),
             ("AMQP__NAMES__DEAD_EXCHANGE", n.dead_exchange.clone()),
@@ -267,12 +270,22 @@ impl Harness {
         body: &[u8],
         message_id: Option<&str>,
     ) -> anyhow::Result<()> {
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+        let mut properties = BasicProperties::default();
         if let Some(id) = message_id {
             properties = properties.with_message_id(id.into());
         }
+        self.publish_request_with(body, properties).await
+    }
+
+    /// Publishes a request with the given properties (persistent, JSON, confirmed).
+    pub async fn publish_request_with(
+        &self,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        let properties = properties
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
         let names = &self.settings.amqp.names;
         let confirmation = self
             .channel
@@ -365,6 +378,7 @@ impl Harness {
             letters.push(DeadLetter {
                 reason: header(amqp::publisher::REASON_HEADER),
                 detail: header(amqp::publisher::DETAIL_HEADER),
+                broker_reason: header("x-first-death-reason"),
                 body: message.delivery.data.clone(),
             });
         }

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::Consumer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::pipeline::Pipeline;
-use crate::settle::settle;
+use crate::settle::{Disposition, settle};
 use crate::store::DialStore;
 
 /// Why the consumer loop ended.
@@ -28,6 +30,31 @@ pub enum Stopped {
     Halted,
     /// The broker closed the consumer (connection or channel lost, queue deleted).
     ConsumerClosed,
+}
+
+/// Handles one delivery so that it is always settled: a panic anywhere in the pipeline is
+/// caught and turned into a disposition, never a delivery left unacknowledged on the channel.
+async fn handle_guarded<C: CccClient, S: DialStore>(
+    pipeline: &Pipeline<C, S>,
+    incoming: &Incoming,
+) -> Disposition {
+    let panic = match AssertUnwindSafe(pipeline.handle(incoming))
+        .catch_unwind()
+        .await
+    {
+        Ok(disposition) => return disposition,
+        Err(panic) => panic,
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    AssertUnwindSafe(pipeline.after_panic(incoming, &what))
+        .catch_unwind()
+        .await
+        // Even parking failed: the queue's dead-letter exchange takes it.
+        .unwrap_or(Disposition::DeadLetter)
 }
 
 /// Runs the consumer until shutdown, a halt, or the end of the stream; then waits up to
@@ -52,7 +79,7 @@ pub async fn consume<C: CccClient, S: DialStore>(
                         let acker = delivery.acker;
                         let incoming =
                             Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
-                        let disposition = pipeline.handle(&incoming).await;
+                        let disposition = handle_guarded(&pipeline, &incoming).await;
                         if let Err(error) = settle(&acker, disposition).await {
                             // The broker redelivers an unsettled message; nothing is lost.
                             tracing::error!(%error, ?disposition, "could not settle a delivery");

@@ -30,4 +30,6 @@ pub mod settle;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
 pub mod validate;

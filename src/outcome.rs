@@ -232,6 +232,15 @@ impl OutcomeEvent {
         event
     }
 
+    /// Handling the request failed on every delivery the queue allows before it was claimed,
+    /// so it was never dialed; it is parked on the dead-letter queue.
+    pub fn poisoned(request_id: &str, received_at: Timestamp, detail: &str) -> Self {
+        let mut event = Self::new(request_id, Status::Failed, received_at, None);
+        event.code = Some("poison_message".to_owned());
+        event.message = Some(detail.to_owned());
+        event
+    }
+
     /// The request broke a rule of the contract; it was never dialed.
     pub fn rejected(rejection: &Rejection, request_id: &str, received_at: Timestamp) -> Self {
         let mut event = Self::new(request_id, Status::Rejected, received_at, None);

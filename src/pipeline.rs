@@ -94,6 +94,8 @@ pub struct Pipeline<C, S> {
     pub limiter: AnyLimiter,
     pub metrics: Arc<Metrics>,
     pub halt: Arc<Halt>,
+    /// The request queue's `x-delivery-limit`.
+    pub delivery_limit: u32,
 }
 
 /// What the callee gate took for a request that may be dialed.
@@ -114,6 +116,8 @@ enum Gate {
 impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     /// Takes one delivery through every stage and returns how to settle it.
     pub async fn handle(&self, incoming: &Incoming) -> Disposition {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::fire(incoming);
         match validate::decode(&incoming.body, incoming.message_id.as_deref()) {
             Ok(request) => {
                 let span = tracing::info_span!(
@@ -136,11 +140,14 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
 
     async fn process(&self, request: &DialRequest, incoming: &Incoming) -> Disposition {
         if self.halt.token().is_cancelled() {
-            return Disposition::Requeue;
+            return self.give_back(incoming).await;
         }
         let request_id = request.request_id().as_str();
         let token = match self.store.claim(request_id).await {
-            Ok(Claim::Acquired(token)) => token,
+            Ok(Claim::Acquired(token)) => {
+                incoming.mark_claimed();
+                token
+            }
             Ok(Claim::Held { worker, remaining }) => {
                 self.metrics.dedup_hit(DedupKind::Claimed);
                 tracing::info!(%worker, ?remaining, "request is being handled elsewhere; deferring");
@@ -152,6 +159,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 return self.republish(&event, incoming).await;
             }
             Ok(Claim::Abandoned(token)) => {
+                incoming.mark_claimed();
                 self.metrics.dedup_hit(DedupKind::Abandoned);
                 tracing::warn!(
                     "a worker stopped while handling this request; it may have been dialed, so it is not dialed again"
@@ -161,7 +169,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                     .record_and_publish(request_id, &token, &event, incoming)
                     .await;
             }
-            Err(error) => return self.halt_on(HaltCause::Store(error)),
+            Err(error) => return self.halt_on(HaltCause::Store(error), incoming).await,
         };
 
         let now = Timestamp::now();
@@ -182,7 +190,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             }
             // Not ours to hold while it waits: whoever sees it come back claims it afresh.
             if let Err(error) = self.store.release(request_id, &token).await {
-                return self.halt_on(HaltCause::Store(error));
+                return self.halt_on(HaltCause::Store(error), incoming).await;
             }
             return self.defer_until(request, incoming, reason, when, now).await;
         }
@@ -229,7 +237,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             }
             Err(error) => {
                 let _ = self.store.release(request_id, &token).await;
-                return self.halt_on(HaltCause::Store(error));
+                return self.halt_on(HaltCause::Store(error), incoming).await;
             }
         };
 
@@ -287,7 +295,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                     // whichever worker sees the request come back.
                     self.settle_callee(request_id, hold, None).await;
                     if let Err(error) = self.store.release(request_id, &token).await {
-                        return self.halt_on(HaltCause::Store(error));
+                        return self.halt_on(HaltCause::Store(error), incoming).await;
                     }
                     return self
                         .retry_later(request, incoming, failure, attempts, when)
@@ -303,7 +311,9 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 // Not dialed: give the request back whole, for when the worker is fixed.
                 self.settle_callee(request_id, hold, None).await;
                 let _ = self.store.release(request_id, &token).await;
-                return self.halt_on(HaltCause::Ccc(failure.clone()));
+                return self
+                    .halt_on(HaltCause::Ccc(failure.clone()), incoming)
+                    .await;
             }
         };
         // A call that was placed (or may have been) keeps the callee's cooldown slot and its
@@ -556,9 +566,57 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         }
     }
 
-    fn halt_on(&self, cause: HaltCause) -> Disposition {
+    async fn halt_on(&self, cause: HaltCause, incoming: &Incoming) -> Disposition {
         self.halt.trigger(cause);
-        Disposition::Requeue
+        self.give_back(incoming).await
+    }
+
+    /// Returns a request the worker cannot handle now to its queue, whole, for a healthy
+    /// worker (or this one once it resumes). A fresh copy does not count towards the queue's
+    /// delivery limit; if it cannot be published, the delivery is requeued instead.
+    async fn give_back(&self, incoming: &Incoming) -> Disposition {
+        match self.publisher.give_back(incoming).await {
+            Ok(()) => Disposition::Ack,
+            Err(error) => {
+                tracing::warn!(%error, "could not put the request back as a fresh message; requeueing it");
+                Disposition::Requeue
+            }
+        }
+    }
+
+    /// Settles a delivery whose handling panicked (`what` says how). Once the request is
+    /// claimed, its claim keeps it from being dialed twice, so it is simply returned. Before
+    /// that, it is returned until its last allowed delivery, which parks it on the dead-letter
+    /// exchange with a `failed` event (code `poison_message`) instead of letting it loop or
+    /// vanish.
+    pub async fn after_panic(&self, incoming: &Incoming, what: &str) -> Disposition {
+        let deliveries = incoming.delivery_count.saturating_add(1);
+        if incoming.is_claimed() || deliveries <= self.delivery_limit {
+            tracing::error!(
+                panic = what,
+                deliveries,
+                limit = self.delivery_limit,
+                "handling a request panicked; returning it to the queue"
+            );
+            return Disposition::Requeue;
+        }
+        tracing::error!(
+            panic = what,
+            deliveries,
+            "handling a request panicked on every delivery; parking it"
+        );
+        let detail = format!(
+            "handling this request failed on {deliveries} deliveries; the last failure: {what}"
+        );
+        if let Some(request_id) =
+            validate::recover_request_id(&incoming.body, incoming.message_id.as_deref())
+        {
+            let event = OutcomeEvent::poisoned(request_id.as_str(), incoming.received_at, &detail);
+            if self.publish(&event, incoming).await != Disposition::Ack {
+                return Disposition::DeadLetter;
+            }
+        }
+        self.park(incoming, "poison_message", &detail).await
     }
 
     async fn reject(&self, incoming: &Incoming, rejection: &Rejection) -> Disposition {

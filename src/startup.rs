@@ -130,6 +130,7 @@ pub async fn run<C: CccClient, S: DialStore>(
         limiter,
         metrics,
         halt: Arc::clone(&halt),
+        delivery_limit: amqp_settings.delivery_limit,
     });
     let result = loop {
         let channel = consume_connection

@@ -413,6 +413,22 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<DialRequest, Reje
     }
 }
 
+/// The request id of a body, or of its AMQP `message_id`, reading nothing else: for naming a
+/// request whose full decoding cannot be trusted.
+pub fn recover_request_id(body: &[u8], message_id: Option<&str>) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow, default)]
+        request_id: Option<&'a RawValue>,
+    }
+    let raw = serde_json::from_slice::<IdOnly<'_>>(body)
+        .ok()
+        .and_then(|body| body.request_id);
+    request_id_field(raw, message_id)
+        .ok()
+        .or_else(|| message_id.and_then(|id| RequestId::parse(id).ok()))
+}
+
 fn reject(request_id: Option<RequestId>, failure: Failure) -> Rejection {
     Rejection {
         request_id,
@@ -1711,5 +1727,27 @@ mod tests {
             assert_eq!(r.reason, RejectReason::InvalidTimeWindow);
             assert_eq!(r.detail, "expires_at: must be after not_before");
         }
+    }
+
+    #[test]
+    fn the_request_id_is_recovered_from_the_body_or_else_the_message_id() {
+        let id = |body: &[u8], message_id| {
+            recover_request_id(body, message_id).map(|id| id.as_str().to_owned())
+        };
+        assert_eq!(
+            id(br#"{"request_id":"r-1","callee":7}"#, None).as_deref(),
+            Some("r-1")
+        );
+        assert_eq!(
+            id(br#"{"request_id":"r-1"}"#, Some("m-1")).as_deref(),
+            Some("r-1")
+        );
+        assert_eq!(id(b"not json", Some("m-1")).as_deref(), Some("m-1"));
+        assert_eq!(
+            id(br#"{"request_id":"has space"}"#, Some("m-1")).as_deref(),
+            Some("m-1")
+        );
+        assert_eq!(id(br#"{"request_id":42}"#, None), None);
+        assert_eq!(id(b"", None), None);
     }
 }

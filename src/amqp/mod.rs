@@ -8,9 +8,15 @@ pub mod topology;
 
 pub use publisher::{PublishError, Publisher};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use jiff::Timestamp;
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+
+/// Set by quorum queues on a redelivery: how often the message was delivered before.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// A failed broker operation, saying which one.
 #[derive(Debug, thiserror::Error)]
@@ -47,23 +53,33 @@ pub struct Incoming {
     pub deferred_reason: Option<String>,
     /// DialEx attempts made on earlier hops (the `x-dialex-attempts` header).
     pub prior_attempts: u32,
+    /// How often the broker has delivered this message before without it being settled
+    /// (quorum queues' `x-delivery-count`).
+    pub delivery_count: u32,
+    /// Set once this delivery holds the request's claim: from then on the claim, not the
+    /// broker's delivery limit, keeps it from being dialed twice.
+    claimed: AtomicBool,
 }
 
 impl Incoming {
     pub fn new(body: Vec<u8>, properties: BasicProperties, redelivered: bool) -> Self {
-        let header = |name: &str| {
-            properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(name))
-                .and_then(|v| match v {
-                    lapin::types::AMQPValue::LongString(s) => {
-                        std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned)
-                    }
-                    _ => None,
-                })
+        let raw = |name: &str| properties.headers().as_ref()?.inner().get(name).cloned();
+        let header = |name: &str| match raw(name)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            _ => None,
         };
+        let delivery_count = match raw(DELIVERY_COUNT_HEADER) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).ok(),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(n).ok(),
+            Some(AMQPValue::LongUInt(n)) => Some(n),
+            Some(AMQPValue::ShortInt(n)) => u32::try_from(n).ok(),
+            Some(AMQPValue::ShortUInt(n)) => Some(u32::from(n)),
+            _ => None,
+        }
+        .unwrap_or(0);
         Incoming {
+            delivery_count,
+            claimed: AtomicBool::new(false),
             deferred_reason: header(publisher::DEFERRED_HEADER),
             prior_attempts: header(publisher::ATTEMPTS_HEADER)
                 .and_then(|n| n.parse().ok())
@@ -77,5 +93,13 @@ impl Incoming {
             redelivered,
             received_at: Timestamp::now(),
         }
+    }
+
+    pub fn mark_claimed(&self) {
+        self.claimed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Relaxed)
     }
 }

@@ -139,6 +139,20 @@ impl Publisher {
             .await
     }
 
+    /// Puts `incoming` back on the request queue as a fresh message, so that giving back a
+    /// request the worker cannot handle right now (it is paused) does not count towards the
+    /// queue's delivery limit the way a requeue would.
+    pub async fn give_back(&self, incoming: &Incoming) -> Result<(), PublishError> {
+        let properties = annotated(incoming, &[]);
+        self.publish_with_retry(
+            &self.names.request_exchange,
+            &self.names.request_routing_key,
+            &incoming.body,
+            &properties,
+        )
+        .await
+    }
+
     async fn publish_with_retry(
         &self,
         exchange: &str,
@@ -198,9 +212,17 @@ impl Publisher {
     }
 }
 
-/// The original message's properties, persistent, with `extra` headers added.
+/// The original message's properties, persistent, with `extra` headers added. The broker's
+/// delivery count belongs to the delivery, not the message: a copy starts afresh.
 fn annotated(incoming: &Incoming, extra: &[(&str, &str)]) -> BasicProperties {
-    let mut headers = incoming.properties.headers().clone().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    if let Some(original) = incoming.properties.headers() {
+        for (name, value) in original.inner() {
+            if name.as_str() != super::DELIVERY_COUNT_HEADER {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
     for (name, value) in extra {
         headers.insert(
             (*name).into(),

@@ -1,8 +1,8 @@
 //! Declares the wire contract's exchanges and queues, idempotently, at every start.
 //!
 //! Queues are quorum queues (replicated, durable). The request queue carries an explicit
-//! delivery limit and dead-letters to the dead exchange, so a message that keeps failing ends
-//! up parked with a reason instead of looping.
+//! delivery limit and dead-letters at-least-once to the dead exchange, so a message that keeps
+//! failing (even one that kills the worker each time) ends up parked instead of looping.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -19,6 +19,20 @@ fn quorum() -> FieldTable {
         AMQPValue::LongString(LongString::from("quorum")),
     );
     args
+}
+
+/// Dead-letters at-least-once: the broker keeps a message until the dead-letter queue has
+/// confirmed it, so nothing is lost if a node stops mid-way. Quorum queues do this only with
+/// `reject-publish` overflow (the queues have no length limit, so it never rejects).
+fn at_least_once(args: &mut FieldTable) {
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString(LongString::from("at-least-once")),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
 }
 
 fn durable_exchange() -> ExchangeDeclareOptions {
@@ -82,6 +96,7 @@ pub async fn declare(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(LongString::from(names.dead_exchange.as_str())),
     );
+    at_least_once(&mut request_args);
     channel
         .queue_declare(
             names.request_queue.as_str().into(),
@@ -113,16 +128,8 @@ pub async fn declare(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(LongString::from(names.request_routing_key.as_str())),
         );
-        // A waiting request must come back even if the broker restarts mid-hop: quorum
-        // queues dead-letter at-least-once only with reject-publish overflow.
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString(LongString::from("at-least-once")),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString(LongString::from("reject-publish")),
-        );
+        // A waiting request must come back even if the broker restarts mid-hop.
+        at_least_once(&mut args);
         channel
             .queue_declare(
                 tier.queue.as_str().into(),
