@@ -20,6 +20,7 @@ pub mod demo;
 pub mod dial;
 pub mod gates;
 pub mod harness;
+pub mod health;
 pub mod intake;
 pub mod metrics;
 pub mod outcome;
