@@ -40,7 +40,15 @@ pub struct Settings {
     pub business_hours: BusinessHoursSettings,
     pub limits: LimitsSettings,
     pub dnc: DncFileSettings,
+    pub http: HttpSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]

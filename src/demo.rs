@@ -98,7 +98,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         harness.settings.amqp.names.request_queue
     );
     harness.simulator.inject("13800000004", Fault::Throttle, 1);
-    harness.start_worker(Harness::demo_credentials())?;
+    harness.start_worker(Harness::demo_credentials()).await?;
 
     let run = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let samples = samples(&run);

@@ -25,6 +25,7 @@ use crate::ccc::HttpCccClient;
 use crate::ccc::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use crate::config::{Credentials, Settings};
 use crate::defer::Tiers;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outcome::OutcomeEvent;
 use crate::startup::{self, RunError};
@@ -70,7 +71,14 @@ pub struct Harness {
     connection: Connection,
     channel: Channel,
     outcomes: Option<Consumer>,
-    workers: Vec<(CancellationToken, JoinHandle<Result<(), RunError>>)>,
+    workers: Vec<Worker>,
+}
+
+/// One in-process worker and its health endpoint.
+struct Worker {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), RunError>>,
+    endpoint: SocketAddr,
 }
 
 impl Harness {
@@ -126,17 +134,37 @@ impl Harness {
 
     /// Starts a worker in this process with `credentials`. Call it again for more replicas
     /// (with the Redis store: the embedded store belongs to one worker).
-    pub fn start_worker(&mut self, credentials: Credentials) -> anyhow::Result<()> {
+    pub async fn start_worker(&mut self, credentials: Credentials) -> anyhow::Result<()> {
         let client = HttpCccClient::new(&self.settings.ccc, credentials)?;
         let settings = self.settings.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let metrics = Arc::clone(&self.metrics);
+        let health = Arc::new(Health::default());
+        let endpoint = crate::health::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &metrics,
+            Arc::clone(&health),
+            shutdown.child_token(),
+        )
+        .await
+        .context("starting the health endpoint")?;
         let handle = tokio::spawn(async move {
-            startup::run_with_configured_store(&settings, client, metrics, token).await
+            startup::run_with_configured_store(&settings, client, metrics, health, token).await
         });
-        self.workers.push((shutdown, handle));
+        self.workers.push(Worker {
+            shutdown,
+            handle,
+            endpoint,
+        });
         Ok(())
+    }
+
+    /// The status and body of the first worker's `/readyz`.
+    pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        let worker = self.workers.first().context("no worker is running")?;
+        let response = reqwest::get(format!("http://{}/readyz", worker.endpoint)).await?;
+        Ok((response.status().as_u16(), response.text().await?))
     }
 
     /// Asks every in-process worker to stop and returns how the first one ended.
@@ -145,9 +173,9 @@ impl Harness {
             bail!("no worker is running");
         }
         let mut first = None;
-        for (shutdown, handle) in self.workers.drain(..) {
-            shutdown.cancel();
-            let result = handle.await?;
+        for worker in self.workers.drain(..) {
+            worker.shutdown.cancel();
+            let result = worker.handle.await?;
             first.get_or_insert(result);
         }
         first.context("no worker is running")
@@ -155,10 +183,10 @@ impl Harness {
 
     /// Waits for the (first) worker to end by itself, for example after a halt.
     pub async fn worker_exit(&mut self, timeout: Duration) -> anyhow::Result<Result<(), RunError>> {
-        let Some((_, handle)) = self.workers.first_mut() else {
+        let Some(worker) = self.workers.first_mut() else {
             bail!("no worker is running");
         };
-        let result = tokio::time::timeout(timeout, handle)
+        let result = tokio::time::timeout(timeout, &mut worker.handle)
             .await
             .context("the worker did not stop")??;
         self.workers.remove(0);
@@ -176,6 +204,8 @@ impl Harness {
         };
         [
             ("AMQP__PREFETCH", s.amqp.prefetch.to_string()),
+            // Several worker processes may run at once: each picks a free port.
+            ("HTTP__LISTEN", "127.0.0.1:0".to_owned()),
             ("AMQP__DELIVERY_LIMIT", s.amqp.delivery_limit.to_string()),
             ("AMQP__NAMES__REQUEST_EXCHANGE", n.request_exchange.clone()),
             ("AMQP__NAMES__REQUEST_QUEUE", n.request_queue.clone()),

@@ -88,6 +88,22 @@ impl Health {
     }
 }
 
+/// Binds `listen` and serves `metrics` and `health` there in the background until
+/// `shutdown`; returns the bound address (useful with port 0).
+pub async fn start(
+    listen: std::net::SocketAddr,
+    metrics: &crate::metrics::Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    tokio::spawn(serve(listener, Arc::new(registry), health, shutdown));
+    Ok(addr)
+}
+
 /// Serves /healthz, /readyz and /metrics on `listener` until `shutdown` is cancelled.
 ///
 /// Each connection runs in its own task; on shutdown the listener is closed and open

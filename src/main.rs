@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,6 +12,8 @@ use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
 use dialex_worker::config::{Credentials, Settings};
 use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
+use dialex_worker::health::{self, Health};
+use dialex_worker::metrics::Metrics;
 use dialex_worker::phone::PhoneNumber;
 use dialex_worker::{demo, startup, telemetry};
 use secrecy::SecretString;
@@ -94,8 +97,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let client = HttpCccClient::new(&settings.ccc, credentials)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            startup::run_with_configured_store(&settings, client, Default::default(), shutdown)
-                .await?;
+            let metrics = Arc::new(Metrics::default());
+            let health = Arc::new(Health::default());
+            let endpoint = CancellationToken::new();
+            health::start(
+                settings.http.listen,
+                &metrics,
+                Arc::clone(&health),
+                endpoint.clone(),
+            )
+            .await
+            .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+            let result =
+                startup::run_with_configured_store(&settings, client, metrics, health, shutdown)
+                    .await;
+            endpoint.cancel();
+            result?;
             Ok(())
         }
         Command::Sim {

@@ -35,11 +35,26 @@ use crate::validate::{self, DialRequest, Rejection};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HaltCause {
     /// CCC refused the worker itself (credentials, signature, clock).
-    #[error("CCC answered {}: {}. Check the ALIBABA_CLOUD_* credentials, the endpoint and the clock", .0.code(), .0.message().unwrap_or(""))]
+    #[error("CCC answered {}: {}; {}", .0.code(), .0.message().unwrap_or("no message"), remedy(.0.code()))]
     Ccc(DialFailure),
     /// The dial-record store failed: without it no request can be dialed safely.
     #[error("the dial-record store failed: {0}")]
     Store(StoreError),
+}
+
+/// What an operator should check for a systemic answer.
+fn remedy(code: &str) -> &'static str {
+    if code.starts_with("InvalidAccessKeyId") {
+        "check ALIBABA_CLOUD_ACCESS_KEY_ID (and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials)"
+    } else if code == "SignatureDoesNotMatch" || code == "IncompleteSignature" {
+        "check ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+    } else if code.starts_with("InvalidTimeStamp") {
+        "check the clock of this machine (NTP); CCC accepts requests within 15 minutes of its time"
+    } else if code.starts_with("Forbidden") {
+        "check the RAM permissions of the AccessKey (ccc:DialEx) and the account's status"
+    } else {
+        "check the ALIBABA_CLOUD_* credentials, ccc.endpoint and the clock"
+    }
 }
 
 /// Raised when the worker must stop consuming because every request would fail the same

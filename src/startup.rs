@@ -17,6 +17,7 @@ use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::{DncList, DncSettings, RedisDnc};
 use crate::gates::hours::BusinessHours;
 use crate::gates::limits::{AnyLimiter, LimitSettings, LocalLimiter, RedisLimiter};
+use crate::health::Health;
 use crate::intake::{Stopped, consume};
 use crate::metrics::Metrics;
 use crate::pipeline::{Halt, HaltCause, Pipeline};
@@ -72,6 +73,7 @@ pub async fn run_with_configured_store<C: CccClient>(
     settings: &Settings,
     client: C,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker = worker_id();
@@ -81,7 +83,7 @@ pub async fn run_with_configured_store<C: CccClient>(
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(&settings.store, worker)?;
             let limiter = AnyLimiter::Local(LocalLimiter::new(limits));
-            run(settings, client, store, limiter, metrics, shutdown).await
+            run(settings, client, store, limiter, metrics, health, shutdown).await
         }
         StoreBackend::Redis => {
             let store = RedisStore::connect(&settings.store, worker).await?;
@@ -90,7 +92,7 @@ pub async fn run_with_configured_store<C: CccClient>(
                     .await
                     .map_err(|e| RunError::Gate(e.to_string()))?,
             );
-            run(settings, client, store, limiter, metrics, shutdown).await
+            run(settings, client, store, limiter, metrics, health, shutdown).await
         }
     }
 }
@@ -102,8 +104,18 @@ pub async fn run<C: CccClient, S: DialStore>(
     store: S,
     limiter: AnyLimiter,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    // Not ready from the moment shutdown is asked for, while in-flight work drains.
+    tokio::spawn({
+        let health = Arc::clone(&health);
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_shutting_down();
+        }
+    });
     let amqp_settings = &settings.amqp;
     let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
     let hours =
@@ -151,12 +163,14 @@ pub async fn run<C: CccClient, S: DialStore>(
             .await
             .map_err(op("start consuming"))?;
         let consumer_tag = consumer.tag();
+        health.set_consuming(true);
         tracing::info!(
             queue = amqp_settings.names.request_queue,
             prefetch = amqp_settings.prefetch,
             "consuming dial requests"
         );
         let stopped = consume(consumer, Arc::clone(&pipeline), shutdown.clone(), DRAIN).await;
+        health.set_consuming(false);
         let _ = channel
             .basic_cancel(consumer_tag, BasicCancelOptions::default())
             .await;
@@ -169,11 +183,13 @@ pub async fn run<C: CccClient, S: DialStore>(
             Stopped::Halted => match halt.cause() {
                 // The worker's own credentials, signature or clock: keep the messages, wait
                 // until CCC accepts the worker again, then resume.
-                Some(HaltCause::Ccc(_)) => {
+                Some(cause @ HaltCause::Ccc(_)) => {
+                    health.set_paused(Some(format!("paused: {cause}")));
                     if !wait_until_accepted(&pipeline.client, &shutdown).await {
                         break Ok(());
                     }
                     tracing::info!("CCC accepts the worker again; resuming");
+                    health.set_paused(None);
                     halt.reset();
                 }
                 Some(cause) => break Err(RunError::Halted(cause)),

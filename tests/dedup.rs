@@ -98,7 +98,7 @@ async fn three_replicas_sharing_redis_never_dial_twice() {
         .await
         .expect("RabbitMQ must be reachable");
     for _ in 0..3 {
-        h.start_worker(Harness::demo_credentials()).unwrap();
+        h.start_worker(Harness::demo_credentials()).await.unwrap();
     }
     const UNIQUE: usize = 1_500;
     const TOTAL: usize = 2_000;

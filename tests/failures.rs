@@ -6,6 +6,8 @@ mod helpers;
 use std::time::Duration;
 
 use dialex_worker::ccc::simulator::{Fault, SimConfig, Simulator};
+use dialex_worker::config::Credentials;
+use dialex_worker::harness::Harness;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, started};
 
@@ -153,6 +155,7 @@ async fn connection_refused_is_retried_until_ccc_is_back() {
         .unwrap();
     h.settings.ccc.endpoint = format!("http://{addr}");
     h.start_worker(dialex_worker::harness::Harness::demo_credentials())
+        .await
         .unwrap();
     h.publish_request(&request("refused", &callee(52), "ivr"), None)
         .await
@@ -265,5 +268,70 @@ async fn a_timeout_after_sending_is_unknown_and_never_redialed() {
     );
     assert_eq!(event.attempts, 1);
     assert_eq!(h.simulator.dial_count(), 1);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_pauses_the_worker_keeping_every_request_until_ccc_accepts_it() {
+    let mut h = Harness::start(settings(), SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable");
+    let mut credentials = Harness::demo_credentials();
+    credentials.access_key_secret = Credentials::new("x", "not-the-secret").access_key_secret;
+    h.start_worker(credentials).await.unwrap();
+    const REQUESTS: usize = 10;
+    for i in 0..REQUESTS {
+        h.publish_request(
+            &request(&format!("wrong-secret-{i}"), &callee(i), "ivr"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+
+    // The simulator's check is real: the worker is refused, pauses, and gives every request
+    // back; none is burnt as `failed`.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (status, body) = loop {
+        let (status, body) = h.readyz().await.unwrap();
+        if body.contains("paused") || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    assert!(body.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET"), "{body}");
+    let names = h.settings.amqp.names.clone();
+    assert_eq!(
+        h.settled_depth(&names.request_queue, REQUESTS as u32, WAIT)
+            .await
+            .unwrap(),
+        REQUESTS as u32,
+        "every request must be back in its queue"
+    );
+    assert_eq!(h.simulator.dial_count(), 0);
+    assert!(
+        h.next_outcome(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none(),
+        "no outcome of any kind while paused"
+    );
+    assert!(h.dead_letters().await.unwrap().is_empty());
+    // Paused, not exited: the worker is still there, probing.
+    assert!(h.worker_exit(Duration::from_millis(100)).await.is_err());
+
+    // The account side is fixed (the key now matches what the worker signs with): the worker
+    // notices on its next probe and dials every request it kept, once.
+    h.simulator.set_credentials(
+        dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
+        "not-the-secret",
+    );
+    let received = h.outcomes(REQUESTS, WAIT).await.unwrap();
+    assert!(received.iter().all(|r| r.event.status == Status::Dialed));
+    assert_eq!(h.simulator.dial_count(), REQUESTS);
+    let (status, body) = h.readyz().await.unwrap();
+    assert_eq!(status, 200, "{body}");
     h.cleanup().await.unwrap();
 }

@@ -257,7 +257,7 @@ async fn three_replicas_share_the_concurrency_and_pace_limits() {
             .unwrap();
     }
     for _ in 0..3 {
-        h.start_worker(Harness::demo_credentials()).unwrap();
+        h.start_worker(Harness::demo_credentials()).await.unwrap();
     }
     let received = h
         .outcomes(REQUESTS, Duration::from_secs(120))

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dialex_worker::ccc::simulator::SimConfig;
-use dialex_worker::config::Credentials;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, started};
 
@@ -155,51 +154,6 @@ async fn every_request_gets_exactly_one_outcome_with_the_simulators_task_id() {
     assert_eq!(dead.len(), invalid.len() + 1);
     assert!(dead.iter().any(|d| d.body.starts_with(b"\xff\xfe")
         && d.reason.as_deref() == Some("invalid_json")));
-    h.cleanup().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_pauses_the_worker_with_the_request_kept_until_ccc_accepts_it() {
-    let mut h = dialex_worker::harness::Harness::start(settings(), SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable");
-    let mut credentials = dialex_worker::harness::Harness::demo_credentials();
-    credentials.access_key_secret = Credentials::new("x", "not-the-secret").access_key_secret;
-    h.start_worker(credentials).unwrap();
-    h.publish_request(&request("wrong-secret", &callee(1), "ivr"), None)
-        .await
-        .unwrap();
-
-    // The simulator's check is real: the worker is refused, pauses, and gives the request back.
-    let names = h.settings.amqp.names.clone();
-    assert_eq!(
-        h.settled_depth(&names.request_queue, 1, WAIT)
-            .await
-            .unwrap(),
-        1,
-        "the request must be back in its queue, untouched"
-    );
-    assert_eq!(h.simulator.dial_count(), 0);
-    assert!(
-        h.next_outcome(Duration::from_secs(2))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(h.dead_letters().await.unwrap().is_empty());
-    // Paused, not exited: the worker is still there, probing.
-    assert!(h.worker_exit(Duration::from_millis(100)).await.is_err());
-
-    // The account side is fixed (the key now matches what the worker signs with): the worker
-    // notices on its next probe and dials the request it kept.
-    h.simulator.set_credentials(
-        dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
-        "not-the-secret",
-    );
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    assert_eq!(received[0].event.request_id, "wrong-secret");
-    assert_eq!(received[0].event.status, Status::Dialed);
-    assert_eq!(h.simulator.dial_count(), 1);
     h.cleanup().await.unwrap();
 }
 

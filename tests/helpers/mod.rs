@@ -96,6 +96,7 @@ pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
     );
     harness
         .start_worker(Harness::demo_credentials())
+        .await
         .expect("worker starts");
     harness
 }
