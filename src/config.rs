@@ -4,14 +4,21 @@
 //! The defaults are compiled in (the same file, embedded), so the binary works from any
 //! directory and the file stays the single source of truth for them. Credentials are read here
 //! too, from the standard Alibaba Cloud variables, and held in secret types that never print.
+//!
+//! `Settings` also serializes back to TOML with the file's key names (`dialex-worker
+//! check-config`): the secrets in it serialize redacted, so no serialization of the settings
+//! can leak them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::ccc::ErrorClass;
 pub use crate::gates::hours::BusinessHoursSettings;
-use serde::Deserialize;
+use crate::gates::hours::CalendarSettings;
 
 /// The defaults, also shipped as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -27,9 +34,11 @@ pub enum ConfigError {
     InvalidAt { key: String, reason: String },
     #[error("environment variable {0} is not set")]
     MissingEnv(&'static str),
+    #[error("configuration could not be written as TOML: {0}")]
+    Render(#[from] toml::ser::Error),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub amqp: AmqpSettings,
@@ -37,21 +46,39 @@ pub struct Settings {
     pub ccc: CccSettings,
     pub store: StoreSettings,
     pub cooldown: CooldownSettings,
+    #[serde(serialize_with = "serialize_business_hours")]
     pub business_hours: BusinessHoursSettings,
     pub limits: LimitsSettings,
     pub dnc: DncFileSettings,
     pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address of the /healthz, /readyz and /metrics endpoint.
     pub listen: std::net::SocketAddr,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How the worker stops on SIGTERM or SIGINT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long the requests in flight get to finish once a stop is requested; whatever is
+    /// still unfinished then goes back to the queue. Kubernetes'
+    /// `terminationGracePeriodSeconds` must be longer.
+    pub drain_timeout_ms: u64,
+}
+
+impl ShutdownSettings {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
     pub max_in_flight: u32,
@@ -63,7 +90,7 @@ pub struct LimitsSettings {
     pub throttle_cooldown_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DncFileSettings {
     /// Empty: no file.
@@ -72,10 +99,11 @@ pub struct DncFileSettings {
     pub shared: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     /// Broker URL; may carry a password, so it never prints.
+    #[serde(serialize_with = "serialize_url")]
     pub url: SecretString,
     pub prefetch: u16,
     pub delivery_limit: u32,
@@ -91,7 +119,7 @@ impl AmqpSettings {
 }
 
 /// Exchange and queue names of the wire contract.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpNames {
     pub request_exchange: String,
@@ -105,7 +133,7 @@ pub struct AmqpNames {
     pub outcome_catch_all_queue: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CccSettings {
     pub endpoint: String,
@@ -122,8 +150,8 @@ pub struct CccSettings {
     pub max_requeue_delay_ms: u64,
     pub replay_ambiguous: bool,
     /// Operator additions to the error-class table: code (or `Code.*`) to class.
-    #[serde(default)]
-    pub error_classes: std::collections::BTreeMap<String, crate::ccc::ErrorClass>,
+    #[serde(default, serialize_with = "serialize_error_classes")]
+    pub error_classes: BTreeMap<String, ErrorClass>,
 }
 
 impl CccSettings {
@@ -150,25 +178,26 @@ impl CccSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeferralSettings {
     pub tiers_ms: Vec<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
     Embedded,
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub data_dir: std::path::PathBuf,
     /// May carry a password, so it never prints.
+    #[serde(serialize_with = "serialize_url")]
     pub url: SecretString,
     pub key_prefix: String,
     pub lease_ms: u64,
@@ -188,10 +217,11 @@ impl StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CooldownSettings {
     pub window_ms: u64,
+    #[serde(serialize_with = "serialize_key")]
     pub hash_key: SecretString,
     pub max_per_day: u32,
 }
@@ -202,14 +232,14 @@ impl CooldownSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -434,11 +464,126 @@ impl Settings {
         if self.dnc.shared && self.store.backend != StoreBackend::Redis {
             return Err(invalid("dnc.shared", "needs store.backend = \"redis\""));
         }
+        if self.shutdown.drain_timeout_ms == 0 {
+            return Err(invalid("shutdown.drain_timeout_ms", "must be positive"));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }
         Ok(())
     }
+
+    /// The settings as TOML, with the key names of `config/default.toml` and the secrets
+    /// redacted: URLs keep user, host and path but show the password as `***` (the whole URL
+    /// is `***` if it does not parse), and `cooldown.hash_key` is `***` (or `""` if empty).
+    ///
+    /// The text loads back as a `--config` file to the same settings, except that the
+    /// secrets are then literally the redacted strings.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+/// What a secret prints as.
+const REDACTED: &str = "***";
+
+/// `url` with its password replaced by [`REDACTED`], so operators can still check the user,
+/// host and vhost; all of it redacted if it does not parse as a URL (it might be a password
+/// pasted in the wrong place).
+fn redacted_url(url: &SecretString) -> String {
+    let Ok(mut parsed) = url::Url::parse(url.expose_secret()) else {
+        return REDACTED.to_owned();
+    };
+    if parsed.password().is_some() && parsed.set_password(Some(REDACTED)).is_err() {
+        return REDACTED.to_owned();
+    }
+    parsed.into()
+}
+
+fn serialize_url<S: Serializer>(url: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
+}
+
+/// A key shows only whether it is set.
+fn serialize_key<S: Serializer>(key: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    let shown = if key.expose_secret().is_empty() {
+        ""
+    } else {
+        REDACTED
+    };
+    serializer.serialize_str(shown)
+}
+
+fn serialize_error_classes<S: Serializer>(
+    classes: &BTreeMap<String, ErrorClass>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(classes.iter().map(|(code, class)| (code, class.as_str())))
+}
+
+/// One calendar in its configuration shape; plain lists before tables, as TOML needs.
+#[derive(Serialize)]
+struct CalendarView<'a> {
+    timezone: &'a str,
+    closed_dates: &'a [String],
+    #[serde(serialize_with = "serialize_weekly")]
+    weekly: &'a BTreeMap<String, Vec<String>>,
+    open_dates: &'a BTreeMap<String, Vec<String>>,
+}
+
+impl<'a> CalendarView<'a> {
+    fn new(calendar: &'a CalendarSettings) -> Self {
+        // Destructured, so a new calendar key fails to compile here until it is printed too.
+        let CalendarSettings {
+            timezone,
+            weekly,
+            closed_dates,
+            open_dates,
+        } = calendar;
+        CalendarView {
+            timezone,
+            closed_dates,
+            weekly,
+            open_dates,
+        }
+    }
+}
+
+/// Weekdays in calendar order (Monday first), as in `config/default.toml`, rather than
+/// alphabetically; any other key after them.
+fn serialize_weekly<S: Serializer>(
+    weekly: &&BTreeMap<String, Vec<String>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    const ORDER: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let rank = |day: &str| ORDER.iter().position(|d| *d == day).unwrap_or(ORDER.len());
+    let mut days: Vec<_> = weekly.iter().collect();
+    days.sort_by_key(|(day, _)| rank(day));
+    serializer.collect_map(days)
+}
+
+/// `[business_hours]` as written in the file: the default calendar's keys side by side with
+/// `instances` (the in-memory shape nests them under `default`).
+#[derive(Serialize)]
+struct BusinessHoursView<'a> {
+    #[serde(flatten)]
+    default: CalendarView<'a>,
+    instances: BTreeMap<&'a str, CalendarView<'a>>,
+}
+
+fn serialize_business_hours<S: Serializer>(
+    hours: &BusinessHoursSettings,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let BusinessHoursSettings { default, instances } = hours;
+    BusinessHoursView {
+        default: CalendarView::new(default),
+        instances: instances
+            .iter()
+            .map(|(id, calendar)| (id.as_str(), CalendarView::new(calendar)))
+            .collect(),
+    }
+    .serialize(serializer)
 }
 
 /// HTTPS always; plain HTTP only to a loopback host (the simulator) or when explicitly allowed.
@@ -504,7 +649,7 @@ impl Credentials {
 
     /// Reads the three standard variables; the token is optional.
     pub fn from_env() -> Result<Credentials, ConfigError> {
-        let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = Self::var;
         let access_key_id =
             var(Self::ACCESS_KEY_ID).ok_or(ConfigError::MissingEnv(Self::ACCESS_KEY_ID))?;
         let access_key_secret =
@@ -514,6 +659,22 @@ impl Credentials {
             access_key_secret: SecretString::from(access_key_secret),
             security_token: var(Self::SECURITY_TOKEN).map(SecretString::from),
         })
+    }
+
+    /// Which of the three variables [`Credentials::from_env`] would find, without their
+    /// values: for reports.
+    pub fn presence_in_env() -> [(&'static str, bool); 3] {
+        [
+            Self::ACCESS_KEY_ID,
+            Self::ACCESS_KEY_SECRET,
+            Self::SECURITY_TOKEN,
+        ]
+        .map(|name| (name, Self::var(name).is_some()))
+    }
+
+    /// An empty variable counts as unset.
+    fn var(name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
     }
 }
 
@@ -593,6 +754,10 @@ mod tests {
                 &[("DIALEX_AMQP__NAMES__DEAD_QUEUE", "")],
                 "amqp.names.dead_queue",
             ),
+            (
+                &[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "0")],
+                "shutdown.drain_timeout_ms",
+            ),
         ];
         for (env, key) in cases {
             let err = load(env).unwrap_err().to_string();
@@ -632,6 +797,123 @@ mod tests {
             ("DIALEX_CCC__ALLOW_INSECURE_HTTP", "true"),
         ]);
         assert!(s.is_ok());
+    }
+
+    #[test]
+    fn drain_timeout_defaults_to_25_seconds_and_must_be_positive() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.shutdown.drain_timeout(), Duration::from_secs(25));
+        let s = load(&[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "500")]).unwrap();
+        assert_eq!(s.shutdown.drain_timeout(), Duration::from_millis(500));
+        let err = load(&[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "shutdown.drain_timeout_ms",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_shutdown_keys_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[shutdown]\ndrain_timeout = 5000\n").unwrap();
+        let err = Settings::load_from(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("drain_timeout"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn urls_are_redacted_to_user_host_and_path() {
+        let cases = [
+            (
+                "amqp://alice:s3cret@rabbit:5672/%2f",
+                "amqp://alice:***@rabbit:5672/%2f",
+            ),
+            ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("amqps://bob@rabbit/vh", "amqps://bob@rabbit/vh"),
+            ("s3cret", "***"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redacted_url(&SecretString::from(url)), shown);
+        }
+    }
+
+    #[test]
+    fn redacted_toml_loads_back_to_the_same_settings() {
+        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("in.toml");
+        std::fs::write(
+            &file,
+            r#"
+[ccc.error_classes]
+"Busy.*" = "retryable"
+
+[business_hours]
+closed_dates = ["2026-10-01"]
+weekly = { sat = [] }
+open_dates = { "2026-10-10" = ["09:00-18:00"] }
+
+[business_hours.instances."inst-1"]
+timezone = "Europe/Berlin"
+weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
+"#,
+        )
+        .unwrap();
+        let original = Settings::load_from(
+            Some(&file),
+            [
+                ("DIALEX_AMQP__URL", "amqp://alice:s3cret-pw@rabbit:5672/%2f"),
+                ("DIALEX_STORE__URL", "redis://:r3dis-pw@redis:6379/0"),
+                ("DIALEX_COOLDOWN__HASH_KEY", "hash-key-value"),
+                ("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "12345"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        let printed = original.to_redacted_toml().unwrap();
+        for secret in ["s3cret-pw", "r3dis-pw", "hash-key-value"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        let out = dir.join("out.toml");
+        std::fs::write(&out, &printed).unwrap();
+        let reloaded = Settings::load_from(Some(&out), Vec::new()).unwrap();
+        assert_eq!(reloaded.to_redacted_toml().unwrap(), printed);
+        assert_eq!(reloaded.shutdown.drain_timeout_ms, 12345);
+        assert_eq!(
+            reloaded.amqp.url.expose_secret(),
+            "amqp://alice:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            reloaded.business_hours.default.weekly["sat"],
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            reloaded.business_hours.instances["inst-1"].weekly["mon"],
+            ["08:00-12:00", "13:00-17:00"]
+        );
+        assert_eq!(
+            reloaded.ccc.error_classes.get("Busy.*"),
+            Some(&ErrorClass::Retryable)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_hash_key_prints_empty() {
+        let mut s = load(&[]).unwrap();
+        s.cooldown.hash_key = SecretString::from("");
+        assert!(s.to_redacted_toml().unwrap().contains("hash_key = \"\"\n"));
     }
 
     #[test]

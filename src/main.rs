@@ -1,7 +1,9 @@
-//! The `dialex-worker` command line: `run` (the worker), `sim` (the CCC simulator), `demo`.
+//! The `dialex-worker` command line: `run` (the worker), `sim` (the CCC simulator), `dnc`,
+//! `demo`, and `check-config` (print the effective configuration).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +65,13 @@ enum Command {
     },
     /// Run a simulator and a worker in-process, publish sample requests, print the outcomes.
     Demo {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print it as `run` would use it (defaults, then the
+    /// file, then DIALEX_* variables) as TOML, secrets redacted.
+    CheckConfig {
+        /// A TOML file layered over the built-in defaults (config/default.toml).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -176,7 +185,43 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             telemetry::init(&settings.log);
             demo::run(settings).await
         }
+        Command::CheckConfig { config } => check_config(config.as_deref()),
     }
+}
+
+/// Loads and validates the settings exactly as `run` does and prints them, then says which
+/// CCC credential variables are set (never their values). Missing credentials are reported,
+/// not an error: `run` checks them.
+fn check_config(file: Option<&Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(file)?;
+    let mut report = String::from(
+        "# dialex-worker effective configuration: defaults, then --config, then DIALEX_*\n\
+         # variables. Secrets are shown as ***.\n\n",
+    );
+    report.push_str(&settings.to_redacted_toml()?);
+    report.push_str("\n# CCC credentials in the environment (values never shown):\n");
+    let mut missing = Vec::new();
+    for (name, set) in Credentials::presence_in_env() {
+        let state = match (set, name == Credentials::SECURITY_TOKEN) {
+            (true, _) => "set",
+            (false, false) => "not set",
+            (false, true) => "not set (optional: only STS credentials need it)",
+        };
+        report.push_str(&format!("# {name}: {state}\n"));
+        if !set && name != Credentials::SECURITY_TOKEN {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        report.push_str(&format!(
+            "# warning: `run` will refuse to start without {}.\n",
+            missing.join(" and ")
+        ));
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(report.as_bytes())
+        .context("writing to stdout")
 }
 
 /// Cancels `token` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
