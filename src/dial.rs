@@ -14,6 +14,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 
 use crate::ccc::{CccClient, Classifier, DialAccepted, DialFailure, DialParams, ErrorClass};
 use crate::config::CccSettings;
+use crate::metrics::Metrics;
 use crate::validate::DialRequest;
 
 /// How persistently a request is dialed in-process.
@@ -125,6 +126,7 @@ pub async fn dial<C: CccClient>(
     policy: &DialPolicy,
     request: &DialRequest,
     max_attempts: u32,
+    metrics: &Metrics,
 ) -> DialReport {
     let params = DialParams {
         instance_id: request.instance_id(),
@@ -145,14 +147,14 @@ pub async fn dial<C: CccClient>(
         }
         attempts.fetch_add(1, Ordering::Relaxed);
         let signed = client.sign(&params);
-        let first = client.send(&signed).await;
+        let first = send(client, &signed, policy, metrics).await;
         let answer = match first {
             Err(failure)
                 if policy.replay_ambiguous
                     && policy.classifier.class(&failure) == ErrorClass::Ambiguous
                     && failure.code() != "SignatureNonceUsed" =>
             {
-                resolve_by_replay(client, &signed, failure).await
+                resolve_by_replay(client, &signed, failure, policy, metrics).await
             }
             other => other,
         };
@@ -198,8 +200,10 @@ async fn resolve_by_replay<C: CccClient>(
     client: &C,
     signed: &C::Signed,
     first: DialFailure,
+    policy: &DialPolicy,
+    metrics: &Metrics,
 ) -> Result<DialAccepted, DialFailure> {
-    match client.send(signed).await {
+    match send(client, signed, policy, metrics).await {
         Ok(accepted) => {
             tracing::info!(
                 first = first.code(),
@@ -230,6 +234,23 @@ async fn resolve_by_replay<C: CccClient>(
             })
         }
     }
+}
+
+/// One HTTP send, counted and timed.
+async fn send<C: CccClient>(
+    client: &C,
+    signed: &C::Signed,
+    policy: &DialPolicy,
+    metrics: &Metrics,
+) -> Result<DialAccepted, DialFailure> {
+    let started = Instant::now();
+    let answer = client.send(signed).await;
+    let failure = answer
+        .as_ref()
+        .err()
+        .map(|failure| (policy.classifier.class(failure), failure.code()));
+    metrics.ccc_attempt(failure, started.elapsed());
+    answer
 }
 
 /// Why one attempt did not succeed.

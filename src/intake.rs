@@ -63,6 +63,7 @@ pub async fn consume<C: CccClient, S: DialStore>(
     mut consumer: Consumer,
     pipeline: Arc<Pipeline<C, S>>,
     shutdown: CancellationToken,
+    lost: CancellationToken,
     drain: Duration,
 ) -> Stopped {
     let tracker = TaskTracker::new();
@@ -72,18 +73,26 @@ pub async fn consume<C: CccClient, S: DialStore>(
             biased;
             () = shutdown.cancelled() => break Stopped::Shutdown,
             () = halt.cancelled() => break Stopped::Halted,
+            () = lost.cancelled() => break Stopped::ConsumerClosed,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let pipeline = Arc::clone(&pipeline);
+                    pipeline.metrics.requests_received.inc();
+                    pipeline.metrics.in_flight.inc();
                     tracker.spawn(async move {
                         let acker = delivery.acker;
                         let incoming =
                             Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
                         let disposition = handle_guarded(&pipeline, &incoming).await;
+                        if disposition == Disposition::DeadLetter {
+                            // Rejected without requeue: the queue's dead-letter exchange parks it.
+                            pipeline.metrics.dead_lettered("nacked");
+                        }
                         if let Err(error) = settle(&acker, disposition).await {
                             // The broker redelivers an unsettled message; nothing is lost.
                             tracing::error!(%error, ?disposition, "could not settle a delivery");
                         }
+                        pipeline.metrics.in_flight.dec();
                     });
                 }
                 Some(Err(error)) => {

@@ -3,9 +3,15 @@
 //! Label values are bounded enums: never a phone number, a request id or an error message.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::time::Duration;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::ccc::ErrorClass;
 
 /// What a duplicate delivery found in the dial-record store.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -69,11 +75,107 @@ pub struct SuppressLabels {
     pub reason: SuppressReason,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// `ok`, or the failure's class.
+    pub class: &'static str,
+    /// `OK`, the DialEx code, or the worker's transport code (`timeout`, `connect`, ...).
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
+/// Why the worker paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// CCC refuses the worker itself.
+    Ccc,
+    /// The dial-record store does not answer.
+    Store,
+}
+
+impl PauseCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseCause::Ccc => "ccc",
+            PauseCause::Store => "store",
+        }
+    }
+}
+
+/// Seconds buckets from 1 ms to about 33 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric the worker exports; cheap to share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    pub requests_received: Counter,
+    pub outcomes: Family<StatusLabels, Counter>,
+    pub ccc_attempts: Family<AttemptLabels, Counter>,
+    pub ccc_request_duration: Histogram,
+    pub queue_to_dial: Histogram,
+    pub in_flight: Gauge,
+    pub deferrals: Family<ReasonLabels, Counter>,
+    pub dead_letters: Family<ReasonLabels, Counter>,
     pub dedup_hits: Family<DedupLabels, Counter>,
     pub suppressed: Family<SuppressLabels, Counter>,
+    pub limiter_wait: Histogram,
+    pub publish_confirm: Histogram,
+    pub amqp_reconnects: Counter,
+    pub paused: Family<CauseLabels, Gauge>,
+    pub last_dial: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests_received: Counter::default(),
+            outcomes: Family::default(),
+            ccc_attempts: Family::default(),
+            ccc_request_duration: latency_histogram(),
+            queue_to_dial: latency_histogram(),
+            in_flight: Gauge::default(),
+            deferrals: Family::default(),
+            dead_letters: Family::default(),
+            dedup_hits: Family::default(),
+            suppressed: Family::default(),
+            limiter_wait: latency_histogram(),
+            publish_confirm: latency_histogram(),
+            amqp_reconnects: Counter::default(),
+            paused: Family::default(),
+            last_dial: Gauge::default(),
+        }
+    }
+}
+
+/// A DialEx code as a label value: codes are the gateway's own vocabulary (a bounded set,
+/// never request data), but anything that does not look like one becomes `other`.
+fn code_label(code: &str) -> String {
+    let looks_like_a_code = (1..=64).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_alphabetic())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
+    if looks_like_a_code {
+        code.to_owned()
+    } else {
+        "other".to_owned()
+    }
 }
 
 impl Metrics {
@@ -85,6 +187,54 @@ impl Metrics {
         self.suppressed
             .get_or_create(&SuppressLabels { reason })
             .inc();
+    }
+
+    pub fn outcome(&self, status: &'static str) {
+        self.outcomes.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// One DialEx HTTP attempt and how long it took; `failure` is `None` when it was accepted.
+    pub fn ccc_attempt(&self, failure: Option<(ErrorClass, &str)>, took: Duration) {
+        let labels = match failure {
+            None => AttemptLabels {
+                class: "ok",
+                code: "OK".to_owned(),
+            },
+            Some((class, code)) => AttemptLabels {
+                class: class.as_str(),
+                code: code_label(code),
+            },
+        };
+        self.ccc_attempts.get_or_create(&labels).inc();
+        self.ccc_request_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn dialed_now(&self) {
+        self.last_dial.set(jiff::Timestamp::now().as_second());
+    }
+
+    pub fn deferred(&self, reason: &str) {
+        self.deferrals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn dead_lettered(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_paused(&self, cause: PauseCause, paused: bool) {
+        self.paused
+            .get_or_create(&CauseLabels {
+                cause: cause.as_str(),
+            })
+            .set(i64::from(paused));
     }
 
     /// Current value of one dedup counter (for tests and the demo).
@@ -100,16 +250,81 @@ impl Metrics {
 
     /// Registers every metric under the `dialex` prefix.
     pub fn register(&self, registry: &mut Registry) {
-        let registry = registry.sub_registry_with_prefix("dialex");
-        registry.register(
+        let r = registry.sub_registry_with_prefix("dialex");
+        r.register(
+            "requests_received",
+            "Dial request deliveries taken from the request queue (redeliveries included)",
+            self.requests_received.clone(),
+        );
+        r.register(
+            "outcomes",
+            "Outcome events published, by status (re-published results included)",
+            self.outcomes.clone(),
+        );
+        r.register(
+            "ccc_attempts",
+            "DialEx HTTP attempts, by result class (ok, retryable, ambiguous, permanent, systemic) and code",
+            self.ccc_attempts.clone(),
+        );
+        r.register(
+            "ccc_request_duration_seconds",
+            "Time of one DialEx HTTP attempt, answer or failure",
+            self.ccc_request_duration.clone(),
+        );
+        r.register(
+            "queue_to_dial_seconds",
+            "Time from a delivery reaching the worker to its first DialEx attempt",
+            self.queue_to_dial.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Deliveries being handled right now",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "deferrals",
+            "Requests sent to a wait queue, by reason",
+            self.deferrals.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Requests parked on the dead-letter queue, by reason",
+            self.dead_letters.clone(),
+        );
+        r.register(
             "dedup_hits",
             "Deliveries whose request_id was already claimed or recorded, by what was found",
             self.dedup_hits.clone(),
         );
-        registry.register(
+        r.register(
             "suppressed",
-            "Requests not dialed because the callee was called recently or too often today",
+            "Requests not dialed because of the callee (cooldown, daily cap, do-not-call list)",
             self.suppressed.clone(),
+        );
+        r.register(
+            "limiter_wait_seconds",
+            "Time spent waiting for a concurrency and pacing slot",
+            self.limiter_wait.clone(),
+        );
+        r.register(
+            "publish_confirm_seconds",
+            "Time from publishing to the broker's confirm",
+            self.publish_confirm.clone(),
+        );
+        r.register(
+            "amqp_reconnects",
+            "Times the worker reconnected to RabbitMQ after losing it",
+            self.amqp_reconnects.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while the worker is paused, by cause (ccc: CCC refuses the worker; store: the dial-record store does not answer)",
+            self.paused.clone(),
+        );
+        r.register(
+            "last_dial_timestamp_seconds",
+            "Unix time of the last accepted DialEx call",
+            self.last_dial.clone(),
         );
     }
 }

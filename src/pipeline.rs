@@ -269,7 +269,12 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             caller_key: &caller_key,
             pair_key: &pair_key,
         };
-        let permit = match self.limiter.acquire(&key).await {
+        let waiting = std::time::Instant::now();
+        let acquired = self.limiter.acquire(&key).await;
+        self.metrics
+            .limiter_wait
+            .observe(waiting.elapsed().as_secs_f64());
+        let permit = match acquired {
             Ok(Some(permit)) => permit,
             outcome => {
                 if let Err(error) = outcome {
@@ -291,7 +296,20 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         };
 
         let hop_attempts = self.policy.attempts_for_hop(incoming.prior_attempts);
-        let report = dial(&self.client, &self.policy, request, hop_attempts).await;
+        self.metrics.queue_to_dial.observe(
+            Timestamp::now()
+                .duration_since(incoming.received_at)
+                .as_secs_f64()
+                .max(0.0),
+        );
+        let report = dial(
+            &self.client,
+            &self.policy,
+            request,
+            hop_attempts,
+            &self.metrics,
+        )
+        .await;
         permit.release().await;
         if report.throttled {
             self.limiter.throttled(request.instance_id());
@@ -300,6 +318,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         let received_at = incoming.received_at;
         let event = match &report.result {
             DialResult::Dialed(accepted) => {
+                self.metrics.dialed_now();
                 OutcomeEvent::dialed(request, received_at, accepted, attempts)
             }
             DialResult::Failed(failure) => {
@@ -375,15 +394,21 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 failure.code()
             ));
             event.attempts = attempts;
-            if let Err(error) = self.publisher.publish_outcome(&event, None).await {
-                tracing::warn!(%error, "could not publish the deferred event");
-            }
+            self.announce(&event).await;
         }
         let delay = when
             .duration_since(Timestamp::now())
             .try_into()
             .unwrap_or(Duration::ZERO);
         self.defer_with(incoming, delay, REASON, attempts).await
+    }
+
+    /// Publishes an informational (`deferred`) event; the request goes on either way.
+    async fn announce(&self, event: &OutcomeEvent) {
+        match self.publisher.publish_outcome(event, None).await {
+            Ok(()) => self.metrics.outcome(event.status.as_str()),
+            Err(error) => tracing::warn!(%error, "could not publish the deferred event"),
+        }
     }
 
     /// When the request may be dialed, if not now: the later of `not_before` and the next
@@ -416,9 +441,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     ) -> Disposition {
         if incoming.deferred_reason.as_deref() != Some(reason) {
             let event = OutcomeEvent::deferred(request, incoming.received_at, reason, when);
-            if let Err(error) = self.publisher.publish_outcome(&event, None).await {
-                tracing::warn!(%error, "could not publish the deferred event");
-            }
+            self.announce(&event).await;
         }
         let delay = when
             .duration_since(now)
@@ -573,7 +596,10 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             .defer(incoming, &tier.queue, reason, attempts)
             .await
         {
-            Ok(()) => Disposition::Ack,
+            Ok(()) => {
+                self.metrics.deferred(reason);
+                Disposition::Ack
+            }
             Err(error) => {
                 tracing::error!(%error, "could not defer the request; returning it to the queue");
                 Disposition::Requeue
@@ -650,7 +676,10 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     /// Parks the request on the dead-letter exchange with a reason.
     async fn park(&self, incoming: &Incoming, reason: &str, detail: &str) -> Disposition {
         match self.publisher.dead_letter(incoming, reason, detail).await {
-            Ok(()) => Disposition::Ack,
+            Ok(()) => {
+                self.metrics.dead_lettered(reason);
+                Disposition::Ack
+            }
             Err(error) => {
                 tracing::error!(%error, "could not park the request; leaving it to the queue's dead-letter exchange");
                 Disposition::DeadLetter
@@ -673,6 +702,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             .filter(|s| s.len() <= 128);
         match self.publisher.publish_outcome(event, traceparent).await {
             Ok(()) => {
+                self.metrics.outcome(event.status.as_str());
                 tracing::info!(
                     status = event.status.as_str(),
                     task_id = event.task_id.as_deref(),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -19,14 +20,11 @@ use crate::gates::hours::BusinessHours;
 use crate::gates::limits::{AnyLimiter, LimitSettings, LocalLimiter, RedisLimiter};
 use crate::health::Health;
 use crate::intake::{Stopped, consume};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PauseCause};
 use crate::pipeline::{Halt, HaltCause, Pipeline};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{DialStore, StoreError};
-
-/// How long in-flight requests get to finish once consumption stops.
-const DRAIN: Duration = Duration::from_secs(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -34,11 +32,6 @@ pub enum RunError {
     Amqp(#[from] AmqpError),
     #[error("could not open the dial-record store: {0}")]
     Store(#[from] StoreError),
-    /// Messages in hand were returned to the queue untouched.
-    #[error("stopped consuming: {0}")]
-    Halted(HaltCause),
-    #[error("the broker closed the consumer")]
-    ConsumerClosed,
     /// A gate (calendar, do-not-call list, limiter) could not be set up.
     #[error("{0}")]
     Gate(String),
@@ -123,45 +116,199 @@ pub async fn run<C: CccClient, S: DialStore>(
     let dnc = DncList::start(dnc_settings(settings))
         .await
         .map_err(|e| RunError::Gate(e.to_string()))?;
-    let publish_connection = amqp::connect(&amqp_settings.url, "dialex-worker publish").await?;
-    let consume_connection = amqp::connect(&amqp_settings.url, "dialex-worker consume").await?;
-    let publisher = Publisher::open(&publish_connection, amqp_settings).await?;
-    topology::declare(publisher.channel(), amqp_settings, &tiers).await?;
-
     let halt = Arc::new(Halt::default());
     let pipeline = Arc::new(Pipeline {
         client,
         store,
         policy: DialPolicy::from_settings(&settings.ccc),
-        publisher,
+        publisher: Publisher::new(amqp_settings, Arc::clone(&metrics)),
         tiers,
         callee: CalleeGate::new(&settings.cooldown, hours.default_calendar().time_zone()),
         hasher: NumberHasher::new(&settings.cooldown),
         hours,
         dnc,
         limiter,
-        metrics,
+        metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
         delivery_limit: amqp_settings.delivery_limit,
     });
-    let result = loop {
-        let channel = consume_connection
-            .create_channel()
+
+    // The broker supervisor: one session per connection pair; a lost session is rebuilt
+    // with growing pauses, re-declaring the topology, until shutdown.
+    let mut pause = RECONNECT_MIN;
+    let mut sessions = 0u64;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match Session::open(settings, &pipeline.publisher).await {
+            Ok(session) => {
+                sessions += 1;
+                if sessions > 1 {
+                    metrics.amqp_reconnects.inc();
+                    tracing::info!("reconnected to RabbitMQ");
+                }
+                pause = RECONNECT_MIN;
+                let ended = serve(settings, &session, &pipeline, &health, &shutdown).await;
+                session.close().await;
+                match ended {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::BrokerLost => {
+                        tracing::warn!("lost RabbitMQ; reconnecting");
+                    }
+                }
+            }
+            Err(SessionError::Topology(error)) => return Err(error.into()),
+            Err(SessionError::Connect(error)) => {
+                tracing::error!(%error, retry_in = ?pause, "cannot reach RabbitMQ");
+            }
+        }
+        health.set_consuming(false);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = pause.saturating_mul(2).min(RECONNECT_MAX);
+    }
+}
+
+/// Pauses between attempts to reach RabbitMQ: 1 s, doubling to 30 s.
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// The longest any single broker operation (connect, declare, open a channel) may take.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a broker session ended.
+enum Ended {
+    Shutdown,
+    BrokerLost,
+}
+
+enum SessionError {
+    /// The broker cannot be reached (yet): try again later.
+    Connect(AmqpError),
+    /// The broker refuses the topology (for example a queue declared earlier with other
+    /// arguments): a configuration problem that retrying cannot fix.
+    Topology(AmqpError),
+}
+
+/// Two connections to the broker (consuming and publishing apart, so flow control on
+/// publishes never stalls acks) and a token cancelled when either reports an error.
+struct Session {
+    consume: lapin::Connection,
+    publish: lapin::Connection,
+    lost: CancellationToken,
+}
+
+impl Session {
+    async fn open(settings: &Settings, publisher: &Publisher) -> Result<Session, SessionError> {
+        let amqp_settings = &settings.amqp;
+        let connect = |name: &'static str| async move {
+            tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(&amqp_settings.url, name))
+                .await
+                .unwrap_or_else(|_| Err(timed_out("connect")))
+        };
+        let publish = connect("dialex-worker publish")
             .await
-            .map_err(op("open consume channel"))?;
-        channel
-            .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
+            .map_err(SessionError::Connect)?;
+        let consume = connect("dialex-worker consume")
             .await
-            .map_err(op("set prefetch"))?;
-        let consumer = channel
-            .basic_consume(
-                amqp_settings.names.request_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .map_err(SessionError::Connect)?;
+        let lost = CancellationToken::new();
+        for connection in [&publish, &consume] {
+            let mut events = connection.events_listener();
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    if let lapin::Event::Error(error) = event {
+                        tracing::warn!(%error, "RabbitMQ connection failed");
+                        lost.cancel();
+                        return;
+                    }
+                }
+                // The listener ends with the connection.
+                lost.cancel();
+            });
+        }
+        let channel = tokio::time::timeout(BROKER_TIMEOUT, publisher.attach(&publish))
             .await
-            .map_err(op("start consuming"))?;
+            .unwrap_or_else(|_| Err(timed_out("open publish channel")))
+            .map_err(SessionError::Connect)?;
+        let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
+        tokio::time::timeout(
+            BROKER_TIMEOUT,
+            topology::declare(&channel, amqp_settings, &tiers),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("declare topology")))
+        .map_err(|error| {
+            if is_refusal(&error.source) {
+                SessionError::Topology(error)
+            } else {
+                SessionError::Connect(error)
+            }
+        })?;
+        Ok(Session {
+            consume,
+            publish,
+            lost,
+        })
+    }
+
+    async fn close(self) {
+        self.lost.cancel();
+        for connection in [&self.consume, &self.publish] {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), connection.close(200, "bye".into()))
+                    .await;
+        }
+    }
+}
+
+/// A broker operation that did not finish within [`BROKER_TIMEOUT`].
+fn timed_out(what: &'static str) -> AmqpError {
+    AmqpError {
+        what,
+        source: lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {BROKER_TIMEOUT:?}"),
+        )))
+        .into(),
+    }
+}
+
+/// Whether the broker refused an operation on purpose (a channel-level protocol error such as
+/// PRECONDITION_FAILED or ACCESS_REFUSED), as opposed to the connection failing.
+fn is_refusal(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(_))
+}
+
+/// Consumes on `session` until shutdown or the session is lost; pauses (and resumes) in
+/// between when CCC refuses the worker or the store stops answering.
+async fn serve<C: CccClient, S: DialStore>(
+    settings: &Settings,
+    session: &Session,
+    pipeline: &Arc<Pipeline<C, S>>,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let amqp_settings = &settings.amqp;
+    let drain = settings.shutdown.drain_timeout();
+    loop {
+        let consumer = match tokio::time::timeout(
+            BROKER_TIMEOUT,
+            start_consumer(&session.consume, amqp_settings),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("start consuming")))
+        {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(%error, "could not start consuming");
+                return Ended::BrokerLost;
+            }
+        };
+        let (channel, consumer) = consumer;
         let consumer_tag = consumer.tag();
         health.set_consuming(true);
         tracing::info!(
@@ -169,37 +316,101 @@ pub async fn run<C: CccClient, S: DialStore>(
             prefetch = amqp_settings.prefetch,
             "consuming dial requests"
         );
-        let stopped = consume(consumer, Arc::clone(&pipeline), shutdown.clone(), DRAIN).await;
+        let stopped = consume(
+            consumer,
+            Arc::clone(pipeline),
+            shutdown.clone(),
+            session.lost.clone(),
+            drain,
+        )
+        .await;
         health.set_consuming(false);
-        let _ = channel
-            .basic_cancel(consumer_tag, BasicCancelOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.basic_cancel(consumer_tag, BasicCancelOptions::default()),
+        )
+        .await;
         // Closing the channel returns every unsettled delivery to the queue.
-        let _ = channel.close(200, "bye".into()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
 
         match stopped {
-            Stopped::Shutdown => break Ok(()),
-            Stopped::ConsumerClosed => break Err(RunError::ConsumerClosed),
-            Stopped::Halted => match halt.cause() {
-                // The worker's own credentials, signature or clock: keep the messages, wait
-                // until CCC accepts the worker again, then resume.
-                Some(cause @ HaltCause::Ccc(_)) => {
-                    health.set_paused(Some(format!("paused: {cause}")));
-                    if !wait_until_accepted(&pipeline.client, &shutdown).await {
-                        break Ok(());
-                    }
-                    tracing::info!("CCC accepts the worker again; resuming");
-                    health.set_paused(None);
-                    halt.reset();
+            Stopped::Shutdown => return Ended::Shutdown,
+            Stopped::ConsumerClosed => return Ended::BrokerLost,
+            Stopped::Halted => {
+                let Some(cause) = pipeline.halt.cause() else {
+                    return Ended::BrokerLost;
+                };
+                let kind = match cause {
+                    HaltCause::Ccc(_) => PauseCause::Ccc,
+                    HaltCause::Store(_) => PauseCause::Store,
+                };
+                health.set_paused(Some(format!("paused: {cause}")));
+                pipeline.metrics.set_paused(kind, true);
+                let resumed = match kind {
+                    // The worker's own credentials, signature or clock: keep the messages,
+                    // wait until CCC accepts the worker again, then resume.
+                    PauseCause::Ccc => wait_until_accepted(&pipeline.client, shutdown).await,
+                    // Never dial without a record: wait until the store answers again.
+                    PauseCause::Store => wait_until_store(&pipeline.store, shutdown).await,
+                };
+                pipeline.metrics.set_paused(kind, false);
+                if !resumed {
+                    return Ended::Shutdown;
                 }
-                Some(cause) => break Err(RunError::Halted(cause)),
-                None => break Err(RunError::ConsumerClosed),
-            },
+                tracing::info!(
+                    cause = kind.as_str(),
+                    "the cause of the pause is gone; resuming"
+                );
+                health.set_paused(None);
+                pipeline.halt.reset();
+            }
         }
-    };
-    let _ = consume_connection.close(200, "bye".into()).await;
-    let _ = publish_connection.close(200, "bye".into()).await;
-    result
+    }
+}
+
+/// Opens a consuming channel with the configured prefetch and starts the consumer.
+async fn start_consumer(
+    connection: &lapin::Connection,
+    amqp_settings: &crate::config::AmqpSettings,
+) -> Result<(lapin::Channel, lapin::Consumer), AmqpError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(op("open consume channel"))?;
+    channel
+        .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(op("set prefetch"))?;
+    let consumer = channel
+        .basic_consume(
+            amqp_settings.names.request_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(op("start consuming"))?;
+    Ok((channel, consumer))
+}
+
+/// Probes the store with growing pauses (1 s doubling to 30 s) until it answers; `false` if
+/// shutdown came first.
+async fn wait_until_store<S: DialStore>(store: &S, shutdown: &CancellationToken) -> bool {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(pause) => {}
+        }
+        match store.check().await {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::error!(%error, "paused: the dial-record store still does not answer");
+            }
+        }
+        pause = pause.saturating_mul(2).min(Duration::from_secs(30));
+    }
 }
 
 /// Probes CCC with growing pauses (1 s doubling to a minute) until it accepts the worker;

@@ -4,7 +4,8 @@
 //! acknowledged only after what it produced is safely in a queue. An unroutable or nacked
 //! publish is an error, never a silent drop.
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -13,6 +14,7 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use super::{AmqpError, Incoming, op};
 use crate::config::{AmqpNames, AmqpSettings};
+use crate::metrics::Metrics;
 use crate::outcome::OutcomeEvent;
 
 /// Header on dead letters: the reason code (e.g. `invalid_json`).
@@ -37,18 +39,35 @@ pub enum PublishError {
     Nacked,
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error("not connected to the broker")]
+    NotConnected,
 }
 
-/// Publishes on its own channel in confirm mode.
+/// Publishes on its own channel in confirm mode. The channel is replaced when the worker
+/// reconnects to the broker; until one is attached, every publish fails (and is retried).
 pub struct Publisher {
-    channel: Channel,
+    channel: RwLock<Option<Channel>>,
     names: AmqpNames,
     confirm_timeout: Duration,
     attempts: u32,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
-    pub async fn open(connection: &Connection, amqp: &AmqpSettings) -> Result<Self, AmqpError> {
+    /// A publisher with no channel yet: see [`Publisher::attach`].
+    pub fn new(amqp: &AmqpSettings, metrics: Arc<Metrics>) -> Self {
+        Publisher {
+            channel: RwLock::new(None),
+            names: amqp.names.clone(),
+            confirm_timeout: amqp.confirm_timeout(),
+            attempts: amqp.publish_attempts,
+            metrics,
+        }
+    }
+
+    /// Opens a confirm-mode channel on `connection` and publishes on it from now on; returns
+    /// the channel (for declaring the topology).
+    pub async fn attach(&self, connection: &Connection) -> Result<Channel, AmqpError> {
         let channel = connection
             .create_channel()
             .await
@@ -57,17 +76,24 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(op("enable publisher confirms"))?;
-        Ok(Publisher {
-            channel,
-            names: amqp.names.clone(),
-            confirm_timeout: amqp.confirm_timeout(),
-            attempts: amqp.publish_attempts,
-        })
+        *self
+            .channel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
+        Ok(channel)
     }
 
-    /// The channel, for declaring topology before consuming starts.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// Whether a channel is attached and open.
+    pub fn is_connected(&self) -> bool {
+        self.current()
+            .is_some_and(|channel| channel.status().connected())
+    }
+
+    fn current(&self) -> Option<Channel> {
+        self.channel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Publishes `event` to the outcome exchange and waits for the confirm, retrying a few
@@ -181,8 +207,9 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        let confirm = self
-            .channel
+        let channel = self.current().ok_or(PublishError::NotConnected)?;
+        let started = Instant::now();
+        let confirm = channel
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
@@ -199,6 +226,9 @@ impl Publisher {
             .await
             .map_err(|_| PublishError::ConfirmTimeout(self.confirm_timeout))?
             .map_err(op("publisher confirm"))?;
+        self.metrics
+            .publish_confirm
+            .observe(started.elapsed().as_secs_f64());
         if confirmation.is_nack() {
             return Err(PublishError::Nacked);
         }

@@ -672,6 +672,15 @@ impl DialStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        // Through the writer, like every change: proves the thread and the file both work.
+        self.write(Durability::None, |txn, _now| {
+            txn.open_table(RECORDS).or_backend()?;
+            Ok(((), Changed::No))
+        })
+        .await
+    }
 }
 
 /// The `daily_counters` key of `key` on `day`: `<day length>|<day>|<key>`, unambiguous for any

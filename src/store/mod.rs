@@ -199,6 +199,9 @@ pub trait DialStore: Send + Sync + 'static {
         key: &str,
         day: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store answers; used to tell when a paused worker may resume.
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// How long a per-day call counter is kept: long enough to outlive its day in any timezone.

@@ -553,6 +553,14 @@ impl DialStore for RedisStore {
             .map_err(|e| self.error("daily release", &e))?;
         Ok(())
     }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.error("ping", &e))
+    }
 }
 
 /// Whole milliseconds for Redis, rounding a non-zero sub-millisecond duration up to 1 (an
