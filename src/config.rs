@@ -109,6 +109,8 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     pub publish_attempts: u32,
     pub confirm_timeout_ms: u64,
+    /// Shown in the broker's connection list, followed by the role and the host name.
+    pub connection_name: String,
     pub names: AmqpNames,
 }
 

@@ -95,6 +95,7 @@ impl Harness {
         let suffix = &suffix[..12];
         base.store.data_dir = std::env::temp_dir().join(format!("dialex-harness-{suffix}"));
         base.store.key_prefix = format!("dialex-harness-{suffix}");
+        base.amqp.connection_name = format!("dialex-harness-{suffix}");
         let names = &mut base.amqp.names;
         for name in [
             &mut names.request_exchange,
@@ -160,11 +161,24 @@ impl Harness {
         Ok(())
     }
 
+    /// The status and body of `path` on the first worker's health endpoint.
+    pub async fn probe(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let worker = self.workers.first().context("no worker is running")?;
+        let response = reqwest::get(format!("http://{}{path}", worker.endpoint)).await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
     /// The status and body of the first worker's `/readyz`.
     pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
-        let worker = self.workers.first().context("no worker is running")?;
-        let response = reqwest::get(format!("http://{}/readyz", worker.endpoint)).await?;
-        Ok((response.status().as_u16(), response.text().await?))
+        self.probe("/readyz").await
+    }
+
+    /// The first worker's `/metrics` page.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        match self.probe("/metrics").await? {
+            (200, page) => Ok(page),
+            (status, body) => bail!("/metrics answered {status}: {body}"),
+        }
     }
 
     /// Asks every in-process worker to stop and returns how the first one ended.
@@ -207,6 +221,7 @@ impl Harness {
             // Several worker processes may run at once: each picks a free port.
             ("HTTP__LISTEN", "127.0.0.1:0".to_owned()),
             ("AMQP__DELIVERY_LIMIT", s.amqp.delivery_limit.to_string()),
+            ("AMQP__CONNECTION_NAME", s.amqp.connection_name.clone()),
             ("AMQP__NAMES__REQUEST_EXCHANGE", n.request_exchange.clone()),
             ("AMQP__NAMES__REQUEST_QUEUE", n.request_queue.clone()),
             ("AMQP__NAMES__DEAD_EXCHANGE", n.dead_exchange.clone()),

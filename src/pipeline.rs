@@ -111,6 +111,8 @@ pub struct Pipeline<C, S> {
     pub halt: Arc<Halt>,
     /// The request queue's `x-delivery-limit`.
     pub delivery_limit: u32,
+    /// Claims the store could not take back when they were released (it was down).
+    pub unreleased: std::sync::Mutex<Vec<(String, ClaimToken)>>,
 }
 
 /// What the callee gate took for a request that may be dialed.
@@ -204,7 +206,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                     .await;
             }
             // Not ours to hold while it waits: whoever sees it come back claims it afresh.
-            if let Err(error) = self.store.release(request_id, &token).await {
+            if let Err(error) = self.release(request_id, &token).await {
                 return self.halt_on(HaltCause::Store(error), incoming).await;
             }
             return self.defer_until(request, incoming, reason, when, now).await;
@@ -227,7 +229,9 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             Err(error) => {
                 // Fail closed: never dial a number that might be on the list.
                 tracing::error!(%error, "the do-not-call list could not be checked; deferring");
-                let _ = self.store.release(request_id, &token).await;
+                if let Err(error) = self.release(request_id, &token).await {
+                    return self.halt_on(HaltCause::Store(error), incoming).await;
+                }
                 return self
                     .defer(incoming, Duration::ZERO, "dnc_unavailable")
                     .await;
@@ -251,7 +255,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                     .await;
             }
             Err(error) => {
-                let _ = self.store.release(request_id, &token).await;
+                let _ = self.release(request_id, &token).await;
                 return self.halt_on(HaltCause::Store(error), incoming).await;
             }
         };
@@ -282,7 +286,9 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 }
                 // Too long a wait for a slot: wait outside the process instead.
                 self.settle_callee(request_id, hold, None).await;
-                let _ = self.store.release(request_id, &token).await;
+                if let Err(error) = self.release(request_id, &token).await {
+                    return self.halt_on(HaltCause::Store(error), incoming).await;
+                }
                 return self
                     .defer_until(
                         request,
@@ -328,7 +334,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                     // Certainly not placed: give everything back and try again later, from
                     // whichever worker sees the request come back.
                     self.settle_callee(request_id, hold, None).await;
-                    if let Err(error) = self.store.release(request_id, &token).await {
+                    if let Err(error) = self.release(request_id, &token).await {
                         return self.halt_on(HaltCause::Store(error), incoming).await;
                     }
                     return self
@@ -344,7 +350,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             DialResult::Systemic(failure) => {
                 // Not dialed: give the request back whole, for when the worker is fixed.
                 self.settle_callee(request_id, hold, None).await;
-                let _ = self.store.release(request_id, &token).await;
+                let _ = self.release(request_id, &token).await;
                 return self
                     .halt_on(HaltCause::Ccc(failure.clone()), incoming)
                     .await;
@@ -603,6 +609,42 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             Err(error) => {
                 tracing::error!(%error, "could not defer the request; returning it to the queue");
                 Disposition::Requeue
+            }
+        }
+    }
+
+    /// Gives a claim back. If the store cannot take it now, the claim is remembered and given
+    /// back once the store answers again ([`Pipeline::release_remembered`]), so that a request
+    /// that was never dialed is not later taken for one whose worker died mid-call.
+    async fn release(&self, request_id: &str, token: &ClaimToken) -> Result<(), StoreError> {
+        let released = self.store.release(request_id, token).await;
+        if released.is_err() {
+            self.unreleased()
+                .push((request_id.to_owned(), token.clone()));
+        }
+        released
+    }
+
+    fn unreleased(&self) -> std::sync::MutexGuard<'_, Vec<(String, ClaimToken)>> {
+        self.unreleased
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives back the claims the store could not take earlier; those it still cannot take
+    /// stay remembered.
+    pub async fn release_remembered(&self) {
+        let pending = std::mem::take(&mut *self.unreleased());
+        if pending.is_empty() {
+            return;
+        }
+        tracing::info!(
+            claims = pending.len(),
+            "giving back claims the store could not take earlier"
+        );
+        for (request_id, token) in pending {
+            if let Err(error) = self.release(&request_id, &token).await {
+                tracing::warn!(%error, "could not give a claim back yet");
             }
         }
     }

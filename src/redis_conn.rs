@@ -50,7 +50,10 @@ pub(crate) async fn check_connection<E>(
         .map_err(|e| redactor.error("cannot connect", &e))
 }
 
-/// The reconnecting connection used once the checks have passed.
+/// The reconnecting connection used once the checks have passed. It reconnects once, at
+/// once, and otherwise fails fast: a command must not sit out a long reconnect schedule while
+/// its request holds a claim. Waiting out an outage is the worker's job (it pauses, probes
+/// and resumes).
 pub(crate) async fn manager<E>(
     client: Client,
     redactor: &Redactor<E>,
@@ -58,7 +61,10 @@ pub(crate) async fn manager<E>(
 ) -> Result<ConnectionManager, E> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
-        .set_response_timeout(Some(timeouts.response));
+        .set_response_timeout(Some(timeouts.response))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200));
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| redactor.error("cannot connect", &e))

@@ -131,6 +131,7 @@ pub async fn run<C: CccClient, S: DialStore>(
         metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
         delivery_limit: amqp_settings.delivery_limit,
+        unreleased: Default::default(),
     });
 
     // The broker supervisor: one session per connection pair; a lost session is rebuilt
@@ -203,17 +204,17 @@ struct Session {
 impl Session {
     async fn open(settings: &Settings, publisher: &Publisher) -> Result<Session, SessionError> {
         let amqp_settings = &settings.amqp;
-        let connect = |name: &'static str| async move {
-            tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(&amqp_settings.url, name))
-                .await
-                .unwrap_or_else(|_| Err(timed_out("connect")))
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        let connect = |role: &'static str| {
+            let name = format!("{} {role} {host}", amqp_settings.connection_name);
+            async move {
+                tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(&amqp_settings.url, &name))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out("connect")))
+            }
         };
-        let publish = connect("dialex-worker publish")
-            .await
-            .map_err(SessionError::Connect)?;
-        let consume = connect("dialex-worker consume")
-            .await
-            .map_err(SessionError::Connect)?;
+        let publish = connect("publish").await.map_err(SessionError::Connect)?;
+        let consume = connect("consume").await.map_err(SessionError::Connect)?;
         let lost = CancellationToken::new();
         for connection in [&publish, &consume] {
             let mut events = connection.events_listener();
@@ -358,6 +359,7 @@ async fn serve<C: CccClient, S: DialStore>(
                 if !resumed {
                     return Ended::Shutdown;
                 }
+                pipeline.release_remembered().await;
                 tracing::info!(
                     cause = kind.as_str(),
                     "the cause of the pause is gone; resuming"

@@ -1,0 +1,381 @@
+//! Operating the worker: its metrics and probes, SIGTERM mid-run, losing the broker
+//! connections under load, and a Redis outage under load. The broker and Redis faults hit
+//! only this test's own connections and its own Redis server, so these tests run beside the
+//! others without disturbing them.
+
+mod helpers;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use dialex_worker::ccc::simulator::SimConfig;
+use dialex_worker::config::StoreBackend;
+use dialex_worker::harness::{Harness, Received};
+use dialex_worker::outcome::Status;
+use helpers::{WAIT, callee, request, settings, settings_with, spawn_worker_process, started};
+
+/// Every request's statuses and event ids, from the events received so far.
+#[derive(Default)]
+struct Tally(HashMap<String, HashSet<(uuid::Uuid, Status)>>);
+
+impl Tally {
+    fn add(&mut self, received: &Received) {
+        self.0
+            .entry(received.event.request_id.clone())
+            .or_default()
+            .insert((received.event.event_id, received.event.status));
+    }
+
+    /// Requests with a terminal status.
+    fn terminal(&self) -> usize {
+        self.0
+            .values()
+            .filter(|seen| seen.iter().any(|(_, s)| *s != Status::Deferred))
+            .count()
+    }
+
+    /// How many requests ended in each terminal status, for the test's log.
+    fn summary(&self) -> String {
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for seen in self.0.values() {
+            for (_, status) in seen.iter().filter(|(_, s)| *s != Status::Deferred) {
+                *counts.entry(status.as_str()).or_default() += 1;
+            }
+        }
+        format!("{counts:?}")
+    }
+
+    /// Every request has exactly one terminal status (re-published events share its id).
+    fn assert_one_terminal_each(&self, requests: usize) {
+        eprintln!("observed outcomes: {}", self.summary());
+        assert_eq!(self.0.len(), requests, "every request has an outcome");
+        for (id, seen) in &self.0 {
+            let terminal: HashSet<_> = seen
+                .iter()
+                .filter(|(_, s)| *s != Status::Deferred)
+                .collect();
+            assert_eq!(terminal.len(), 1, "{id}: {seen:?}");
+        }
+    }
+}
+
+async fn publish_many(h: &Harness, prefix: &str, count: usize) {
+    for i in 0..count {
+        h.publish_request(&request(&format!("{prefix}-{i}"), &callee(i), "ivr"), None)
+            .await
+            .unwrap();
+    }
+}
+
+/// Reads events into `tally` until `done` requests have a terminal status.
+async fn collect(h: &mut Harness, tally: &mut Tally, done: usize) {
+    while tally.terminal() < done {
+        let Some(r) = h.next_outcome(WAIT).await.unwrap() else {
+            panic!(
+                "no outcome for {WAIT:?} with {} of {done} done",
+                tally.terminal()
+            );
+        };
+        tally.add(&r);
+    }
+}
+
+/// No callee was rung more than once (each request has its own callee).
+fn assert_dialed_at_most_once(h: &Harness) -> usize {
+    let dials = h.simulator.dials();
+    let mut per_callee: HashMap<&str, usize> = HashMap::new();
+    for d in &dials {
+        *per_callee.entry(d.callee.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_callee.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "dialed twice: {twice:?}");
+    dials.len()
+}
+
+/// The value of one sample line of a Prometheus text page, e.g.
+/// `dialex_outcomes_total{status="dialed"}`.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_tell_what_happened() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    assert_eq!(h.probe("/healthz").await.unwrap(), (200, "ok\n".to_owned()));
+    publish_many(&h, "metered", 50).await;
+    for id in ["bad-1", "bad-2", "bad-3"] {
+        h.publish_request(&request(id, "12345", "ivr"), None)
+            .await
+            .unwrap();
+    }
+    let received = h.outcomes(53, WAIT).await.unwrap();
+    assert_eq!(
+        received
+            .iter()
+            .filter(|r| r.event.status == Status::Rejected)
+            .count(),
+        3
+    );
+    let page = h.metrics_text().await.unwrap();
+    let value =
+        |series: &str| sample(&page, series).unwrap_or_else(|| panic!("{series} in\n{page}"));
+    assert_eq!(value("dialex_outcomes_total{status=\"dialed\"}"), 50.0);
+    assert_eq!(value("dialex_outcomes_total{status=\"rejected\"}"), 3.0);
+    assert_eq!(value("dialex_requests_received_total"), 53.0);
+    assert_eq!(
+        value("dialex_ccc_attempts_total{class=\"ok\",code=\"OK\"}"),
+        50.0
+    );
+    assert_eq!(
+        value("dialex_dead_letters_total{reason=\"invalid_callee\"}"),
+        3.0
+    );
+    assert_eq!(value("dialex_ccc_request_duration_seconds_count"), 50.0);
+    assert_eq!(value("dialex_queue_to_dial_seconds_count"), 50.0);
+    assert_eq!(value("dialex_in_flight"), 0.0);
+    assert!(value("dialex_last_dial_timestamp_seconds") > 1.7e9);
+    assert!(value("dialex_publish_confirm_seconds_count") >= 56.0);
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("metered-"),
+            "no request id in a label: {line}"
+        );
+        assert!(
+            !line.contains("1390000"),
+            "no phone number in a label: {line}"
+        );
+    }
+    let (status, _) = h.readyz().await.unwrap();
+    assert_eq!(status, 200);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_drains_exits_zero_and_a_second_worker_finishes_the_rest() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    let mut h = Harness::start(settings_with(StoreBackend::Redis), sim)
+        .await
+        .expect("RabbitMQ must be reachable");
+    const REQUESTS: usize = 2_000;
+    publish_many(&h, "term", REQUESTS).await;
+
+    let mut first = spawn_worker_process(&h);
+    let mut tally = Tally::default();
+    collect(&mut h, &mut tally, 300).await;
+    let pid = first.id().expect("the worker runs");
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let drain = h.settings.shutdown.drain_timeout();
+    let status = tokio::time::timeout(drain + Duration::from_secs(5), first.wait())
+        .await
+        .expect("the worker exits within the drain timeout")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        tally.terminal() < REQUESTS,
+        "the signal came mid-run, with work left"
+    );
+
+    let mut second = spawn_worker_process(&h);
+    collect(&mut h, &mut tally, REQUESTS).await;
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    tally.assert_one_terminal_each(REQUESTS);
+    assert_eq!(assert_dialed_at_most_once(&h), REQUESTS);
+    h.cleanup().await.unwrap();
+}
+
+/// The broker's pids of this harness's worker connections.
+fn worker_connections(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_workers_connections_under_load_loses_nothing_and_dials_nothing_twice() {
+    // Paced, so the connections are closed while most of the work is still ahead.
+    let mut s = settings();
+    s.limits.calls_per_second = 200.0;
+    s.limits.burst = 20;
+    let mut h = started(s, SimConfig::default()).await;
+    const REQUESTS: usize = 2_000;
+    publish_many(&h, "reconnect", REQUESTS).await;
+    let mut tally = Tally::default();
+    collect(&mut h, &mut tally, 200).await;
+    let name = h.settings.amqp.connection_name.clone();
+    let pids = worker_connections(&name);
+    assert_eq!(pids.len(), 2, "consume and publish connections: {pids:?}");
+    for pid in &pids {
+        let closed = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: broker-side close"])
+            .status()
+            .unwrap();
+        assert!(closed.success());
+    }
+    let closed_at = tally.terminal();
+    collect(&mut h, &mut tally, REQUESTS).await;
+    assert!(
+        closed_at < REQUESTS / 2,
+        "closed mid-run ({closed_at} done)"
+    );
+    tally.assert_one_terminal_each(REQUESTS);
+    assert_eq!(assert_dialed_at_most_once(&h), REQUESTS);
+    let page = h.metrics_text().await.unwrap();
+    assert!(
+        sample(&page, "dialex_amqp_reconnects_total").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert_eq!(h.readyz().await.unwrap().0, 200);
+    h.cleanup().await.unwrap();
+}
+
+/// A Redis server of this test's own, on a free port, persisting to its own directory so a
+/// restart brings the data back (as a production Redis with AOF would).
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    server: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("dialex-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = OwnRedis {
+            port,
+            dir,
+            server: None,
+        };
+        redis.up();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> bool {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
+    }
+
+    fn up(&mut self) {
+        let server = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (see the README)");
+        self.server = Some(server);
+        for _ in 0..100 {
+            if self.cli(&["ping"]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    fn down(&mut self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .output();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_under_load_pauses_the_worker_and_never_dials_without_a_claim() {
+    let mut redis = OwnRedis::start();
+    let mut s = settings_with(StoreBackend::Redis);
+    s.store.url = redis.url().into();
+    s.limits.calls_per_second = 200.0;
+    s.limits.burst = 20;
+    let mut h = started(s, SimConfig::default()).await;
+    const REQUESTS: usize = 1_500;
+    publish_many(&h, "outage", REQUESTS).await;
+    let mut tally = Tally::default();
+    collect(&mut h, &mut tally, 200).await;
+
+    redis.down();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = h.readyz().await.unwrap();
+        if status == 503 && body.contains("store") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never paused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = h.metrics_text().await.unwrap();
+    assert_eq!(sample(&page, "dialex_paused{cause=\"store\"}"), Some(1.0));
+    let dials_while_down = h.simulator.dial_count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.simulator.dial_count(),
+        dials_while_down,
+        "nothing is dialed while the store is down"
+    );
+
+    redis.up();
+    collect(&mut h, &mut tally, REQUESTS).await;
+    tally.assert_one_terminal_each(REQUESTS);
+    assert_dialed_at_most_once(&h);
+    // Every call placed belongs to a request whose outcome says it was (or may have been).
+    let dialed_callees: HashSet<String> =
+        h.simulator.dials().into_iter().map(|d| d.callee).collect();
+    for (id, seen) in &tally.0 {
+        let i: usize = id.trim_start_matches("outage-").parse().unwrap();
+        let status = seen.iter().find(|(_, s)| *s != Status::Deferred).unwrap().1;
+        let was_dialed = dialed_callees.contains(&callee(i));
+        match status {
+            Status::Dialed => assert!(was_dialed, "{id}"),
+            Status::Unknown => {}
+            other => assert!(!was_dialed, "{id} is {other:?} but was dialed"),
+        }
+    }
+    assert_eq!(h.readyz().await.unwrap().0, 200);
+    h.cleanup().await.unwrap();
+}
