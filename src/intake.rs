@@ -11,7 +11,8 @@ use std::time::Duration;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt as _, StreamExt as _};
-use lapin::Consumer;
+use lapin::options::BasicCancelOptions;
+use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,10 +58,11 @@ async fn handle_guarded<C: CccClient, S: DialStore>(
         .unwrap_or(Disposition::DeadLetter)
 }
 
-/// Runs the consumer until shutdown, a halt, or the end of the stream; then waits up to
-/// `drain` for in-flight requests.
+/// Runs the consumer until shutdown, a halt, or the end of the stream; then cancels it and
+/// waits up to `drain` for in-flight requests.
 pub async fn consume<C: CccClient, S: DialStore>(
     mut consumer: Consumer,
+    channel: &Channel,
     pipeline: Arc<Pipeline<C, S>>,
     shutdown: CancellationToken,
     lost: CancellationToken,
@@ -103,6 +105,13 @@ pub async fn consume<C: CccClient, S: DialStore>(
             },
         }
     };
+    // No new deliveries while the ones in hand finish; whatever the broker had already sent
+    // returns to the queue when the channel closes.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+    )
+    .await;
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
@@ -310,7 +310,6 @@ async fn serve<C: CccClient, S: DialStore>(
             }
         };
         let (channel, consumer) = consumer;
-        let consumer_tag = consumer.tag();
         health.set_consuming(true);
         tracing::info!(
             queue = amqp_settings.names.request_queue,
@@ -319,6 +318,7 @@ async fn serve<C: CccClient, S: DialStore>(
         );
         let stopped = consume(
             consumer,
+            &channel,
             Arc::clone(pipeline),
             shutdown.clone(),
             session.lost.clone(),
@@ -326,11 +326,6 @@ async fn serve<C: CccClient, S: DialStore>(
         )
         .await;
         health.set_consuming(false);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            channel.basic_cancel(consumer_tag, BasicCancelOptions::default()),
-        )
-        .await;
         // Closing the channel returns every unsettled delivery to the queue.
         let _ =
             tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;

@@ -183,3 +183,32 @@ async fn a_malformed_body_lands_in_dial_dead_with_its_reason() {
     );
     h.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_traceparent_travels_onto_its_outcome_event() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let mut h = started(settings(), SimConfig::default()).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(traceparent)),
+    );
+    h.publish_request_with(
+        &request("traced", &callee(60), "ivr"),
+        lapin::BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap();
+    let received = h.outcomes(1, WAIT).await.unwrap();
+    let carried = received[0]
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("traceparent").cloned());
+    assert_eq!(
+        carried,
+        Some(AMQPValue::LongString(LongString::from(traceparent)))
+    );
+    h.cleanup().await.unwrap();
+}
