@@ -352,6 +352,33 @@ impl Harness {
         Ok(())
     }
 
+    /// Publishes a request without waiting for its confirm (as a busy upstream does); wait
+    /// for all of them with [`Harness::confirmed`].
+    pub async fn publish_unconfirmed(&self, body: &[u8]) -> anyhow::Result<()> {
+        let names = &self.settings.amqp.names;
+        self.channel
+            .basic_publish(
+                names.request_exchange.as_str().into(),
+                names.request_routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until the broker confirmed everything published so far.
+    pub async fn confirmed(&self) -> anyhow::Result<()> {
+        let returned = self.channel.wait_for_confirms().await?;
+        if !returned.is_empty() {
+            bail!("the broker returned {} request(s)", returned.len());
+        }
+        Ok(())
+    }
+
     /// Reads `count` outcome events from the catch-all queue, waiting at most `timeout` for
     /// each one.
     pub async fn outcomes(
@@ -374,6 +401,23 @@ impl Harness {
 
     /// The next outcome event from the catch-all queue, or `None` after `timeout`.
     pub async fn next_outcome(&mut self, timeout: Duration) -> anyhow::Result<Option<Received>> {
+        let Some(delivery) = self.next_outcome_delivery(timeout).await? else {
+            return Ok(None);
+        };
+        let event: OutcomeEvent =
+            serde_json::from_slice(&delivery.data).context("an outcome event did not parse")?;
+        Ok(Some(Received {
+            event,
+            routing_key: delivery.routing_key.to_string(),
+            properties: delivery.properties,
+        }))
+    }
+
+    /// The next message on the catch-all outcome queue, unparsed.
+    pub async fn next_outcome_delivery(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<lapin::message::Delivery>> {
         if self.outcomes.is_none() {
             let queue = &self.settings.amqp.names.outcome_catch_all_queue;
             self.outcomes = Some(read_queue(&self.channel, queue).await?);
@@ -384,14 +428,7 @@ impl Harness {
         let Ok(next) = tokio::time::timeout(timeout, consumer.next()).await else {
             return Ok(None);
         };
-        let delivery = next.context("the outcome consumer closed")??;
-        let event: OutcomeEvent =
-            serde_json::from_slice(&delivery.data).context("an outcome event did not parse")?;
-        Ok(Some(Received {
-            event,
-            routing_key: delivery.routing_key.to_string(),
-            properties: delivery.properties,
-        }))
+        Ok(Some(next.context("the outcome consumer closed")??))
     }
 
     /// Takes every message currently on the dead-letter queue.

@@ -13,6 +13,7 @@
 //! domain types ([`validate::DialRequest`], [`outcome::OutcomeEvent`], [`dial::DialResult`]).
 
 pub mod amqp;
+pub mod bench;
 pub mod ccc;
 pub mod config;
 pub mod defer;

@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
-use dialex_worker::config::{Credentials, Settings};
+use dialex_worker::config::{Credentials, Settings, StoreBackend};
 use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
 use dialex_worker::health::{self, Health};
 use dialex_worker::metrics::Metrics;
 use dialex_worker::phone::PhoneNumber;
-use dialex_worker::{demo, startup, telemetry};
+use dialex_worker::{bench, demo, startup, telemetry};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,29 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure the worker against the bare broker-plus-HTTP floor: N requests through each,
+    /// against RabbitMQ and the CCC simulator, then a table of throughput (and its ratio to
+    /// the floor), latencies, memory and CPU.
+    Bench {
+        /// Requests per run.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// The worker's store: embedded or redis.
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        /// Unacknowledged deliveries each process holds (amqp.prefetch).
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+        /// Latency the simulator adds to every dial, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Skip the paced run (the worker at half the floor's rate, for queue-to-dial latency).
+        #[arg(long)]
+        no_paced: bool,
+    },
+    /// The bare floor `bench` compares the worker against (started by `bench`).
+    #[command(hide = true)]
+    BenchFloor,
     /// Validate the configuration and print it as `run` would use it (defaults, then the
     /// file, then DIALEX_* variables) as TOML, secrets redacted.
     CheckConfig {
@@ -186,6 +209,35 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             demo::run(settings).await
         }
         Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Bench {
+            requests,
+            store,
+            prefetch,
+            latency_ms,
+            no_paced,
+        } => {
+            let store = match store.as_str() {
+                "embedded" => StoreBackend::Embedded,
+                "redis" => StoreBackend::Redis,
+                other => anyhow::bail!("--store must be embedded or redis, not {other:?}"),
+            };
+            bench::run(&bench::Options {
+                requests,
+                store,
+                prefetch,
+                latency: Duration::from_millis(latency_ms),
+                paced: !no_paced,
+            })
+            .await
+        }
+        Command::BenchFloor => {
+            let settings = Settings::load(None)?;
+            telemetry::init(&settings.log);
+            let client = HttpCccClient::new(&settings.ccc, Credentials::from_env()?)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            bench::floor::run(&settings, client, shutdown).await
+        }
     }
 }
 

@@ -121,6 +121,12 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Finer buckets for the latencies people set objectives on (DialEx round trip,
+/// queue-to-dial): from 0.25 ms to about 14 s, each 1.5 times the last.
+fn fine_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 1.5, 28))
+}
+
 /// Every metric the worker exports; cheap to share.
 #[derive(Debug)]
 pub struct Metrics {
@@ -147,8 +153,8 @@ impl Default for Metrics {
             requests_received: Counter::default(),
             outcomes: Family::default(),
             ccc_attempts: Family::default(),
-            ccc_request_duration: latency_histogram(),
-            queue_to_dial: latency_histogram(),
+            ccc_request_duration: fine_latency_histogram(),
+            queue_to_dial: fine_latency_histogram(),
             in_flight: Gauge::default(),
             deferrals: Family::default(),
             dead_letters: Family::default(),
