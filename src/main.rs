@@ -87,6 +87,9 @@ enum Command {
         /// Skip the paced run (the worker at half the floor's rate, for queue-to-dial latency).
         #[arg(long)]
         no_paced: bool,
+        /// Floor-then-worker pairs; the median ratio is reported (the machine is noisy).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// The bare floor `bench` compares the worker against (started by `bench`).
     #[command(hide = true)]
@@ -215,6 +218,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             prefetch,
             latency_ms,
             no_paced,
+            rounds,
         } => {
             let store = match store.as_str() {
                 "embedded" => StoreBackend::Embedded,
@@ -227,6 +231,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 prefetch,
                 latency: Duration::from_millis(latency_ms),
                 paced: !no_paced,
+                rounds,
             })
             .await
         }

@@ -30,6 +30,8 @@ pub struct Options {
     pub latency: Duration,
     /// Also run the worker paced at half the floor's rate, for queue-to-dial latency.
     pub paced: bool,
+    /// Floor-then-worker pairs to run; the median ratio is reported.
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,25 +73,37 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         options.prefetch,
         options.latency.as_millis()
     );
-    let floor = measure(Kind::Floor, options, None).await?;
-    let worker = measure(Kind::Worker, options, None).await?;
-    let mut phases = vec![floor, worker];
-    if options.paced {
-        let rate = phases[0].rate() / 2.0;
-        let paced = Options {
-            requests: (options.requests / 2).max(1),
-            ..options.clone()
-        };
-        phases.push(measure(Kind::Worker, &paced, Some(rate)).await?);
+    let mut ratios = Vec::new();
+    for round in 1..=options.rounds.max(1) {
+        let floor = measure(Kind::Floor, options, None).await?;
+        let worker = measure(Kind::Worker, options, None).await?;
+        ratios.push(worker.rate() / floor.rate());
+        let mut phases = vec![floor, worker];
+        if options.paced && round == options.rounds.max(1) {
+            let rate = phases[0].rate() / 2.0;
+            let paced = Options {
+                requests: (options.requests / 2).max(1),
+                ..options.clone()
+            };
+            phases.push(measure(Kind::Worker, &paced, Some(rate)).await?);
+        }
+        println!("\nround {round}");
+        print_report(&phases);
     }
-    print_report(&phases);
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\nworker / floor throughput over {} round(s): median {:.2} (min {:.2}, max {:.2})",
+        ratios.len(),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
     Ok(())
 }
 
 fn print_report(phases: &[Phase]) {
     let floor_rate = phases[0].rate();
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
-    println!();
     println!(
         "{:<22} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
         "run",
@@ -122,9 +136,8 @@ fn print_report(phases: &[Phase]) {
             phase.cpu.as_secs_f64() * 1000.0 / phase.requests as f64,
         );
     }
-    println!();
     println!(
-        "q2d: publish to the simulator starting the dial; rtt: one DialEx HTTP exchange as the process saw it (ms)"
+        "(q2d: publish to the simulator starting the dial; rtt: one DialEx HTTP exchange as the process saw it; ms)"
     );
 }
 
@@ -185,6 +198,7 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(h.worker_env())
         .env("DIALEX_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .envs(std::env::vars().filter(|(k, _)| k == "TOKIO_WORKER_THREADS"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
