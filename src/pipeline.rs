@@ -170,7 +170,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 tracing::info!(%worker, ?remaining, "request is being handled elsewhere; deferring");
                 return self.defer(incoming, remaining, "claimed").await;
             }
-            Ok(Claim::Recorded { event, .. }) => {
+            Ok(Claim::Recorded { event }) => {
                 self.metrics.dedup_hit(DedupKind::Recorded);
                 tracing::info!("request already has a result; publishing it again");
                 return self.republish(&event, incoming).await;
@@ -543,23 +543,16 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         event: &OutcomeEvent,
         incoming: &Incoming,
     ) -> Disposition {
-        match self.store.record(request_id, token, &event.to_json()).await {
-            Ok(Recorded::Stored) => {
-                let disposition = self.publish(event, incoming).await;
-                if disposition == Disposition::Ack
-                    && let Err(error) = self.store.mark_published(request_id).await
-                {
-                    tracing::warn!(%error, "could not mark the result published (harmless)");
-                }
-                disposition
-            }
+        let json = event.to_json();
+        match self.store.record(request_id, token, &json).await {
+            Ok(Recorded::Stored) => self.publish_json(event, &json, incoming).await,
             Ok(Recorded::Earlier(stored)) => self.republish(&stored, incoming).await,
             Err(error) => {
                 // The outcome is known but cannot be remembered. Tell downstream what happened
                 // (the task id matters to them), then stop: without a store, no further
                 // request may be dialed.
                 tracing::error!(%error, status = event.status.as_str(), "could not record the result");
-                let disposition = self.publish(event, incoming).await;
+                let disposition = self.publish_json(event, &json, incoming).await;
                 self.halt.trigger(HaltCause::Store(error));
                 disposition
             }
@@ -569,7 +562,8 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     /// Publishes a stored result again; its `event_id` is the one published the first time.
     async fn republish(&self, stored: &[u8], incoming: &Incoming) -> Disposition {
         match serde_json::from_slice::<OutcomeEvent>(stored) {
-            Ok(event) => self.publish(&event, incoming).await,
+            // The stored bytes are the event as first published: send them as they are.
+            Ok(event) => self.publish_json(&event, stored, incoming).await,
             Err(error) => {
                 tracing::error!(%error, "the stored result is unreadable; parking the request");
                 self.park(
@@ -730,6 +724,16 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     }
 
     async fn publish(&self, event: &OutcomeEvent, incoming: &Incoming) -> Disposition {
+        self.publish_json(event, &event.to_json(), incoming).await
+    }
+
+    /// Publishes `event`, serialized as `json`, carrying the request's `traceparent`.
+    async fn publish_json(
+        &self,
+        event: &OutcomeEvent,
+        json: &[u8],
+        incoming: &Incoming,
+    ) -> Disposition {
         let traceparent = incoming
             .properties
             .headers()
@@ -742,7 +746,11 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             })
             // A W3C traceparent is 55 characters; anything far longer is not one.
             .filter(|s| s.len() <= 128);
-        match self.publisher.publish_outcome(event, traceparent).await {
+        match self
+            .publisher
+            .publish_outcome_json(event, json, traceparent)
+            .await
+        {
             Ok(()) => {
                 self.metrics.outcome(event.status.as_str());
                 tracing::info!(

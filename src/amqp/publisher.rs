@@ -103,7 +103,18 @@ impl Publisher {
         event: &OutcomeEvent,
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        let body = event.to_json();
+        self.publish_outcome_json(event, &event.to_json(), traceparent)
+            .await
+    }
+
+    /// [`Publisher::publish_outcome`] with `body` already serialized from `event` (the same
+    /// bytes the store recorded, so they are not serialized twice).
+    pub async fn publish_outcome_json(
+        &self,
+        event: &OutcomeEvent,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
         let routing_key = event.routing_key(&self.names.outcome_routing_prefix);
         let mut properties = BasicProperties::default()
             .with_message_id(event.event_id.to_string().into())
@@ -123,7 +134,7 @@ impl Publisher {
         self.publish_with_retry(
             &self.names.outcome_exchange,
             &routing_key,
-            &body,
+            body,
             &properties,
         )
         .await

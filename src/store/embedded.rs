@@ -40,10 +40,9 @@
 //! local system clock (ms since the epoch), read by each operation once the writer lock is held, so
 //! that operations see time move forward in commit order. Operations whose loss could lead to a
 //! second dial or a wrong outcome (`claim`, `record`, `release`, the cooldowns, the daily counters)
-//! are durable: fsynced before they return. `mark_published` and the sweeper are not: losing
-//! either in a crash is harmless (a recorded result is published again; an expired row is treated
-//! as absent), and the next durable commit persists them anyway. An operation that finds nothing
-//! to change needs no commit and costs no fsync.
+//! are durable: fsynced before they return. The sweeper is not: losing a sweep in a crash is
+//! harmless (an expired row is treated as absent), and the next durable commit persists it anyway.
+//! An operation that finds nothing to change needs no commit and costs no fsync.
 //!
 //! # Group commit
 //!
@@ -443,7 +442,7 @@ impl DialStore for EmbeddedStore {
                     // The lease ran out without a result: the holder died, perhaps mid-call.
                     // Leave the claim as it is; whoever resolves it records with this token.
                     Record::Claimed { .. } => Claim::Abandoned(ClaimToken(bytes.clone())),
-                    Record::Recorded { event, published } => Claim::Recorded { event, published },
+                    Record::Recorded { event } => Claim::Recorded { event },
                 };
                 return Ok((answer, Changed::No));
             }
@@ -471,7 +470,6 @@ impl DialStore for EmbeddedStore {
         let token = token.0.clone();
         let value = Record::Recorded {
             event: event.to_vec(),
-            published: false,
         }
         .encode();
         let record_ttl_ms = self.inner.record_ttl_ms;
@@ -496,38 +494,6 @@ impl DialStore for EmbeddedStore {
             let old_expiry = current.map(|(expires, _)| expires);
             put_record(&mut records, &mut index, &id, old_expiry, expires, &value)?;
             Ok((Recorded::Stored, Changed::Yes))
-        })
-        .await
-    }
-
-    async fn mark_published(&self, request_id: &str) -> Result<(), StoreError> {
-        let id = request_id.to_owned();
-        // Not fsynced: losing the note only means the result is published once more.
-        self.write(Durability::None, move |txn, now| {
-            let mut records = txn.open_table(RECORDS).or_backend()?;
-            let Some((expires, bytes)) = read_record(&records, &id)? else {
-                return Ok(((), Changed::No));
-            };
-            if expires <= now {
-                return Ok(((), Changed::No));
-            }
-            let Record::Recorded {
-                event,
-                published: false,
-            } = Record::decode(&bytes)?
-            else {
-                return Ok(((), Changed::No));
-            };
-            let value = Record::Recorded {
-                event,
-                published: true,
-            }
-            .encode();
-            // Same expiry, so the index entry stays as it is.
-            records
-                .insert(id.as_str(), (expires, value.as_slice()))
-                .or_backend()?;
-            Ok(((), Changed::Yes))
         })
         .await
     }
@@ -1204,7 +1170,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_result_is_reported_then_marked_published() {
+    async fn a_recorded_result_is_reported_to_later_claims() {
         let dir = TempDir::new();
         let store = open(&settings(&dir));
         let token = acquire(&store, "r1").await;
@@ -1212,24 +1178,15 @@ mod tests {
             store.record("r1", &token, EVENT).await.unwrap(),
             Recorded::Stored
         );
-        assert_eq!(
-            store.claim("r1").await.unwrap(),
-            Claim::Recorded {
-                event: EVENT.to_vec(),
-                published: false
-            }
-        );
-        store.mark_published("r1").await.unwrap();
-        assert_eq!(
-            store.claim("r1").await.unwrap(),
-            Claim::Recorded {
-                event: EVENT.to_vec(),
-                published: true
-            }
-        );
-        // Publishing again, or for an unknown id, changes nothing.
-        store.mark_published("r1").await.unwrap();
-        store.mark_published("nope").await.unwrap();
+        // Every later claim (a redelivery) is told the result, and changes nothing.
+        for _ in 0..2 {
+            assert_eq!(
+                store.claim("r1").await.unwrap(),
+                Claim::Recorded {
+                    event: EVENT.to_vec()
+                }
+            );
+        }
         assert_eq!(store.row_counts().unwrap()[..2], [1, 1]);
         // A second record with the same token finds the first result.
         assert_eq!(
@@ -1267,7 +1224,6 @@ mod tests {
             store.claim("r1").await.unwrap(),
             Claim::Recorded {
                 event: unknown.to_vec(),
-                published: false
             }
         );
     }
@@ -1396,7 +1352,6 @@ mod tests {
             store.claim("recorded").await.unwrap(),
             Claim::Recorded {
                 event: EVENT.to_vec(),
-                published: false
             }
         );
         assert_eq!(
@@ -1905,8 +1860,8 @@ mod tests {
         // All queued, in this order, while the writer is held: they form its next batch.
         let recorded = queued(store.record("r1", &unrelated, EVENT));
         let seen_recorded = queued(store.claim("r1"));
-        let published = queued(store.mark_published("r1"));
-        let seen_published = queued(store.claim("r1"));
+        // A non-durable operation (it changes nothing) amid the durable ones.
+        let checked = queued(store.check());
         let earlier = queued(store.record("r1", &unrelated, b"{}"));
         let claimed = queued(store.claim("r2"));
         let held = queued(store.claim("r2"));
@@ -1926,17 +1881,9 @@ mod tests {
             seen_recorded.await.unwrap(),
             Claim::Recorded {
                 event: EVENT.to_vec(),
-                published: false
             }
         );
-        published.await.unwrap();
-        assert_eq!(
-            seen_published.await.unwrap(),
-            Claim::Recorded {
-                event: EVENT.to_vec(),
-                published: true
-            }
-        );
+        checked.await.unwrap();
         assert_eq!(earlier.await.unwrap(), Recorded::Earlier(EVENT.to_vec()));
         let token = match claimed.await.unwrap() {
             Claim::Acquired(token) => token,
@@ -1993,7 +1940,6 @@ mod tests {
             other_seen.await.unwrap(),
             Claim::Recorded {
                 event: EVENT.to_vec(),
-                published: false
             }
         );
         drop(store);
@@ -2035,10 +1981,7 @@ mod tests {
         for i in 0..200 {
             assert_eq!(
                 store.claim(&format!("r{i}")).await.unwrap(),
-                Claim::Recorded {
-                    event: event(i),
-                    published: false
-                },
+                Claim::Recorded { event: event(i) },
                 "r{i}"
             );
         }

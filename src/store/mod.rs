@@ -1,9 +1,10 @@
 //! Shared state behind one small trait: dial records per `request_id`, and callee cooldowns.
 //!
 //! This is where "never twice" is kept. Before a request is dialed, its `request_id` is
-//! *claimed* with a lease naming this worker; the dial's result (the terminal outcome event) is
-//! *recorded* before the event is published; and once the publish is confirmed the record is
-//! marked *published*. A redelivered or duplicated request therefore finds one of:
+//! *claimed* with a lease naming this worker, then the dial's result (the terminal outcome event)
+//! is *recorded* before the event is published. Nothing notes the publish itself: a recorded
+//! result is published again whenever its request comes back, so a redelivered or duplicated
+//! request finds one of:
 //!
 //! - nothing: claim it and dial;
 //! - a live claim: someone is dialing it right now; defer, do not touch;
@@ -23,12 +24,13 @@ use std::time::Duration;
 /// What the store holds for a request, as the encoded value both backends share.
 ///
 /// The encoding is a one-letter state, `|`, and the state's data:
-/// `C|<worker>|<lease end, ms since the epoch>`, `R|<event JSON>` (recorded),
-/// `P|<event JSON>` (recorded and published).
+/// `C|<worker>|<lease end, ms since the epoch>` or `R|<event JSON>` (recorded). Earlier versions
+/// also wrote `P|<event JSON>` (recorded, publish noted); such records live on for up to the
+/// record TTL and decode as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Claimed { worker: String, lease_until_ms: u64 },
-    Recorded { event: Vec<u8>, published: bool },
+    Recorded { event: Vec<u8> },
 }
 
 impl Record {
@@ -38,9 +40,9 @@ impl Record {
                 worker,
                 lease_until_ms,
             } => format!("C|{worker}|{lease_until_ms}").into_bytes(),
-            Record::Recorded { event, published } => {
+            Record::Recorded { event } => {
                 let mut out = Vec::with_capacity(event.len() + 2);
-                out.extend_from_slice(if *published { b"P|" } else { b"R|" });
+                out.extend_from_slice(b"R|");
                 out.extend_from_slice(event);
                 out
             }
@@ -52,13 +54,9 @@ impl Record {
             StoreError::Corrupt(String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).into_owned())
         };
         match bytes {
-            [b'R', b'|', event @ ..] => Ok(Record::Recorded {
+            // `P|` was written by earlier versions once the event was published: still a result.
+            [b'R' | b'P', b'|', event @ ..] => Ok(Record::Recorded {
                 event: event.to_vec(),
-                published: false,
-            }),
-            [b'P', b'|', event @ ..] => Ok(Record::Recorded {
-                event: event.to_vec(),
-                published: true,
             }),
             [b'C', b'|', rest @ ..] => {
                 let rest = std::str::from_utf8(rest).map_err(|_| corrupt())?;
@@ -88,7 +86,7 @@ pub enum Claim {
     /// A lease ran out without a result: the holder died, perhaps mid-call. Never dial it.
     Abandoned(ClaimToken),
     /// A result is recorded: the stored outcome event (JSON).
-    Recorded { event: Vec<u8>, published: bool },
+    Recorded { event: Vec<u8> },
 }
 
 /// The answer to [`DialStore::record`].
@@ -141,13 +139,6 @@ pub trait DialStore: Send + Sync + 'static {
         token: &ClaimToken,
         event: &[u8],
     ) -> impl Future<Output = Result<Recorded, StoreError>> + Send;
-
-    /// Notes that the recorded event was published. Losing this note is harmless: a recorded
-    /// result is re-published either way.
-    fn mark_published(
-        &self,
-        request_id: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Drops the claim `token` without a result (the request was not dialed and goes back to
     /// the queue).
@@ -220,18 +211,39 @@ mod tests {
             },
             Record::Recorded {
                 event: br#"{"status":"dialed"}"#.to_vec(),
-                published: false,
             },
-            Record::Recorded {
-                event: b"{}".to_vec(),
-                published: true,
-            },
+            Record::Recorded { event: Vec::new() },
         ];
         for record in cases {
             assert_eq!(Record::decode(&record.encode()).unwrap(), record);
         }
+        assert_eq!(
+            Record::Recorded {
+                event: b"{}".to_vec()
+            }
+            .encode(),
+            b"R|{}"
+        );
         assert!(Record::decode(b"X|").is_err());
         assert!(Record::decode(b"C|worker|soon").is_err());
         assert!(Record::decode(b"").is_err());
+    }
+
+    #[test]
+    fn a_published_record_from_an_earlier_version_decodes_as_recorded() {
+        assert_eq!(
+            Record::decode(br#"P|{"status":"dialed"}"#).unwrap(),
+            Record::Recorded {
+                event: br#"{"status":"dialed"}"#.to_vec()
+            }
+        );
+        assert_eq!(
+            Record::decode(b"P|").unwrap(),
+            Record::Recorded { event: Vec::new() }
+        );
+        // Only `R|`, `P|` and `C|` lead a record.
+        assert!(Record::decode(b"P").is_err());
+        assert!(Record::decode(b"X|{}").is_err());
+        assert!(Record::decode(b"p|{}").is_err());
     }
 }

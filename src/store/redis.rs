@@ -25,7 +25,8 @@
 //! # Keys
 //!
 //! - `<prefix>:req:<request_id>`: a string holding the shared [`Record`] encoding
-//!   (`C|worker|lease_until_ms`, `R|event`, `P|event`), expiring `record_ttl` after the claim.
+//!   (`C|worker|lease_until_ms`, `R|event`; `P|event`, left by earlier versions, reads as
+//!   `R|event`), expiring `record_ttl` after the claim.
 //! - `<prefix>:cd:<key>`: a hash with field `r` (the holding `request_id`) and, once dialed,
 //!   `t` (the CCC task id), expiring `window` after it was taken or dialed. The key is already a
 //!   keyed hash of instance and callee: no phone number is ever stored.
@@ -98,19 +99,6 @@ if not current then
   return {1, ''}
 end
 return {0, current}
-";
-
-/// Turns `R|event` into `P|event` in place. `SETRANGE` keeps the expiry and does not send the
-/// event back and forth. Anything else is left alone.
-///
-/// KEYS[1] record key. Returns 1 if marked, else 0.
-const MARK_PUBLISHED_LUA: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 2) == 'R|' then
-  redis.call('SETRANGE', KEYS[1], 0, 'P')
-  return 1
-end
-return 0
 ";
 
 /// Deletes the key only if it still holds exactly this value (claim token).
@@ -231,7 +219,6 @@ struct Inner {
 struct Scripts {
     claim: Script,
     record: Script,
-    mark_published: Script,
     release: Script,
     cooldown_acquire: Script,
     cooldown_dialed: Script,
@@ -245,7 +232,6 @@ impl Scripts {
         Scripts {
             claim: Script::new(CLAIM_LUA),
             record: Script::new(RECORD_LUA),
-            mark_published: Script::new(MARK_PUBLISHED_LUA),
             release: Script::new(RELEASE_LUA),
             cooldown_acquire: Script::new(COOLDOWN_ACQUIRE_LUA),
             cooldown_dialed: Script::new(COOLDOWN_DIALED_LUA),
@@ -255,11 +241,10 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.claim,
             &self.record,
-            &self.mark_published,
             &self.release,
             &self.cooldown_acquire,
             &self.cooldown_dialed,
@@ -387,7 +372,7 @@ impl DialStore for RedisStore {
             // The token is the stored value itself, so resolving the abandoned claim only
             // succeeds while nobody else has resolved or replaced it.
             Record::Claimed { .. } => Claim::Abandoned(ClaimToken(value)),
-            Record::Recorded { event, published } => Claim::Recorded { event, published },
+            Record::Recorded { event } => Claim::Recorded { event },
         })
     }
 
@@ -417,19 +402,6 @@ impl DialStore for RedisStore {
             // A different claim: our lease ran out and someone else holds the request now.
             Record::Claimed { .. } => Err(StoreError::Conflict),
         }
-    }
-
-    async fn mark_published(&self, request_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _marked: i64 = self
-            .inner
-            .scripts
-            .mark_published
-            .key(self.record_key(request_id))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error("mark published", &e))?;
-        Ok(())
     }
 
     async fn release(&self, request_id: &str, token: &ClaimToken) -> Result<(), StoreError> {
@@ -634,7 +606,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn claim_record_publish_lifecycle() {
+    async fn claim_record_lifecycle() {
         let settings = settings(60_000);
         let a = connect(&settings, "worker-a").await;
         let b = connect(&settings, "worker-b").await;
@@ -688,8 +660,7 @@ mod tests {
         assert_eq!(
             b.claim(&request).await.unwrap(),
             Claim::Recorded {
-                event: event.to_vec(),
-                published: false
+                event: event.to_vec()
             }
         );
         // Recording again with the same token (a retry after a lost answer) is harmless.
@@ -698,25 +669,37 @@ mod tests {
             Recorded::Earlier(event.to_vec())
         );
 
-        a.mark_published(&request).await.unwrap();
-        a.mark_published(&request).await.unwrap();
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_marked_published_by_an_earlier_version_is_still_a_result() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let request = id();
+        let key = a.record_key(&request);
+        let event = br#"{"status":"dialed","event_id":"e0"}"#;
+        let mut stored = b"P|".to_vec();
+        stored.extend_from_slice(event);
+        let mut conn = a.conn.clone();
+        let _: () = conn
+            .pset_ex(&key, stored.as_slice(), 60_000)
+            .await
+            .expect("PSETEX");
+
         assert_eq!(
-            b.claim(&request).await.unwrap(),
+            a.claim(&request).await.unwrap(),
             Claim::Recorded {
-                event: event.to_vec(),
-                published: true
+                event: event.to_vec()
             }
         );
-        let ttl_published = pttl(&a, &key).await;
-        assert!(
-            ttl_published > 0 && ttl_published <= ttl_after,
-            "mark_published keeps the TTL: {ttl_published}"
+        let token = ClaimToken(b"C|worker-a|1".to_vec());
+        assert_eq!(
+            a.record(&request, &token, b"{}").await.unwrap(),
+            Recorded::Earlier(event.to_vec())
         );
-
-        // Marking an unknown request creates nothing.
-        let unknown = id();
-        a.mark_published(&unknown).await.unwrap();
-        assert_eq!(get(&a, &a.record_key(&unknown)).await, None);
+        a.release(&request, &token).await.unwrap();
+        assert_eq!(get(&a, &key).await, Some(stored));
 
         cleanup(&a).await;
     }
