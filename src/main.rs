@@ -90,6 +90,9 @@ enum Command {
         /// Floor-then-worker pairs; the median ratio is reported (the machine is noisy).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Rate of the paced runs in requests/s (default: half the floor's measured rate).
+        #[arg(long)]
+        paced_rate: Option<f64>,
     },
     /// The bare floor `bench` compares the worker against (started by `bench`).
     #[command(hide = true)]
@@ -219,6 +222,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             latency_ms,
             no_paced,
             rounds,
+            paced_rate,
         } => {
             let store = match store.as_str() {
                 "embedded" => StoreBackend::Embedded,
@@ -232,6 +236,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 latency: Duration::from_millis(latency_ms),
                 paced: !no_paced,
                 rounds,
+                paced_rate,
             })
             .await
         }

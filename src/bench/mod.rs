@@ -32,6 +32,8 @@ pub struct Options {
     pub paced: bool,
     /// Floor-then-worker pairs to run; the median ratio is reported.
     pub rounds: usize,
+    /// Rate of the paced runs, requests/s; half the floor's measured rate if not given.
+    pub paced_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +82,14 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         ratios.push(worker.rate() / floor.rate());
         let mut phases = vec![floor, worker];
         if options.paced && round == options.rounds.max(1) {
-            let rate = phases[0].rate() / 2.0;
+            let rate = options.paced_rate.unwrap_or(phases[0].rate() / 2.0);
             let paced = Options {
                 requests: (options.requests / 2).max(1),
                 ..options.clone()
             };
+            // The floor at the same pace: how much of the latency is the broker's and the
+            // machine's, not the worker's.
+            phases.push(measure(Kind::Floor, &paced, Some(rate)).await?);
             phases.push(measure(Kind::Worker, &paced, Some(rate)).await?);
         }
         println!("\nround {round}");
@@ -278,7 +283,8 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
     h.cleanup().await?;
     Ok(Phase {
         name: match (kind, pace) {
-            (Kind::Floor, _) => "floor".to_owned(),
+            (Kind::Floor, None) => "floor".to_owned(),
+            (Kind::Floor, Some(rate)) => format!("floor paced {rate:.0}/s"),
             (Kind::Worker, None) => "worker".to_owned(),
             (Kind::Worker, Some(rate)) => format!("worker paced {rate:.0}/s"),
         },
