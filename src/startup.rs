@@ -346,9 +346,25 @@ async fn serve<C: CccClient, S: DialStore>(
                 let resumed = match kind {
                     // The worker's own credentials, signature or clock: keep the messages,
                     // wait until CCC accepts the worker again, then resume.
-                    PauseCause::Ccc => wait_until_accepted(&pipeline.client, shutdown).await,
+                    PauseCause::Ccc => {
+                        probe_until(
+                            shutdown,
+                            Duration::from_secs(60),
+                            "CCC still refuses the worker; check the ALIBABA_CLOUD_* credentials, the endpoint and the clock",
+                            || pipeline.client.probe(),
+                        )
+                        .await
+                    }
                     // Never dial without a record: wait until the store answers again.
-                    PauseCause::Store => wait_until_store(&pipeline.store, shutdown).await,
+                    PauseCause::Store => {
+                        probe_until(
+                            shutdown,
+                            Duration::from_secs(30),
+                            "the dial-record store still does not answer",
+                            || pipeline.store.check(),
+                        )
+                        .await
+                    }
                 };
                 pipeline.metrics.set_paused(kind, false);
                 if !resumed {
@@ -391,45 +407,29 @@ async fn start_consumer(
     Ok((channel, consumer))
 }
 
-/// Probes the store with growing pauses (1 s doubling to 30 s) until it answers; `false` if
-/// shutdown came first.
-async fn wait_until_store<S: DialStore>(store: &S, shutdown: &CancellationToken) -> bool {
+/// Runs `probe` with growing pauses (1 s, doubling to `longest`) until it succeeds, logging
+/// each failure with `still`; `false` if shutdown came first.
+async fn probe_until<E, F, Fut>(
+    shutdown: &CancellationToken,
+    longest: Duration,
+    still: &str,
+    mut probe: F,
+) -> bool
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
     let mut pause = Duration::from_secs(1);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(pause) => {}
         }
-        match store.check().await {
+        pause = pause.saturating_mul(2).min(longest);
+        match probe().await {
             Ok(()) => return true,
-            Err(error) => {
-                tracing::error!(%error, "paused: the dial-record store still does not answer");
-            }
+            Err(error) => tracing::error!(%error, next_probe_in = ?pause, "paused: {still}"),
         }
-        pause = pause.saturating_mul(2).min(Duration::from_secs(30));
-    }
-}
-
-/// Probes CCC with growing pauses (1 s doubling to a minute) until it accepts the worker;
-/// `false` if shutdown came first.
-async fn wait_until_accepted<C: CccClient>(client: &C, shutdown: &CancellationToken) -> bool {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(pause) => {}
-        }
-        match client.probe().await {
-            Ok(()) => return true,
-            Err(failure) => {
-                tracing::error!(
-                    code = failure.code(),
-                    error = %failure,
-                    next_probe_in = ?pause.saturating_mul(2).min(Duration::from_secs(60)),
-                    "paused: CCC still refuses the worker; check the ALIBABA_CLOUD_* credentials, the endpoint and the clock"
-                );
-            }
-        }
-        pause = pause.saturating_mul(2).min(Duration::from_secs(60));
     }
 }

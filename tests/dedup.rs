@@ -72,13 +72,7 @@ async fn duplicates_are_dialed_once(backend: StoreBackend) {
             Some(task_by_callee[callee(i).as_str()])
         );
     }
-    let names = h.settings.amqp.names.clone();
-    assert_eq!(
-        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        0
-    );
+    helpers::assert_request_queue_drains(&h).await;
     h.cleanup().await.unwrap();
 }
 

@@ -9,18 +9,14 @@ use dialex_worker::ccc::simulator::{Fault, SimConfig, Simulator};
 use dialex_worker::config::Credentials;
 use dialex_worker::harness::Harness;
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, request, settings, started};
+use helpers::{WAIT, callee, only_outcome, request, settings, started};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_with_fresh_nonces_and_dials_once() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(42);
     h.simulator.inject(&number, Fault::Throttle, 2);
-    h.publish_request(&request("throttled", &number, "agent"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
+    let event = &only_outcome(&mut h, &request("throttled", &number, "agent")).await;
     assert_eq!(event.status, Status::Dialed);
     assert_eq!(event.attempts, 3);
     let dials = h.simulator.dials();
@@ -34,10 +30,7 @@ async fn unavailable_twice_then_ok_is_dialed_on_the_third_attempt() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(48);
     h.simulator.inject(&number, Fault::Unavailable, 2);
-    h.publish_request(&request("unavailable-twice", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let event = &h.outcomes(1, WAIT).await.unwrap()[0].event;
+    let event = &only_outcome(&mut h, &request("unavailable-twice", &number, "ivr")).await;
     assert_eq!(event.status, Status::Dialed);
     assert_eq!(event.attempts, 3);
     assert_eq!(h.simulator.dial_count(), 1);
@@ -49,10 +42,7 @@ async fn a_permanent_error_fails_at_once_without_retrying() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(49);
     h.simulator.inject(&number, Fault::InvalidParameter, 1);
-    h.publish_request(&request("invalid-parameter", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let event = &h.outcomes(1, WAIT).await.unwrap()[0].event;
+    let event = &only_outcome(&mut h, &request("invalid-parameter", &number, "ivr")).await;
     assert_eq!(event.status, Status::Failed);
     assert_eq!(event.code.as_deref(), Some("InvalidParameter"));
     assert_eq!(event.attempts, 1);
@@ -193,11 +183,7 @@ async fn a_reset_after_the_call_was_placed_is_unknown_and_never_redialed() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(44);
     h.simulator.inject(&number, Fault::ResetAfterExecute, 1);
-    h.publish_request(&request("reset", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
+    let event = &only_outcome(&mut h, &request("reset", &number, "ivr")).await;
     assert_eq!(event.status, Status::Unknown);
     assert_eq!(event.code.as_deref(), Some("ambiguous"));
     assert_eq!(event.attempts, 1);
@@ -210,11 +196,7 @@ async fn a_send_lost_before_it_arrived_is_placed_by_the_identical_replay() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(46);
     h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
-    h.publish_request(&request("lost", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
+    let event = &only_outcome(&mut h, &request("lost", &number, "ivr")).await;
     assert_eq!(event.status, Status::Dialed);
     assert_eq!(event.attempts, 1);
     let dials = h.simulator.dials();
@@ -251,11 +233,7 @@ async fn a_timeout_after_sending_is_unknown_and_never_redialed() {
     let mut h = started(s, sim).await;
     let number = callee(45);
     h.simulator.inject(&number, Fault::Slow, 1);
-    h.publish_request(&request("slow", &number, "ivr"), None)
-        .await
-        .unwrap();
-    let received = h.outcomes(1, WAIT).await.unwrap();
-    let event = &received[0].event;
+    let event = &only_outcome(&mut h, &request("slow", &number, "ivr")).await;
     assert_eq!(event.status, Status::Unknown);
     // The identical request was replayed and refused as already seen.
     assert_eq!(event.code.as_deref(), Some("ambiguous"));

@@ -143,13 +143,7 @@ async fn every_request_gets_exactly_one_outcome_with_the_simulators_task_id() {
 
     // Nothing more arrives, nothing is left behind.
     assert!(h.outcomes(1, Duration::from_millis(500)).await.is_err());
-    let names = h.settings.amqp.names.clone();
-    assert_eq!(
-        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        0
-    );
+    helpers::assert_request_queue_drains(&h).await;
     let dead = h.dead_letters().await.unwrap();
     assert_eq!(dead.len(), invalid.len() + 1);
     assert!(dead.iter().any(|d| d.body.starts_with(b"\xff\xfe")
@@ -174,13 +168,7 @@ async fn a_malformed_body_lands_in_dial_dead_with_its_reason() {
     assert_eq!(dead[0].body, b"this is not json");
     assert_eq!(dead[0].reason.as_deref(), Some("invalid_json"));
     assert!(dead[0].detail.as_deref().is_some_and(|d| !d.is_empty()));
-    let names = h.settings.amqp.names.clone();
-    assert_eq!(
-        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        0
-    );
+    helpers::assert_request_queue_drains(&h).await;
     h.cleanup().await.unwrap();
 }
 

@@ -75,13 +75,7 @@ async fn a_request_that_panics_the_handler_is_parked_after_the_delivery_limit() 
         "{:?}",
         dead[0].detail
     );
-    let names = h.settings.amqp.names.clone();
-    assert_eq!(
-        h.settled_depth(&names.request_queue, 0, Duration::from_secs(10))
-            .await
-            .unwrap(),
-        0
-    );
+    helpers::assert_request_queue_drains(&h).await;
     h.cleanup().await.unwrap();
 }
 

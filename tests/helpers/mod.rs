@@ -101,6 +101,29 @@ pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
     harness
 }
 
+/// Publishes one request and returns the next outcome event (the only one expected).
+pub async fn only_outcome(
+    harness: &mut Harness,
+    body: &[u8],
+) -> dialex_worker::outcome::OutcomeEvent {
+    harness
+        .publish_request(body, None)
+        .await
+        .expect("request published");
+    let mut received = harness.outcomes(1, WAIT).await.expect("an outcome");
+    received.remove(0).event
+}
+
+/// The request queue empties (every delivery settled) within ten seconds.
+pub async fn assert_request_queue_drains(harness: &Harness) {
+    let queue = &harness.settings.amqp.names.request_queue;
+    let depth = harness
+        .settled_depth(queue, 0, Duration::from_secs(10))
+        .await
+        .expect("queue depth");
+    assert_eq!(depth, 0, "{queue} still holds {depth} message(s)");
+}
+
 /// A valid request body.
 pub fn request(request_id: &str, callee: &str, answer_mode: &str) -> Vec<u8> {
     let rout_point = match answer_mode {
