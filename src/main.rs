@@ -210,6 +210,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo { config } => {
             let mut settings = Settings::load(config.as_deref())?;
+            // The demo shows the pipeline at any hour; a --config file keeps its own calendar.
+            if config.is_none() {
+                settings.business_hours.open_around_the_clock();
+            }
             settings.log.level = "error".into();
             telemetry::init(&settings.log);
             demo::run(settings).await

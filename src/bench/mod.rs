@@ -157,9 +157,7 @@ fn bench_settings(options: &Options) -> anyhow::Result<Settings> {
     settings.limits.calls_per_second = 1_000_000.0;
     settings.limits.burst = 1_000_000;
     settings.log.level = "warn".into();
-    for windows in settings.business_hours.default.weekly.values_mut() {
-        *windows = vec!["00:00-24:00".to_owned()];
-    }
+    settings.business_hours.open_around_the_clock();
     settings.validate()?;
     Ok(settings)
 }

@@ -117,6 +117,19 @@ pub struct BusinessHoursSettings {
     pub instances: BTreeMap<String, CalendarSettings>,
 }
 
+impl BusinessHoursSettings {
+    /// Open every day, all day, with no closed dates: for the demo, the benchmark and tests,
+    /// which must run at any hour.
+    pub fn open_around_the_clock(&mut self) {
+        for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+            self.default
+                .weekly
+                .insert(day.to_owned(), vec!["00:00-24:00".to_owned()]);
+        }
+        self.default.closed_dates.clear();
+    }
+}
+
 /// The on-disk shape of [`BusinessHoursSettings`]: the default calendar's keys side by side
 /// with `instances`, with unknown keys rejected.
 #[derive(Deserialize)]

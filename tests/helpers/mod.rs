@@ -33,9 +33,7 @@ pub fn settings() -> Settings {
     settings.limits.calls_per_second = 100_000.0;
     settings.limits.burst = 100_000;
     // Tests run at any hour: the call centre is always open unless a test says otherwise.
-    for windows in settings.business_hours.default.weekly.values_mut() {
-        *windows = vec!["00:00-24:00".to_owned()];
-    }
+    settings.business_hours.open_around_the_clock();
     settings.validate().expect("test settings are valid");
     settings
 }
