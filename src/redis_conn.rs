@@ -70,6 +70,36 @@ pub(crate) async fn manager<E>(
         .map_err(|e| redactor.error("cannot connect", &e))
 }
 
+/// Connects within `timeouts.connect` in all (the manager retries a refused connection with
+/// backoff, which on its own could outlast it): a plain connection first, for a clear error,
+/// which also loads `scripts` so the first call of each finds it cached; then the manager.
+pub(crate) async fn connect_with_scripts<E>(
+    client: Client,
+    redactor: &Redactor<E>,
+    timeouts: Timeouts,
+    scripts: &[&redis::Script],
+) -> Result<ConnectionManager, E> {
+    tokio::time::timeout(timeouts.connect, async {
+        let mut probe = check_connection(&client, redactor, timeouts).await?;
+        for script in scripts {
+            script
+                .prepare_invoke()
+                .load_async(&mut probe)
+                .await
+                .map_err(|e| redactor.error("cannot load scripts", &e))?;
+        }
+        drop(probe);
+        manager(client, redactor, timeouts).await
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(redactor.error(
+            "no connection",
+            &format!("nothing within {} s", timeouts.connect.as_secs()),
+        ))
+    })
+}
+
 /// Scrubs the URL, its password and the password's decoded form from messages, then wraps
 /// them in the caller's error type.
 pub(crate) struct Redactor<E> {

@@ -288,27 +288,8 @@ impl RedisStore {
             response: RESPONSE_TIMEOUT,
         };
         let scripts = Scripts::new();
-        // One deadline around everything: the manager retries a refused connection with
-        // backoff, which on its own could outlast the limit.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let mut probe = redis_conn::check_connection(&client, &redactor, timeouts).await?;
-            for script in scripts.all() {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut probe)
-                    .await
-                    .map_err(|e| redactor.error("cannot load scripts", &e))?;
-            }
-            drop(probe);
-            redis_conn::manager(client, &redactor, timeouts).await
-        })
-        .await
-        .map_err(|_| {
-            backend(format!(
-                "no connection within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })??;
+        let conn =
+            redis_conn::connect_with_scripts(client, &redactor, timeouts, &scripts.all()).await?;
         Ok(RedisStore {
             conn,
             inner: Arc::new(Inner {

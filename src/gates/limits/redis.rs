@@ -208,25 +208,8 @@ impl RedisLimiter {
             response: RESPONSE_TIMEOUT,
         };
         let acquire = Script::new(ACQUIRE_LUA);
-        // One deadline around everything: the manager retries a refused connection with
-        // backoff, which on its own could outlast the limit.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let mut probe = redis_conn::check_connection(&client, &redactor, timeouts).await?;
-            acquire
-                .prepare_invoke()
-                .load_async(&mut probe)
-                .await
-                .map_err(|e| redactor.error("cannot load scripts", &e))?;
-            drop(probe);
-            redis_conn::manager(client, &redactor, timeouts).await
-        })
-        .await
-        .map_err(|_| {
-            LimitError::Backend(format!(
-                "no connection within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })??;
+        let conn =
+            redis_conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire]).await?;
         let common = Common::new(&settings);
         Ok(RedisLimiter {
             conn,
