@@ -25,15 +25,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A client that connects and then sends nothing is disconnected after this long, so idle or
 /// half-open probe connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Pause after a failed `accept` (typically out of file descriptors) instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const OPENMETRICS: HeaderValue =
@@ -117,29 +113,10 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "health endpoint listening");
     }
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        Arc::clone(&registry),
-                        Arc::clone(&health),
-                    ));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "health endpoint accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-            // Reap finished connections so the set does not grow with every scrape.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+    crate::accept::accept_until(listener, shutdown, "health endpoint", |stream| {
+        serve_connection(stream, Arc::clone(&registry), Arc::clone(&health))
+    })
+    .await;
 }
 
 async fn serve_connection(stream: TcpStream, registry: Arc<Registry>, health: Arc<Health>) {

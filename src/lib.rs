@@ -12,6 +12,7 @@
 //! publisher) and [`ccc`] (signing, client, answers, simulator). The stages in the middle speak
 //! domain types ([`validate::DialRequest`], [`outcome::OutcomeEvent`], [`dial::DialResult`]).
 
+mod accept;
 pub mod amqp;
 pub mod bench;
 pub mod ccc;

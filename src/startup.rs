@@ -268,14 +268,11 @@ impl Session {
 
 /// A broker operation that did not finish within [`BROKER_TIMEOUT`].
 fn timed_out(what: &'static str) -> AmqpError {
-    AmqpError {
+    AmqpError::local(
         what,
-        source: lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {BROKER_TIMEOUT:?}"),
-        )))
-        .into(),
-    }
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {BROKER_TIMEOUT:?}"),
+    )
 }
 
 /// Whether the broker refused an operation on purpose (a channel-level protocol error such as

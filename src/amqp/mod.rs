@@ -28,6 +28,21 @@ pub struct AmqpError {
     pub source: lapin::Error,
 }
 
+impl AmqpError {
+    /// A failure found on this side (a bad URL, a deadline), in lapin's error type.
+    pub(crate) fn local(
+        what: &'static str,
+        kind: std::io::ErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
+        let io = std::io::Error::new(kind, message.into());
+        AmqpError {
+            what,
+            source: lapin::ErrorKind::IOError(std::sync::Arc::new(io)).into(),
+        }
+    }
+}
+
 /// Attaches the operation's name to a lapin error.
 pub(crate) fn op(what: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
     move |source| AmqpError { what, source }
@@ -46,13 +61,12 @@ pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, AmqpE
         .expose_secret()
         .parse()
         // The parser's message may quote the URL, password included.
-        .map_err(|_: String| AmqpError {
-            what: "connect",
-            source: lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
+        .map_err(|_: String| {
+            AmqpError::local(
+                "connect",
                 std::io::ErrorKind::InvalidInput,
                 "amqp.url is not a valid AMQP URL",
-            )))
-            .into(),
+            )
         })?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     Connection::connect_uri(uri, properties)

@@ -17,7 +17,6 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -29,7 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::answer::{self, ApiError, Body};
@@ -140,26 +139,10 @@ impl Simulator {
 }
 
 async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&gateway)));
-                }
-                Err(error) => {
-                    // Typically out of file descriptors: back off briefly instead of spinning.
-                    tracing::warn!(%error, "CCC simulator accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow with every request burst.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+    crate::accept::accept_until(listener, shutdown, "CCC simulator", |stream| {
+        serve_connection(stream, Arc::clone(&gateway))
+    })
+    .await;
 }
 
 async fn serve_connection(stream: TcpStream, gateway: Arc<Gateway>) {
