@@ -361,15 +361,10 @@ impl EmbeddedStore {
             if count >= max {
                 return Ok((false, Changed::No));
             }
-            if let Some((old, _)) = current
-                && old != expires
-            {
-                index.remove((old, counter.as_str())).or_backend()?;
-            }
             counters
                 .insert(counter.as_str(), (expires, count + 1))
                 .or_backend()?;
-            index.insert((expires, counter.as_str()), ()).or_backend()?;
+            move_expiry(&mut index, &counter, current.map(|(old, _)| old), expires)?;
             Ok((true, Changed::Yes))
         })
         .await
@@ -680,13 +675,27 @@ fn put_record(
     expires: u64,
     value: &[u8],
 ) -> Result<(), StoreError> {
-    if let Some(old) = old_expiry
-        && old != expires
-    {
-        index.remove((old, id)).or_backend()?;
-    }
     records.insert(id, (expires, value)).or_backend()?;
-    index.insert((expires, id), ()).or_backend()?;
+    move_expiry(index, id, old_expiry, expires)
+}
+
+/// Moves the expiry-index entry of the row `key` from `old` (none for a new row) to `expires`.
+/// An unchanged expiry leaves the index alone: the entry is already there (every row has one),
+/// and rewriting it would cost a B-tree update per result recorded over a claim.
+fn move_expiry(
+    index: &mut ExpiryTable<'_>,
+    key: &str,
+    old: Option<u64>,
+    expires: u64,
+) -> Result<(), StoreError> {
+    match old {
+        Some(old) if old == expires => return Ok(()),
+        Some(old) => {
+            index.remove((old, key)).or_backend()?;
+        }
+        None => {}
+    }
+    index.insert((expires, key), ()).or_backend()?;
     Ok(())
 }
 
@@ -716,19 +725,13 @@ fn put_cooldown(
     old: Option<&Slot>,
     slot: &Slot,
 ) -> Result<(), StoreError> {
-    if let Some(old) = old
-        && old.expires != slot.expires
-    {
-        index.remove((old.expires, key)).or_backend()?;
-    }
     cooldowns
         .insert(
             key,
             (slot.expires, slot.holder.as_str(), slot.task_id.as_deref()),
         )
         .or_backend()?;
-    index.insert((slot.expires, key), ()).or_backend()?;
-    Ok(())
+    move_expiry(index, key, old.map(|old| old.expires), slot.expires)
 }
 
 /// Every `every`, deletes expired records, then expired cooldowns, then expired daily counters,
