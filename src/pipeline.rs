@@ -9,7 +9,7 @@
 //! and never to a lost request.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
@@ -25,7 +25,7 @@ use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::DncList;
 use crate::gates::hours::BusinessHours;
 use crate::gates::limits::{AnyLimiter, CallKey, Limiter};
-use crate::metrics::{DedupKind, Metrics, SuppressReason};
+use crate::metrics::{DedupKind, Metrics, StoreOp, SuppressReason};
 use crate::outcome::{OutcomeEvent, Status};
 use crate::settle::Disposition;
 use crate::store::{Claim, ClaimToken, Cooldown, DialStore, Recorded, StoreError};
@@ -160,7 +160,10 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             return self.give_back(incoming).await;
         }
         let request_id = request.request_id().as_str();
-        let token = match self.store.claim(request_id).await {
+        let started = Instant::now();
+        let claim = self.store.claim(request_id).await;
+        self.metrics.store_op(StoreOp::Claim, started.elapsed());
+        let token = match claim {
             Ok(Claim::Acquired(token)) => {
                 incoming.mark_claimed();
                 token
@@ -273,7 +276,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             caller_key: &caller_key,
             pair_key: &pair_key,
         };
-        let waiting = std::time::Instant::now();
+        let waiting = Instant::now();
         let acquired = self.limiter.acquire(&key).await;
         self.metrics
             .limiter_wait
@@ -544,7 +547,10 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
         incoming: &Incoming,
     ) -> Disposition {
         let json = event.to_json();
-        match self.store.record(request_id, token, &json).await {
+        let started = Instant::now();
+        let recorded = self.store.record(request_id, token, &json).await;
+        self.metrics.store_op(StoreOp::Record, started.elapsed());
+        match recorded {
             Ok(Recorded::Stored) => self.publish_json(event, &json, incoming).await,
             Ok(Recorded::Earlier(stored)) => self.republish(&stored, incoming).await,
             Err(error) => {

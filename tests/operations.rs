@@ -136,6 +136,15 @@ async fn metrics_and_probes_tell_what_happened() {
     assert_eq!(value("dialex_in_flight"), 0.0);
     assert!(value("dialex_last_dial_timestamp_seconds") > 1.7e9);
     assert!(value("dialex_publish_confirm_seconds_count") >= 56.0);
+    // Rejected requests never reach the store; every dialed one is claimed, then recorded.
+    for op in ["claim", "record"] {
+        assert_eq!(
+            value(&format!(
+                "dialex_store_operation_duration_seconds_count{{op=\"{op}\"}}"
+            )),
+            50.0
+        );
+    }
     for line in page.lines().filter(|l| !l.starts_with('#')) {
         assert!(
             !line.contains("metered-"),

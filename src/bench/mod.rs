@@ -55,6 +55,16 @@ struct Phase {
     cpu: Duration,
     rtt: (Duration, Duration),
     queue_to_dial: (Duration, Duration),
+    /// The worker's own view of the waits on each request's path, from its metrics.
+    waits: Option<Waits>,
+}
+
+#[derive(Debug)]
+/// p50 and p99 of the waits every dialed request has in the worker beyond the floor's.
+struct Waits {
+    claim: (Duration, Duration),
+    record: (Duration, Duration),
+    confirm: (Duration, Duration),
 }
 
 impl Phase {
@@ -144,6 +154,18 @@ fn print_report(phases: &[Phase]) {
     println!(
         "(q2d: publish to the simulator starting the dial; rtt: one DialEx HTTP exchange as the process saw it; ms)"
     );
+    for phase in phases {
+        if let Some(waits) = &phase.waits {
+            let pair = |(p50, p99): (Duration, Duration)| format!("{} / {}", ms(p50), ms(p99));
+            println!(
+                "{}: store claim {}, store record {}, publish confirm {} (p50 / p99 ms)",
+                phase.name,
+                pair(waits.claim),
+                pair(waits.record),
+                pair(waits.confirm),
+            );
+        }
+    }
 }
 
 /// The settings every benchmark process runs with: the defaults, open around the clock, no
@@ -245,27 +267,38 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
     let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
     let peak_rss_kib = proc_status(pid, "VmHWM:")?;
 
-    let rtt = match kind {
-        Kind::Worker => {
-            let page = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let page = match kind {
+        Kind::Worker => Some(
+            reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
                 .await?
                 .text()
-                .await?;
-            (
-                histogram_quantile(&page, "dialex_ccc_request_duration_seconds", 0.50),
-                histogram_quantile(&page, "dialex_ccc_request_duration_seconds", 0.99),
-            )
-        }
-        Kind::Floor => (Duration::ZERO, Duration::ZERO),
+                .await?,
+        ),
+        Kind::Floor => None,
     };
     stop(&mut child, pid).await?;
-    let rtt = match kind {
-        Kind::Floor => floor_round_trips(&mut stdout).await?,
-        Kind::Worker => rtt,
+    let p50_p99 = |page: &str, name: &str, labels: &str| {
+        (
+            histogram_quantile(page, name, labels, 0.50),
+            histogram_quantile(page, name, labels, 0.99),
+        )
+    };
+    let (rtt, waits) = match &page {
+        None => (floor_round_trips(&mut stdout).await?, None),
+        Some(page) => {
+            let store = "dialex_store_operation_duration_seconds";
+            let waits = Waits {
+                claim: p50_p99(page, store, "op=\"claim\""),
+                record: p50_p99(page, store, "op=\"record\""),
+                confirm: p50_p99(page, "dialex_publish_confirm_seconds", ""),
+            };
+            let rtt = p50_p99(page, "dialex_ccc_request_duration_seconds", "");
+            (rtt, Some(waits))
+        }
     };
 
     let index: HashMap<String, usize> = (0..options.requests).map(|i| (callee(i), i)).collect();
-    let mut waits: Vec<Duration> = h
+    let mut queue_to_dial: Vec<Duration> = h
         .simulator
         .dials()
         .iter()
@@ -277,7 +310,7 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
                 .ok()
         })
         .collect();
-    waits.sort_unstable();
+    queue_to_dial.sort_unstable();
     h.cleanup().await?;
     Ok(Phase {
         name: match (kind, pace) {
@@ -294,7 +327,11 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
         peak_rss_kib,
         cpu,
         rtt,
-        queue_to_dial: (quantile(&waits, 0.50), quantile(&waits, 0.99)),
+        queue_to_dial: (
+            quantile(&queue_to_dial, 0.50),
+            quantile(&queue_to_dial, 0.99),
+        ),
+        waits,
     })
 }
 
@@ -397,14 +434,20 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// A quantile of a Prometheus histogram on a text page, interpolated linearly within the
-/// bucket it falls in.
-fn histogram_quantile(page: &str, name: &str, q: f64) -> Duration {
+/// bucket it falls in. `labels` picks one series of a family, as its labels are printed after
+/// `le` (`op="claim"`); empty for a histogram without any.
+fn histogram_quantile(page: &str, name: &str, labels: &str, q: f64) -> Duration {
     let prefix = format!("{name}_bucket{{le=\"");
+    let suffix = if labels.is_empty() {
+        "} ".to_owned()
+    } else {
+        format!(",{labels}}} ")
+    };
     let buckets: Vec<(f64, f64)> = page
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"} ")?;
+            let (le, rest) = line.strip_prefix(&prefix)?.split_once('"')?;
+            let count = rest.strip_prefix(&suffix)?;
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
@@ -449,11 +492,27 @@ x_bucket{le=\"0.004\"} 100
 x_bucket{le=\"+Inf\"} 100
 x_count 100
 ";
-        let ms = |q| histogram_quantile(page, "x", q).as_secs_f64() * 1000.0;
+        let ms = |q| histogram_quantile(page, "x", "", q).as_secs_f64() * 1000.0;
         assert!((ms(0.05) - 0.5).abs() < 1e-9);
         assert!((ms(0.50) - 1.5).abs() < 1e-9);
         assert!((ms(0.95) - 3.0).abs() < 1e-9);
-        assert_eq!(histogram_quantile("", "x", 0.5), Duration::ZERO);
+        assert_eq!(histogram_quantile("", "x", "", 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn one_series_of_a_histogram_family_is_picked_by_its_labels() {
+        let page = "\
+# TYPE y histogram
+y_bucket{le=\"0.001\",op=\"claim\"} 100
+y_bucket{le=\"+Inf\",op=\"claim\"} 100
+y_bucket{le=\"0.001\",op=\"record\"} 0
+y_bucket{le=\"0.002\",op=\"record\"} 100
+y_bucket{le=\"+Inf\",op=\"record\"} 100
+";
+        let ms = |labels, q| histogram_quantile(page, "y", labels, q).as_secs_f64() * 1000.0;
+        assert!((ms("op=\"claim\"", 0.5) - 0.5).abs() < 1e-9);
+        assert!((ms("op=\"record\"", 0.5) - 1.5).abs() < 1e-9);
+        assert_eq!(ms("", 0.5), 0.0);
     }
 
     #[test]
