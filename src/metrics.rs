@@ -139,15 +139,11 @@ impl PauseCause {
     }
 }
 
-/// Seconds buckets from 1 ms to about 33 s, doubling.
+/// Buckets for every latency the worker measures: the ones people set objectives on (DialEx
+/// round trip, queue-to-dial) and the steps on every request's path (store, limiter, publish
+/// confirm), which are often under a millisecond. From 0.25 ms to about 14 s, each 1.5 times
+/// the last.
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-/// Finer buckets for the latencies people set objectives on (DialEx round trip,
-/// queue-to-dial) and for those of the sub-millisecond steps on every request's path (store,
-/// publish confirm): from 0.25 ms to about 14 s, each 1.5 times the last.
-fn fine_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 1.5, 28))
 }
 
@@ -178,16 +174,16 @@ impl Default for Metrics {
             requests_received: Counter::default(),
             outcomes: Family::default(),
             ccc_attempts: Family::default(),
-            ccc_request_duration: fine_latency_histogram(),
-            queue_to_dial: fine_latency_histogram(),
+            ccc_request_duration: latency_histogram(),
+            queue_to_dial: latency_histogram(),
             in_flight: Gauge::default(),
             deferrals: Family::default(),
             dead_letters: Family::default(),
             dedup_hits: Family::default(),
             suppressed: Family::default(),
             limiter_wait: latency_histogram(),
-            publish_confirm: fine_latency_histogram(),
-            store_duration: Family::new_with_constructor(fine_latency_histogram),
+            publish_confirm: latency_histogram(),
+            store_duration: Family::new_with_constructor(latency_histogram),
             amqp_reconnects: Counter::default(),
             paused: Family::default(),
             last_dial: Gauge::default(),

@@ -60,9 +60,12 @@ struct Phase {
 }
 
 #[derive(Debug)]
-/// p50 and p99 of the waits every dialed request has in the worker beyond the floor's.
+/// p50 and p99 of the steps of a dialed request inside the worker, from its own metrics.
 struct Waits {
+    /// From the delivery reaching the worker to its DialEx call.
+    delivery_to_dial: (Duration, Duration),
     claim: (Duration, Duration),
+    limiter: (Duration, Duration),
     record: (Duration, Duration),
     confirm: (Duration, Duration),
 }
@@ -158,9 +161,11 @@ fn print_report(phases: &[Phase]) {
         if let Some(waits) = &phase.waits {
             let pair = |(p50, p99): (Duration, Duration)| format!("{} / {}", ms(p50), ms(p99));
             println!(
-                "{}: store claim {}, store record {}, publish confirm {} (p50 / p99 ms)",
+                "{}: delivery to dial {} (of which store claim {}, limiter {}), store record {}, publish confirm {} (p50 / p99 ms)",
                 phase.name,
+                pair(waits.delivery_to_dial),
                 pair(waits.claim),
+                pair(waits.limiter),
                 pair(waits.record),
                 pair(waits.confirm),
             );
@@ -288,7 +293,9 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
         Some(page) => {
             let store = "dialex_store_operation_duration_seconds";
             let waits = Waits {
+                delivery_to_dial: p50_p99(page, "dialex_queue_to_dial_seconds", ""),
                 claim: p50_p99(page, store, "op=\"claim\""),
+                limiter: p50_p99(page, "dialex_limiter_wait_seconds", ""),
                 record: p50_p99(page, store, "op=\"record\""),
                 confirm: p50_p99(page, "dialex_publish_confirm_seconds", ""),
             };
