@@ -23,6 +23,10 @@ use crate::gates::hours::CalendarSettings;
 /// The defaults, also shipped as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// `cooldown.hash_key` in `config/default.toml`: public, so fine for one machine and unfit for
+/// hashes shared through Redis (see [`Settings::warnings`]).
+pub const DEFAULT_HASH_KEY: &str = "dialex-default-cooldown-key";
+
 /// What can go wrong loading settings; always names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -291,6 +295,29 @@ impl Settings {
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// What is valid but almost certainly a mistake in production: `run` logs each of these at
+    /// start-up, and `check-config` and `dnc` print them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.store.backend == StoreBackend::Redis {
+            warnings.extend(self.public_hash_key());
+        }
+        warnings
+    }
+
+    /// A warning when callee numbers would be hashed under the public default key, for
+    /// whatever shares its hashes through Redis (the Redis store, the `dnc` command).
+    pub fn public_hash_key(&self) -> Option<String> {
+        (self.cooldown.hash_key.expose_secret() == DEFAULT_HASH_KEY).then(|| {
+            "cooldown.hash_key is the public default, and callee numbers are shared through \
+             Redis as hashes under it: anyone who can read Redis can reverse them by trying \
+             every number, and a replica or `dnc` command that has the real key hashes \
+             differently, so cooldowns and do-not-call entries would not match between them. \
+             Set DIALEX_COOLDOWN__HASH_KEY to the same secret for every replica and for `dnc`"
+                .to_owned()
+        })
     }
 
     /// Every rule that serde's types cannot express.
@@ -909,6 +936,38 @@ weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
             Some(&ErrorClass::Retryable)
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_public_hash_key_is_warned_about_only_when_hashes_are_shared() {
+        let defaults = Settings::load_from(None, Vec::new()).unwrap();
+        assert_eq!(defaults.cooldown.hash_key.expose_secret(), DEFAULT_HASH_KEY);
+        assert!(
+            defaults.warnings().is_empty(),
+            "embedded store: one machine"
+        );
+
+        let redis = Settings::load_from(
+            None,
+            vec![("DIALEX_STORE__BACKEND".to_owned(), "redis".to_owned())],
+        )
+        .unwrap();
+        let warnings = redis.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("DIALEX_COOLDOWN__HASH_KEY"));
+
+        let keyed = Settings::load_from(
+            None,
+            vec![
+                ("DIALEX_STORE__BACKEND".to_owned(), "redis".to_owned()),
+                (
+                    "DIALEX_COOLDOWN__HASH_KEY".to_owned(),
+                    "a-real-secret".to_owned(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert!(keyed.warnings().is_empty());
     }
 
     #[test]

@@ -181,6 +181,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Dnc { action, config } => {
             let settings = Settings::load(config.as_deref())?;
             telemetry::init(&settings.log);
+            // The shared set is in Redis whatever store.backend says.
+            if let Some(warning) = settings.public_hash_key() {
+                tracing::warn!("{warning}");
+            }
             let list = DncList::start(DncSettings {
                 file: None,
                 reload_interval: Duration::from_secs(60),
@@ -283,6 +287,9 @@ fn check_config(file: Option<&Path>) -> anyhow::Result<()> {
             "# warning: `run` will refuse to start without {}.\n",
             missing.join(" and ")
         ));
+    }
+    for warning in settings.warnings() {
+        report.push_str(&format!("# warning: {warning}.\n"));
     }
     std::io::stdout()
         .lock()

@@ -100,6 +100,9 @@ pub async fn run<C: CccClient, S: DialStore>(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     // Not ready from the moment shutdown is asked for, while in-flight work drains.
     tokio::spawn({
         let health = Arc::clone(&health);

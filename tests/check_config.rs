@@ -179,3 +179,23 @@ fn printed_configuration_loads_back_to_the_same_values() {
     );
     std::fs::remove_dir_all(dir).expect("clean up");
 }
+
+#[test]
+fn the_public_hash_key_with_the_redis_store_is_warned_about() {
+    let shared = check_config(&[], &[("DIALEX_STORE__BACKEND", "redis")]);
+    assert!(shared.status.success(), "{}", stderr(&shared));
+    assert!(
+        stdout(&shared).contains("# warning: cooldown.hash_key is the public default"),
+        "{}",
+        stdout(&shared)
+    );
+    let keyed = check_config(
+        &[],
+        &[
+            ("DIALEX_STORE__BACKEND", "redis"),
+            ("DIALEX_COOLDOWN__HASH_KEY", "a-real-secret"),
+        ],
+    );
+    assert!(keyed.status.success(), "{}", stderr(&keyed));
+    assert!(!stdout(&keyed).contains("hash_key is the public default"));
+}
