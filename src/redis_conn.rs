@@ -72,24 +72,19 @@ pub(crate) async fn manager<E>(
 
 /// Connects within `timeouts.connect` in all (the manager retries a refused connection with
 /// backoff, which on its own could outlast it): a plain connection first, for a clear error,
-/// which also loads `scripts` so the first call of each finds it cached; then the manager.
-pub(crate) async fn connect_with_scripts<E>(
+/// on which `first` runs (loading scripts, reading what the caller reports at start-up); then
+/// the manager.
+pub(crate) async fn connect_checked<E, T>(
     client: Client,
     redactor: &Redactor<E>,
     timeouts: Timeouts,
-    scripts: &[&redis::Script],
-) -> Result<ConnectionManager, E> {
+    first: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, E>,
+) -> Result<(ConnectionManager, T), E> {
     tokio::time::timeout(timeouts.connect, async {
         let mut probe = check_connection(&client, redactor, timeouts).await?;
-        for script in scripts {
-            script
-                .prepare_invoke()
-                .load_async(&mut probe)
-                .await
-                .map_err(|e| redactor.error("cannot load scripts", &e))?;
-        }
+        let answer = first(&mut probe).await?;
         drop(probe);
-        manager(client, redactor, timeouts).await
+        Ok((manager(client, redactor, timeouts).await?, answer))
     })
     .await
     .unwrap_or_else(|_| {
@@ -98,6 +93,28 @@ pub(crate) async fn connect_with_scripts<E>(
             &format!("nothing within {} s", timeouts.connect.as_secs()),
         ))
     })
+}
+
+/// [`connect_checked`], loading `scripts` on the plain connection so that the first call of
+/// each finds it cached.
+pub(crate) async fn connect_with_scripts<E>(
+    client: Client,
+    redactor: &Redactor<E>,
+    timeouts: Timeouts,
+    scripts: &[&redis::Script],
+) -> Result<ConnectionManager, E> {
+    let load = async |probe: &mut MultiplexedConnection| {
+        for script in scripts {
+            script
+                .prepare_invoke()
+                .load_async(probe)
+                .await
+                .map_err(|e| redactor.error("cannot load scripts", &e))?;
+        }
+        Ok(())
+    };
+    let (manager, ()) = connect_checked(client, redactor, timeouts, load).await?;
+    Ok(manager)
 }
 
 /// Scrubs the URL, its password and the password's decoded form from messages, then wraps

@@ -177,8 +177,8 @@ impl DncList {
     ///
     /// [`DncError::File`] if the configured file cannot be read (fail fast: a worker without
     /// its list would dial people who opted out), [`DncError::Settings`] for a zero reload
-    /// interval or an empty Redis key prefix or hash key, and [`DncError::Redis`] or
-    /// [`DncError::Timeout`] if Redis cannot be reached or refuses to read the set.
+    /// interval or an empty Redis key prefix or hash key, and [`DncError::Redis`] if Redis
+    /// cannot be reached in time or refuses to read the set.
     pub async fn start(settings: DncSettings) -> Result<DncList, DncError> {
         if settings.file.is_some() && settings.reload_interval.is_zero() {
             return Err(DncError::Settings("the reload interval must be positive"));
@@ -593,29 +593,19 @@ impl SharedSet {
             redis_conn::open(&settings.url, DncError::Redis, "not a usable Redis URL")?;
         let key = format!("{}:dnc", settings.key_prefix);
 
-        // One deadline around everything: the manager retries a refused connection with
-        // backoff, which on its own could outlast the limit.
-        let (conn, size) = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let check = Timeouts {
-                connect: CONNECT_TIMEOUT,
-                response: CONNECT_TIMEOUT,
-            };
-            let mut probe = redis_conn::check_connection(&client, &redactor, check).await?;
-            let size: u64 = redis::cmd("SCARD")
+        let timeouts = Timeouts {
+            connect: CONNECT_TIMEOUT,
+            response: ADMIN_TIMEOUT,
+        };
+        let read_size = async |probe: &mut redis::aio::MultiplexedConnection| {
+            redis::cmd("SCARD")
                 .arg(&key)
-                .query_async(&mut probe)
+                .query_async::<u64>(probe)
                 .await
-                .map_err(|e| redactor.error("cannot read the set", &e))?;
-            drop(probe);
-            let timeouts = Timeouts {
-                connect: CONNECT_TIMEOUT,
-                response: ADMIN_TIMEOUT,
-            };
-            let conn = redis_conn::manager(client, &redactor, timeouts).await?;
-            Ok::<_, DncError>((conn, size))
-        })
-        .await
-        .map_err(|_| DncError::Timeout(CONNECT_TIMEOUT))??;
+                .map_err(|e| redactor.error("cannot read the set", &e))
+        };
+        let (conn, size) =
+            redis_conn::connect_checked(client, &redactor, timeouts, read_size).await?;
         tracing::info!(key = %key, entries = size, "shared do-not-call set connected");
         Ok(SharedSet {
             conn,
