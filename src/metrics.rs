@@ -3,6 +3,7 @@
 //! Label values are bounded enums: never a phone number, a request id or an error message.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::borrow::Cow;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -85,7 +86,8 @@ pub struct AttemptLabels {
     /// `ok`, or the failure's class.
     pub class: &'static str,
     /// `OK`, the DialEx code, or the worker's transport code (`timeout`, `connect`, ...).
-    pub code: String,
+    /// Borrowed on the accepted path, so counting an accepted attempt allocates nothing.
+    pub code: Cow<'static, str>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,16 +195,16 @@ impl Default for Metrics {
 
 /// A DialEx code as a label value: codes are the gateway's own vocabulary (a bounded set,
 /// never request data), but anything that does not look like one becomes `other`.
-fn code_label(code: &str) -> String {
+fn code_label(code: &str) -> Cow<'static, str> {
     let looks_like_a_code = (1..=64).contains(&code.len())
         && code.starts_with(|c: char| c.is_ascii_alphabetic())
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
     if looks_like_a_code {
-        code.to_owned()
+        Cow::Owned(code.to_owned())
     } else {
-        "other".to_owned()
+        Cow::Borrowed("other")
     }
 }
 
@@ -226,7 +228,7 @@ impl Metrics {
         let labels = match failure {
             None => AttemptLabels {
                 class: "ok",
-                code: "OK".to_owned(),
+                code: Cow::Borrowed("OK"),
             },
             Some((class, code)) => AttemptLabels {
                 class: class.as_str(),
