@@ -59,8 +59,8 @@ struct Phase {
     waits: Option<Waits>,
 }
 
-#[derive(Debug)]
 /// p50 and p99 of the steps of a dialed request inside the worker, from its own metrics.
+#[derive(Debug)]
 struct Waits {
     /// From the delivery reaching the worker to its DialEx call.
     delivery_to_dial: (Duration, Duration),
