@@ -120,6 +120,7 @@ custom = {
     ("keda.sh/v1alpha1", "ScaledObject"): "deploy/schemas/keda-scaledobject-v1alpha1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "deploy/schemas/keda-triggerauthentication-v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "deploy/schemas/prometheus-servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "deploy/schemas/prometheus-prometheusrule-v1.json",
 }
 builtin_groups = ("v1", "apps/v1", "policy/v1", "autoscaling/v2", "batch/v1",
                   "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1")

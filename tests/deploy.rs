@@ -1,7 +1,7 @@
 //! `deploy/` against the worker it deploys: the facts that connect the two and would break
 //! silently when one side changes (the drain timeout and the grace period, the probes and the
 //! health routes, the environment the worker reads, the mounted configuration, the queue KEDA
-//! watches, the image's build, the RabbitMQ definitions).
+//! watches, the metrics the alerts read, the image's build, the RabbitMQ definitions).
 //!
 //! The manifests' own validity (kustomize renders them, Kubernetes and CRD schemas, YAML
 //! lint, Dockerfile lint) is checked by `scripts/check-deploy.sh`.
@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dialex_worker::amqp::topology;
+use dialex_worker::ccc::ErrorClass;
 use dialex_worker::config::{Credentials, LogFormat, Settings, StoreBackend};
 use dialex_worker::defer::Tiers;
 use dialex_worker::gates::hours::BusinessHours;
 use dialex_worker::health::{self, Health};
-use dialex_worker::metrics::Metrics;
+use dialex_worker::metrics::{Metrics, PauseCause, StoreOp};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize as _;
 use serde_json::json;
@@ -1121,4 +1123,123 @@ async fn rabbitmq_definitions_are_what_the_worker_declares() {
     std::fs::write(&imported, retargeted).expect("temp file");
     rabbitmqctl(&["import_definitions", imported.to_str().expect("UTF-8 path")]);
     let _ = std::fs::remove_file(&imported);
+}
+
+/// Every sample the worker can export, with the label names it carries, read from the
+/// Prometheus text of a [`Metrics`] in which each labelled family has one sample.
+fn exported_samples() -> BTreeMap<String, Vec<String>> {
+    let metrics = Metrics::default();
+    metrics.outcome("unknown");
+    metrics.set_paused(PauseCause::Ccc, false);
+    metrics.ccc_attempt(Some((ErrorClass::Retryable, "Throttling")), Duration::ZERO);
+    metrics.store_op(StoreOp::Claim, Duration::ZERO);
+    metrics.deferred("retry");
+    metrics.dead_lettered("invalid_json");
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut page = String::new();
+    prometheus_client::encoding::text::encode(&mut page, &registry).expect("metrics encode");
+
+    let mut samples = BTreeMap::new();
+    for line in page.lines().filter(|line| !line.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = line[name_end..]
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'))
+            .map(|(labels, _)| labels)
+            .unwrap_or("");
+        let names: Vec<String> = labels
+            .split(',')
+            .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.to_owned()))
+            .collect();
+        let known: &mut Vec<String> = samples.entry(line[..name_end].to_owned()).or_default();
+        for name in names {
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
+    }
+    samples
+}
+
+/// The `dialex_*` selectors in a PromQL expression: each metric name with the label names its
+/// matchers use.
+fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("dialex_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let mut labels = Vec::new();
+        if let Some(matchers) = tail[end..].strip_prefix('{') {
+            let (matchers, _) = matchers.split_once('}').expect("a closed label matcher");
+            for matcher in matchers.split(',').filter(|m| !m.trim().is_empty()) {
+                let label_end = matcher
+                    .find(['=', '!'])
+                    .unwrap_or_else(|| panic!("a label matcher: {matcher}"));
+                labels.push(matcher[..label_end].trim().to_owned());
+            }
+        }
+        found.push((name, labels));
+        rest = &tail[end..];
+    }
+    found
+}
+
+#[test]
+fn every_alert_reads_metrics_and_labels_the_worker_exports() {
+    let exported = exported_samples();
+    assert!(
+        exported.contains_key("dialex_store_operation_duration_seconds_bucket"),
+        "the sample set is read correctly: {exported:?}"
+    );
+    let rules = resource(
+        "deploy/k8s/components/monitoring/prometheusrule.yaml",
+        "PrometheusRule",
+    );
+    let mut checked = 0;
+    for group in rules["spec"]["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let alert = str_of(&rule["alert"], "alert name");
+            let expr = str_of(&rule["expr"], "expr");
+            let used = selectors(expr);
+            assert!(!used.is_empty(), "{alert} reads the worker's metrics");
+            for (name, labels) in used {
+                let known = exported
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{alert}: the worker exports no {name}"));
+                for label in labels {
+                    assert!(
+                        known.contains(&label),
+                        "{alert}: {name} has no label {label} (it has {known:?})"
+                    );
+                }
+                checked += 1;
+            }
+            for annotation in ["summary", "description"] {
+                assert!(
+                    !str_of(&rule["annotations"][annotation], annotation).is_empty(),
+                    "{alert} says what it means"
+                );
+            }
+        }
+    }
+    assert!(checked >= 5, "the rules were read: {checked} selectors");
+}
+
+#[test]
+fn selectors_are_read_from_promql() {
+    assert_eq!(
+        selectors(r#"sum(rate(dialex_a_total{status="x", op=~"y"}[5m])) > 0.1 * dialex_b"#),
+        vec![
+            (
+                "dialex_a_total".to_owned(),
+                vec!["status".to_owned(), "op".to_owned()]
+            ),
+            ("dialex_b".to_owned(), vec![]),
+        ]
+    );
 }
