@@ -298,7 +298,8 @@ impl Settings {
     }
 
     /// What is valid but almost certainly a mistake in production: `run` logs each of these at
-    /// start-up, and `check-config` and `dnc` print them.
+    /// start-up and `check-config` prints them. (`dnc` always writes to Redis, whatever the
+    /// store, so it asks [`Settings::public_hash_key`] itself.)
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.store.backend == StoreBackend::Redis {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ccc::ErrorClass;
+use crate::outcome::Status;
 
 /// What a duplicate delivery found in the dial-record store.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -110,6 +111,8 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
+    pub const ALL: [StoreOp; 2] = [StoreOp::Claim, StoreOp::Record];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StoreOp::Claim => "claim",
@@ -133,6 +136,8 @@ pub enum PauseCause {
 }
 
 impl PauseCause {
+    pub const ALL: [PauseCause; 2] = [PauseCause::Ccc, PauseCause::Store];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PauseCause::Ccc => "ccc",
@@ -143,10 +148,10 @@ impl PauseCause {
 
 /// Buckets for every latency the worker measures: the ones people set objectives on (DialEx
 /// round trip, queue-to-dial) and the steps on every request's path (store, limiter, publish
-/// confirm), which are often under a millisecond. From 0.25 ms to about 14 s, each 1.5 times
-/// the last.
+/// confirm), which are often under a millisecond. From 0.25 ms to about 32 s (past the
+/// limiter's longest default wait of 30 s), each 1.5 times the last.
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 1.5, 28))
+    Histogram::new(exponential_buckets(0.000_25, 1.5, 30))
 }
 
 /// Every metric the worker exports; cheap to share.
@@ -172,7 +177,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let metrics = Metrics {
             requests_received: Counter::default(),
             outcomes: Family::default(),
             ccc_attempts: Family::default(),
@@ -189,7 +194,17 @@ impl Default for Metrics {
             amqp_reconnects: Counter::default(),
             paused: Family::default(),
             last_dial: Gauge::default(),
+        };
+        // Every status and pause cause exported from the start, at 0: a series that first
+        // appears already at 1 shows no increase, so an alert on the first `unknown` outcome
+        // of a fresh pod would never fire.
+        for status in Status::ALL {
+            metrics.outcome_series(status.as_str());
         }
+        for cause in PauseCause::ALL {
+            metrics.set_paused(cause, false);
+        }
+        metrics
     }
 }
 
@@ -220,7 +235,11 @@ impl Metrics {
     }
 
     pub fn outcome(&self, status: &'static str) {
-        self.outcomes.get_or_create(&StatusLabels { status }).inc();
+        self.outcome_series(status).inc();
+    }
+
+    fn outcome_series(&self, status: &'static str) -> impl std::ops::Deref<Target = Counter> + '_ {
+        self.outcomes.get_or_create(&StatusLabels { status })
     }
 
     /// One DialEx HTTP attempt and how long it took; `failure` is `None` when it was accepted.
@@ -395,5 +414,27 @@ mod tests {
         );
         assert_eq!(metrics.dedup_count(DedupKind::Recorded), 2);
         assert_eq!(metrics.dedup_count(DedupKind::Claimed), 0);
+    }
+
+    #[test]
+    fn every_status_and_pause_cause_is_exported_from_the_start() {
+        let metrics = Metrics::default();
+        metrics.outcome("unknown");
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for status in Status::ALL {
+            let count = u8::from(status == Status::Unknown);
+            let line = format!(
+                "dialex_outcomes_total{{status=\"{}\"}} {count}",
+                status.as_str()
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        for cause in PauseCause::ALL {
+            let line = format!("dialex_paused{{cause=\"{}\"}} 0", cause.as_str());
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
     }
 }

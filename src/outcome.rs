@@ -31,6 +31,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the contract's order.
+    pub const ALL: [Status; 7] = [
+        Status::Dialed,
+        Status::Failed,
+        Status::Rejected,
+        Status::Expired,
+        Status::Suppressed,
+        Status::Unknown,
+        Status::Deferred,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Dialed => "dialed",

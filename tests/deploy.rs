@@ -6,7 +6,7 @@
 //! The manifests' own validity (kustomize renders them, Kubernetes and CRD schemas, YAML
 //! lint, Dockerfile lint) is checked by `scripts/check-deploy.sh`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use dialex_worker::config::{Credentials, LogFormat, Settings, StoreBackend};
 use dialex_worker::defer::Tiers;
 use dialex_worker::gates::hours::BusinessHours;
 use dialex_worker::health::{self, Health};
-use dialex_worker::metrics::{Metrics, PauseCause, StoreOp};
+use dialex_worker::metrics::{Metrics, StoreOp};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize as _;
 use serde_json::json;
@@ -1125,14 +1125,27 @@ async fn rabbitmq_definitions_are_what_the_worker_declares() {
     let _ = std::fs::remove_file(&imported);
 }
 
-/// Every sample the worker can export, with the label names it carries, read from the
-/// Prometheus text of a [`Metrics`] in which each labelled family has one sample.
-fn exported_samples() -> BTreeMap<String, Vec<String>> {
-    let metrics = Metrics::default();
-    metrics.outcome("unknown");
-    metrics.set_paused(PauseCause::Ccc, false);
-    metrics.ccc_attempt(Some((ErrorClass::Retryable, "Throttling")), Duration::ZERO);
-    metrics.store_op(StoreOp::Claim, Duration::ZERO);
+/// Label name to the values seen for it.
+type Labels = BTreeMap<String, BTreeSet<String>>;
+
+/// Labels whose values are a closed set the worker defines; an alert matching any other value
+/// would never match anything.
+const CLOSED_LABELS: [&str; 4] = ["status", "cause", "class", "op"];
+
+/// Labels Prometheus adds to every scraped series (target labels), and so usable in `by (...)`.
+const TARGET_LABELS: [&str; 4] = ["namespace", "pod", "instance", "job"];
+
+/// Every sample the worker can export, with its labels and their values, read from the
+/// Prometheus text of a [`Metrics`] in which every value of every closed label has a sample.
+fn exported_samples() -> BTreeMap<String, Labels> {
+    let metrics = Metrics::default(); // every status and pause cause, at 0
+    metrics.ccc_attempt(None, Duration::ZERO);
+    for class in ErrorClass::ALL {
+        metrics.ccc_attempt(Some((class, "Throttling")), Duration::ZERO);
+    }
+    for op in StoreOp::ALL {
+        metrics.store_op(op, Duration::ZERO);
+    }
     metrics.deferred("retry");
     metrics.dead_lettered("invalid_json");
     let mut registry = prometheus_client::registry::Registry::default();
@@ -1140,60 +1153,99 @@ fn exported_samples() -> BTreeMap<String, Vec<String>> {
     let mut page = String::new();
     prometheus_client::encoding::text::encode(&mut page, &registry).expect("metrics encode");
 
-    let mut samples = BTreeMap::new();
+    let mut samples: BTreeMap<String, Labels> = BTreeMap::new();
     for line in page.lines().filter(|line| !line.starts_with('#')) {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let labels = line[name_end..]
+        let labels = samples.entry(line[..name_end].to_owned()).or_default();
+        let Some((pairs, _)) = line[name_end..]
             .strip_prefix('{')
             .and_then(|rest| rest.split_once('}'))
-            .map(|(labels, _)| labels)
-            .unwrap_or("");
-        let names: Vec<String> = labels
-            .split(',')
-            .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.to_owned()))
-            .collect();
-        let known: &mut Vec<String> = samples.entry(line[..name_end].to_owned()).or_default();
-        for name in names {
-            if !known.contains(&name) {
-                known.push(name);
-            }
+        else {
+            continue;
+        };
+        for pair in pairs.split(',') {
+            let (name, value) = pair.split_once('=').expect("label=value");
+            labels
+                .entry(name.to_owned())
+                .or_default()
+                .insert(value.trim_matches('"').to_owned());
         }
     }
     samples
 }
 
-/// The `dialex_*` selectors in a PromQL expression: each metric name with the label names its
-/// matchers use.
-fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+/// One label matcher of a selector: `name`, the operator (`=`, `!=`, `=~`, `!~`), the value.
+type Matcher = (String, String, String);
+
+/// The `dialex_*` selectors in a PromQL expression, each with its label matchers. Enough PromQL
+/// for the rules here: matcher values hold no `,` or `}`.
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut found = Vec::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("dialex_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = tail[..end].to_owned();
-        let mut labels = Vec::new();
-        if let Some(matchers) = tail[end..].strip_prefix('{') {
-            let (matchers, _) = matchers.split_once('}').expect("a closed label matcher");
-            for matcher in matchers.split(',').filter(|m| !m.trim().is_empty()) {
-                let label_end = matcher
+    let mut from = 0;
+    while let Some(at) = expr[from..].find("dialex_").map(|at| from + at) {
+        let tail = &expr[at..];
+        let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+        from = at + end;
+        // Inside a longer name (`my_dialex_x`): not a dialex metric.
+        if expr[..at].ends_with(is_name) {
+            continue;
+        }
+        let mut matchers = Vec::new();
+        if let Some(inside) = tail[end..].strip_prefix('{') {
+            let (inside, _) = inside.split_once('}').expect("a closed label matcher");
+            for matcher in inside.split(',').filter(|m| !m.trim().is_empty()) {
+                let op_at = matcher
                     .find(['=', '!'])
                     .unwrap_or_else(|| panic!("a label matcher: {matcher}"));
-                labels.push(matcher[..label_end].trim().to_owned());
+                let rest = &matcher[op_at..];
+                let op_len = if rest.starts_with("=~") || rest.starts_with("!") {
+                    2
+                } else {
+                    1
+                };
+                matchers.push((
+                    matcher[..op_at].trim().to_owned(),
+                    rest[..op_len].to_owned(),
+                    rest[op_len..].trim().trim_matches('"').to_owned(),
+                ));
             }
         }
-        found.push((name, labels));
-        rest = &tail[end..];
+        found.push((expr[at..from].to_owned(), matchers));
     }
     found
+}
+
+/// The label names in every `by (...)` and `without (...)` of a PromQL expression.
+fn grouping_labels(expr: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    for keyword in ["by", "without"] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(keyword) {
+            let before_ok = !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let after = rest[at + keyword.len()..].trim_start();
+            rest = &rest[at + keyword.len()..];
+            if !before_ok {
+                continue;
+            }
+            if let Some(list) = after.strip_prefix('(') {
+                let (list, _) = list.split_once(')').expect("a closed label list");
+                labels.extend(
+                    list.split(',')
+                        .map(|label| label.trim().to_owned())
+                        .filter(|label| !label.is_empty()),
+                );
+            }
+        }
+    }
+    labels
 }
 
 #[test]
 fn every_alert_reads_metrics_and_labels_the_worker_exports() {
     let exported = exported_samples();
     assert!(
-        exported.contains_key("dialex_store_operation_duration_seconds_bucket"),
+        exported["dialex_outcomes_total"]["status"].contains("unknown"),
         "the sample set is read correctly: {exported:?}"
     );
     let rules = resource(
@@ -1207,17 +1259,42 @@ fn every_alert_reads_metrics_and_labels_the_worker_exports() {
             let expr = str_of(&rule["expr"], "expr");
             let used = selectors(expr);
             assert!(!used.is_empty(), "{alert} reads the worker's metrics");
-            for (name, labels) in used {
+            let mut groupable: BTreeSet<String> =
+                TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
+            for (name, matchers) in used {
                 let known = exported
                     .get(&name)
                     .unwrap_or_else(|| panic!("{alert}: the worker exports no {name}"));
-                for label in labels {
-                    assert!(
-                        known.contains(&label),
-                        "{alert}: {name} has no label {label} (it has {known:?})"
-                    );
+                groupable.extend(known.keys().cloned());
+                if name.ends_with("_bucket") {
+                    groupable.insert("le".to_owned());
+                }
+                for (label, op, value) in matchers {
+                    let values = known.get(&label).unwrap_or_else(|| {
+                        panic!("{alert}: {name} has no label {label} (it has {known:?})")
+                    });
+                    if !CLOSED_LABELS.contains(&label.as_str()) {
+                        continue;
+                    }
+                    let wanted: Vec<&str> = if op.ends_with('~') {
+                        value.split('|').collect()
+                    } else {
+                        vec![value.as_str()]
+                    };
+                    for want in wanted {
+                        assert!(
+                            values.contains(want),
+                            "{alert}: {name}{{{label}{op}\"{value}\"}}: {label} is never {want:?} (it is one of {values:?})"
+                        );
+                    }
                 }
                 checked += 1;
+            }
+            for label in grouping_labels(expr) {
+                assert!(
+                    groupable.contains(&label),
+                    "{alert}: groups by {label}, which none of its series carries ({groupable:?})"
+                );
             }
             for annotation in ["summary", "description"] {
                 assert!(
@@ -1231,15 +1308,19 @@ fn every_alert_reads_metrics_and_labels_the_worker_exports() {
 }
 
 #[test]
-fn selectors_are_read_from_promql() {
+fn selectors_and_groupings_are_read_from_promql() {
+    let expr = r#"sum by (namespace, op) (rate(dialex_a_total{status="x", op=~"y|z"}[5m]))
+        > 0.1 * my_dialex_c + dialex_b"#;
+    let matcher = |l: &str, o: &str, v: &str| (l.to_owned(), o.to_owned(), v.to_owned());
     assert_eq!(
-        selectors(r#"sum(rate(dialex_a_total{status="x", op=~"y"}[5m])) > 0.1 * dialex_b"#),
+        selectors(expr),
         vec![
             (
                 "dialex_a_total".to_owned(),
-                vec!["status".to_owned(), "op".to_owned()]
+                vec![matcher("status", "=", "x"), matcher("op", "=~", "y|z")]
             ),
             ("dialex_b".to_owned(), vec![]),
         ]
     );
+    assert_eq!(grouping_labels(expr), vec!["namespace", "op"]);
 }

@@ -523,6 +523,33 @@ y_bucket{le=\"+Inf\",op=\"record\"} 100
     }
 
     #[test]
+    fn the_worker_s_own_metrics_page_is_read() {
+        // The worker's encoder, not a hand-written page: a change in how it orders labels
+        // would otherwise make the bench print zeros without failing.
+        let metrics = crate::metrics::Metrics::default();
+        for _ in 0..100 {
+            metrics.store_op(crate::metrics::StoreOp::Claim, Duration::from_micros(600));
+            metrics.store_op(crate::metrics::StoreOp::Record, Duration::from_millis(3));
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        let name = "dialex_store_operation_duration_seconds";
+        let claim = histogram_quantile(&page, name, "op=\"claim\"", 0.5);
+        let record = histogram_quantile(&page, name, "op=\"record\"", 0.5);
+        // Within the 1.5x bucket around each true value.
+        assert!(
+            claim > Duration::from_micros(400) && claim < Duration::from_micros(900),
+            "{claim:?}"
+        );
+        assert!(
+            record > Duration::from_millis(2) && record < Duration::from_millis(5),
+            "{record:?}"
+        );
+    }
+
+    #[test]
     fn quantiles_of_samples() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(quantile(&samples, 0.5), Duration::from_millis(51));

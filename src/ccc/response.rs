@@ -20,6 +20,13 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    pub const ALL: [ErrorClass; 4] = [
+        ErrorClass::Retryable,
+        ErrorClass::Ambiguous,
+        ErrorClass::Permanent,
+        ErrorClass::Systemic,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable",
