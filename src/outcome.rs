@@ -299,18 +299,20 @@ mod tests {
 
     #[test]
     fn statuses_serialise_to_the_contract_strings() {
-        for status in [
-            Status::Dialed,
-            Status::Failed,
-            Status::Rejected,
-            Status::Expired,
-            Status::Suppressed,
-            Status::Unknown,
-            Status::Deferred,
-        ] {
+        for status in Status::ALL {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
+        let contract = [
+            "dialed",
+            "failed",
+            "rejected",
+            "expired",
+            "suppressed",
+            "unknown",
+            "deferred",
+        ];
+        assert_eq!(Status::ALL.map(Status::as_str), contract);
     }
 
     #[test]
