@@ -19,6 +19,7 @@ use dialex_worker::defer::Tiers;
 use dialex_worker::gates::hours::BusinessHours;
 use dialex_worker::health::{self, Health};
 use dialex_worker::metrics::{Metrics, StoreOp};
+use promql_parser::parser::{Expr, VectorSelector};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize as _;
 use serde_json::json;
@@ -1174,75 +1175,53 @@ fn exported_samples() -> BTreeMap<String, Labels> {
     samples
 }
 
-/// One label matcher of a selector: `name`, the operator (`=`, `!=`, `=~`, `!~`), the value.
-type Matcher = (String, String, String);
-
-/// The `dialex_*` selectors in a PromQL expression, each with its label matchers. Enough PromQL
-/// for the rules here: matcher values hold no `,` or `}`.
-fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    let mut found = Vec::new();
-    let mut from = 0;
-    while let Some(at) = expr[from..].find("dialex_").map(|at| from + at) {
-        let tail = &expr[at..];
-        let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
-        from = at + end;
-        // Inside a longer name (`my_dialex_x`): not a dialex metric.
-        if expr[..at].ends_with(is_name) {
-            continue;
-        }
-        let mut matchers = Vec::new();
-        if let Some(inside) = tail[end..].strip_prefix('{') {
-            let (inside, _) = inside.split_once('}').expect("a closed label matcher");
-            for matcher in inside.split(',').filter(|m| !m.trim().is_empty()) {
-                let op_at = matcher
-                    .find(['=', '!'])
-                    .unwrap_or_else(|| panic!("a label matcher: {matcher}"));
-                let rest = &matcher[op_at..];
-                let op_len = if rest.starts_with("=~") || rest.starts_with("!") {
-                    2
-                } else {
-                    1
-                };
-                matchers.push((
-                    matcher[..op_at].trim().to_owned(),
-                    rest[..op_len].to_owned(),
-                    rest[op_len..].trim().trim_matches('"').to_owned(),
-                ));
-            }
-        }
-        found.push((expr[at..from].to_owned(), matchers));
-    }
-    found
+/// What a PromQL expression reads: its vector selectors, and the labels it groups or matches
+/// by (`by`, `without`, `on`, `ignoring`).
+#[derive(Default)]
+struct Reads {
+    selectors: Vec<VectorSelector>,
+    labels: Vec<String>,
 }
 
-/// The label names in every `by (...)` and `without (...)` of a PromQL expression.
-fn grouping_labels(expr: &str) -> Vec<String> {
-    let mut labels = Vec::new();
-    for keyword in ["by", "without"] {
-        let mut rest = expr;
-        while let Some(at) = rest.find(keyword) {
-            let before_ok = !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-            let after = rest[at + keyword.len()..].trim_start();
-            rest = &rest[at + keyword.len()..];
-            if !before_ok {
-                continue;
+fn reads(expr: &str) -> Result<Reads, String> {
+    fn walk(expr: &Expr, reads: &mut Reads) {
+        match expr {
+            Expr::Aggregate(aggregate) => {
+                if let Some(modifier) = &aggregate.modifier {
+                    reads
+                        .labels
+                        .extend(modifier.labels().labels.iter().cloned());
+                }
+                walk(&aggregate.expr, reads);
+                if let Some(param) = &aggregate.param {
+                    walk(param, reads);
+                }
             }
-            if let Some(list) = after.strip_prefix('(') {
-                let (list, _) = list.split_once(')').expect("a closed label list");
-                labels.extend(
-                    list.split(',')
-                        .map(|label| label.trim().to_owned())
-                        .filter(|label| !label.is_empty()),
-                );
+            Expr::Binary(binary) => {
+                if let Some(matching) = binary.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+                    reads
+                        .labels
+                        .extend(matching.labels().labels.iter().cloned());
+                }
+                walk(&binary.lhs, reads);
+                walk(&binary.rhs, reads);
             }
+            Expr::Unary(unary) => walk(&unary.expr, reads),
+            Expr::Paren(paren) => walk(&paren.expr, reads),
+            Expr::Subquery(subquery) => walk(&subquery.expr, reads),
+            Expr::Call(call) => call.args.args.iter().for_each(|arg| walk(arg, reads)),
+            Expr::VectorSelector(selector) => reads.selectors.push(selector.clone()),
+            Expr::MatrixSelector(matrix) => reads.selectors.push(matrix.vs.clone()),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
         }
     }
-    labels
+    let mut found = Reads::default();
+    walk(&promql_parser::parser::parse(expr)?, &mut found);
+    Ok(found)
 }
 
 #[test]
-fn every_alert_reads_metrics_and_labels_the_worker_exports() {
+fn every_alert_parses_and_reads_metrics_and_labels_the_worker_exports() {
     let exported = exported_samples();
     assert!(
         exported["dialex_outcomes_total"]["status"].contains("unknown"),
@@ -1257,42 +1236,48 @@ fn every_alert_reads_metrics_and_labels_the_worker_exports() {
         for rule in group["rules"].as_sequence().expect("rules") {
             let alert = str_of(&rule["alert"], "alert name");
             let expr = str_of(&rule["expr"], "expr");
-            let used = selectors(expr);
-            assert!(!used.is_empty(), "{alert} reads the worker's metrics");
+            let read = reads(expr).unwrap_or_else(|e| panic!("{alert}: not PromQL: {e}"));
+            assert!(
+                !read.selectors.is_empty(),
+                "{alert} reads the worker's metrics"
+            );
             let mut groupable: BTreeSet<String> =
                 TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
-            for (name, matchers) in used {
+            for selector in &read.selectors {
+                let name = selector.name.as_deref().unwrap_or_default();
                 let known = exported
-                    .get(&name)
-                    .unwrap_or_else(|| panic!("{alert}: the worker exports no {name}"));
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{alert}: the worker exports no {name:?}"));
                 groupable.extend(known.keys().cloned());
                 if name.ends_with("_bucket") {
                     groupable.insert("le".to_owned());
                 }
-                for (label, op, value) in matchers {
-                    let values = known.get(&label).unwrap_or_else(|| {
+                let matchers = selector
+                    .matchers
+                    .matchers
+                    .iter()
+                    .chain(selector.matchers.or_matchers.iter().flatten())
+                    .filter(|m| m.name != "__name__");
+                for matcher in matchers {
+                    let label = &matcher.name;
+                    let values = known.get(label).unwrap_or_else(|| {
                         panic!("{alert}: {name} has no label {label} (it has {known:?})")
                     });
                     if !CLOSED_LABELS.contains(&label.as_str()) {
                         continue;
                     }
-                    let wanted: Vec<&str> = if op.ends_with('~') {
-                        value.split('|').collect()
-                    } else {
-                        vec![value.as_str()]
-                    };
-                    for want in wanted {
-                        assert!(
-                            values.contains(want),
-                            "{alert}: {name}{{{label}{op}\"{value}\"}}: {label} is never {want:?} (it is one of {values:?})"
-                        );
-                    }
+                    // A matcher that keeps every value or none is a typo.
+                    let kept = values.iter().filter(|v| matcher.is_match(v)).count();
+                    assert!(
+                        kept > 0 && (kept < values.len() || values.len() == 1),
+                        "{alert}: {name}{{{matcher}}} keeps {kept} of the values {label} takes ({values:?})"
+                    );
                 }
                 checked += 1;
             }
-            for label in grouping_labels(expr) {
+            for label in &read.labels {
                 assert!(
-                    groupable.contains(&label),
+                    groupable.contains(label),
                     "{alert}: groups by {label}, which none of its series carries ({groupable:?})"
                 );
             }
@@ -1308,19 +1293,27 @@ fn every_alert_reads_metrics_and_labels_the_worker_exports() {
 }
 
 #[test]
-fn selectors_and_groupings_are_read_from_promql() {
-    let expr = r#"sum by (namespace, op) (rate(dialex_a_total{status="x", op=~"y|z"}[5m]))
-        > 0.1 * my_dialex_c + dialex_b"#;
-    let matcher = |l: &str, o: &str, v: &str| (l.to_owned(), o.to_owned(), v.to_owned());
+fn an_expression_s_selectors_and_groupings_are_read() {
+    let read = reads(
+        r#"sum by (namespace, op) (rate(dialex_a_total{status="x", op=~"y|z"}[5m]))
+           > on (namespace) 0.1 * dialex_b"#,
+    )
+    .unwrap();
+    let names: Vec<_> = read.selectors.iter().map(|s| s.name.clone()).collect();
     assert_eq!(
-        selectors(expr),
-        vec![
-            (
-                "dialex_a_total".to_owned(),
-                vec![matcher("status", "=", "x"), matcher("op", "=~", "y|z")]
-            ),
-            ("dialex_b".to_owned(), vec![]),
+        names,
+        [
+            Some("dialex_a_total".to_owned()),
+            Some("dialex_b".to_owned())
         ]
     );
-    assert_eq!(grouping_labels(expr), vec!["namespace", "op"]);
+    let labels: Vec<_> = read.selectors[0]
+        .matchers
+        .matchers
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(labels, ["status", "op"]);
+    assert_eq!(read.labels, ["namespace", "namespace", "op"]);
+    assert!(reads("sum by (namespace (dialex_b)").is_err());
 }
