@@ -9,7 +9,7 @@ use dialex_worker::ccc::simulator::{Fault, SimConfig, Simulator};
 use dialex_worker::config::Credentials;
 use dialex_worker::harness::Harness;
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, only_outcome, request, settings, started};
+use helpers::{WAIT, assert_dialed_once, callee, only_outcome, request, settings, started};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_with_fresh_nonces_and_dials_once() {
@@ -17,11 +17,8 @@ async fn throttling_is_retried_with_fresh_nonces_and_dials_once() {
     let number = callee(42);
     h.simulator.inject(&number, Fault::Throttle, 2);
     let event = &only_outcome(&mut h, &request("throttled", &number, "agent")).await;
-    assert_eq!(event.status, Status::Dialed);
+    assert_dialed_once(event, &h.simulator);
     assert_eq!(event.attempts, 3);
-    let dials = h.simulator.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
     h.cleanup().await.unwrap();
 }
 
@@ -95,11 +92,8 @@ async fn a_request_that_recovers_after_a_hop_is_dialed_with_every_attempt_counte
     assert_eq!(received[0].event.status, Status::Deferred);
     assert_eq!(received[0].event.code.as_deref(), Some("retry"));
     let event = &received[1].event;
-    assert_eq!(event.status, Status::Dialed);
+    assert_dialed_once(event, &h.simulator);
     assert_eq!(event.attempts, 5);
-    let dials = h.simulator.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
     h.cleanup().await.unwrap();
 }
 
@@ -169,11 +163,8 @@ async fn connection_refused_is_retried_until_ccc_is_back() {
 
     let back = Simulator::start(addr, SimConfig::default()).await.unwrap();
     let event = &h.outcomes(1, WAIT).await.unwrap()[0].event;
-    assert_eq!(event.status, Status::Dialed);
+    assert_dialed_once(event, &back);
     assert!(event.attempts > 3, "{}", event.attempts);
-    let dials = back.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
     back.shutdown().await;
     h.cleanup().await.unwrap();
 }
@@ -197,11 +188,8 @@ async fn a_send_lost_before_it_arrived_is_placed_by_the_identical_replay() {
     let number = callee(46);
     h.simulator.inject(&number, Fault::LostBeforeArrival, 1);
     let event = &only_outcome(&mut h, &request("lost", &number, "ivr")).await;
-    assert_eq!(event.status, Status::Dialed);
+    assert_dialed_once(event, &h.simulator);
     assert_eq!(event.attempts, 1);
-    let dials = h.simulator.dials();
-    assert_eq!(dials.len(), 1);
-    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
     h.cleanup().await.unwrap();
 }
 

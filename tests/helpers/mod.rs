@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_worker::ccc::simulator::{SimConfig, Simulator};
 use dialex_worker::config::{Settings, StoreBackend};
 use dialex_worker::harness::{Harness, Received};
+use dialex_worker::outcome::{OutcomeEvent, Status};
 
 /// Generous: the broker and the worker share two cores with other tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -110,6 +111,14 @@ pub async fn only_outcome(
         .expect("request published");
     let mut received = harness.outcomes(1, WAIT).await.expect("an outcome");
     received.remove(0).event
+}
+
+/// `event` reports the one dial `simulator` executed: `dialed`, with that dial's task id.
+pub fn assert_dialed_once(event: &OutcomeEvent, simulator: &Simulator) {
+    assert_eq!(event.status, Status::Dialed);
+    let dials = simulator.dials();
+    assert_eq!(dials.len(), 1, "dialed exactly once");
+    assert_eq!(event.task_id.as_deref(), Some(dials[0].task_id.as_str()));
 }
 
 /// The request queue empties (every delivery settled) within ten seconds.
