@@ -227,13 +227,24 @@ mod tests {
         }
 
         async fn get(&self, path: &str) -> (StatusCode, String) {
+            let (status, _, body) = self.get_typed(path).await;
+            (status, body)
+        }
+
+        /// As [`Endpoint::get`], with the answer's `Content-Type`.
+        async fn get_typed(&self, path: &str) -> (StatusCode, Option<String>, String) {
             let response = reqwest::Client::new()
                 .get(format!("{}{path}", self.base))
                 .send()
                 .await
                 .expect("request");
             let status = response.status();
-            (status, response.text().await.expect("body"))
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            (status, content_type, response.text().await.expect("body"))
         }
     }
 
@@ -248,20 +259,10 @@ mod tests {
         let endpoint = Endpoint::start(Registry::default()).await;
         endpoint.health.set_shutting_down();
 
-        let response = reqwest::Client::new()
-            .get(format!("{}/healthz", endpoint.base))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(HeaderValue::as_bytes),
-            Some(&b"text/plain; charset=utf-8"[..])
-        );
-        assert_eq!(response.text().await.expect("body"), "ok\n");
+        let (status, content_type, body) = endpoint.get_typed("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("text/plain; charset=utf-8"));
+        assert_eq!(body, "ok\n");
     }
 
     #[tokio::test]
@@ -335,20 +336,12 @@ mod tests {
         counter.inc();
         let endpoint = Endpoint::start(registry).await;
 
-        let response = reqwest::Client::new()
-            .get(format!("{}/metrics", endpoint.base))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), StatusCode::OK);
+        let (status, content_type, body) = endpoint.get_typed("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(
-            response
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(HeaderValue::as_bytes),
-            Some(&b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..])
+            content_type.as_deref(),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
         );
-        let body = response.text().await.expect("body");
         assert!(
             body.lines().any(|line| line == "probe_hits_total 1"),
             "{body}"
