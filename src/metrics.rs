@@ -199,7 +199,7 @@ impl Default for Metrics {
         // appears already at 1 shows no increase, so an alert on the first `unknown` outcome
         // of a fresh pod would never fire.
         for status in Status::ALL {
-            metrics.outcome_series(status.as_str());
+            metrics.outcome_series(status);
         }
         for cause in PauseCause::ALL {
             metrics.set_paused(cause, false);
@@ -234,12 +234,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn outcome(&self, status: &'static str) {
+    pub fn outcome(&self, status: Status) {
         self.outcome_series(status).inc();
     }
 
-    fn outcome_series(&self, status: &'static str) -> impl std::ops::Deref<Target = Counter> + '_ {
-        self.outcomes.get_or_create(&StatusLabels { status })
+    fn outcome_series(&self, status: Status) -> impl std::ops::Deref<Target = Counter> + '_ {
+        self.outcomes.get_or_create(&StatusLabels {
+            status: status.as_str(),
+        })
     }
 
     /// One DialEx HTTP attempt and how long it took; `failure` is `None` when it was accepted.
@@ -419,7 +421,7 @@ mod tests {
     #[test]
     fn every_status_and_pause_cause_is_exported_from_the_start() {
         let metrics = Metrics::default();
-        metrics.outcome("unknown");
+        metrics.outcome(Status::Unknown);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();

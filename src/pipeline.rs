@@ -415,7 +415,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
     /// Publishes an informational (`deferred`) event; the request goes on either way.
     async fn announce(&self, event: &OutcomeEvent) {
         match self.publisher.publish_outcome(event, None).await {
-            Ok(()) => self.metrics.outcome(event.status.as_str()),
+            Ok(()) => self.metrics.outcome(event.status),
             Err(error) => tracing::warn!(%error, "could not publish the deferred event"),
         }
     }
@@ -758,7 +758,7 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             .await
         {
             Ok(()) => {
-                self.metrics.outcome(event.status.as_str());
+                self.metrics.outcome(event.status);
                 tracing::info!(
                     status = event.status.as_str(),
                     task_id = event.task_id.as_deref(),
