@@ -160,7 +160,25 @@ pub struct CccSettings {
     pub error_classes: BTreeMap<String, ErrorClass>,
 }
 
+/// Kept between the end of the longest dial and the end of a claim's lease, for the record
+/// and the clocks of worker and store.
+pub const LEASE_MARGIN_MS: u64 = 250;
+
 impl CccSettings {
+    /// The longest one hop's dial can take: every attempt may time out, an ambiguous one
+    /// (which ends the dial) may be replayed once more, with the backoffs in between. A claim's
+    /// lease must outlast it.
+    pub fn longest_dial_ms(&self) -> u64 {
+        let sends = u64::from(self.max_attempts) + u64::from(self.replay_ambiguous);
+        sends
+            .saturating_mul(self.request_timeout_ms)
+            .saturating_add(
+                u64::from(self.max_attempts.saturating_sub(1)).saturating_mul(self.max_backoff_ms),
+            )
+    }
+    pub fn longest_dial(&self) -> Duration {
+        Duration::from_millis(self.longest_dial_ms())
+    }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -305,7 +323,29 @@ impl Settings {
         if self.store.backend == StoreBackend::Redis {
             warnings.extend(self.public_hash_key());
         }
+        warnings.extend(self.wait_cut_by_lease());
         warnings
+    }
+
+    /// A warning when the claim's lease leaves less room to wait for a concurrency or pacing
+    /// slot than `limits.max_wait_ms`: a request is dialed only if its dial can end within
+    /// its lease, so the wait is cut to what the lease leaves after the longest dial.
+    pub fn wait_cut_by_lease(&self) -> Option<String> {
+        let room = self
+            .store
+            .lease_ms
+            .saturating_sub(self.ccc.longest_dial_ms())
+            .saturating_sub(LEASE_MARGIN_MS);
+        (room < self.limits.max_wait_ms).then(|| {
+            format!(
+                "limits.max_wait_ms ({} ms) is cut to {room} ms: a request waits for a slot only \
+                 as long as store.lease_ms ({} ms) leaves after the longest dial ({} ms); raise \
+                 store.lease_ms to wait longer",
+                self.limits.max_wait_ms,
+                self.store.lease_ms,
+                self.ccc.longest_dial_ms()
+            )
+        })
     }
 
     /// A warning when callee numbers would be hashed under the public default key, for
@@ -421,11 +461,7 @@ impl Settings {
             ));
         }
         let store = &self.store;
-        // Every attempt may time out; an ambiguous one (which ends the dial) may be replayed
-        // once more.
-        let sends = u64::from(ccc.max_attempts) + u64::from(ccc.replay_ambiguous);
-        let longest_dial = sends * ccc.request_timeout_ms
-            + u64::from(ccc.max_attempts.saturating_sub(1)) * ccc.max_backoff_ms;
+        let longest_dial = ccc.longest_dial_ms();
         if store.lease_ms <= longest_dial {
             return Err(invalid(
                 "store.lease_ms",

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use crate::config::{AmqpNames, DeferralSettings};
 
+/// How much longer than the delay asked for a tier may be.
+pub const TIER_TOLERANCE: Duration = Duration::from_secs(1);
+
 /// One wait queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
@@ -39,9 +42,16 @@ impl Tiers {
         &self.0
     }
 
-    /// The largest tier not above `delay`; the shortest tier for shorter delays.
+    /// The largest tier not above `delay` (give or take [`TIER_TOLERANCE`]); the shortest tier
+    /// for shorter delays.
+    ///
+    /// The tolerance keeps a delay computed a moment after its deadline was set (29.99 s for a
+    /// 30 s wait) in the tier it was meant for, instead of the next shorter one; the request
+    /// then comes back at most the tolerance late. One that comes back early (a longer delay is
+    /// made of several hops) waits again: its deferral carries the time it waits for.
     pub fn for_delay(&self, delay: Duration) -> &Tier {
         let shortest = &self.0[0];
+        let delay = delay.saturating_add(TIER_TOLERANCE);
         self.0
             .iter()
             .rev()
@@ -97,10 +107,21 @@ mod tests {
         assert_eq!(pick(0), 5);
         assert_eq!(pick(4), 5);
         assert_eq!(pick(5), 5);
-        assert_eq!(pick(29), 5);
+        assert_eq!(pick(28), 5);
         assert_eq!(pick(30), 30);
-        assert_eq!(pick(299), 30);
+        assert_eq!(pick(298), 30);
         assert_eq!(pick(3_600), 1_800);
         assert_eq!(pick(86_400), 7_200);
+    }
+
+    #[test]
+    fn a_delay_a_moment_short_of_a_tier_still_takes_that_tier() {
+        let t = tiers();
+        let pick = |ms: u64| t.for_delay(Duration::from_millis(ms)).delay.as_secs();
+        // A 30 s wait computed a few milliseconds after it was set.
+        assert_eq!(pick(29_995), 30);
+        assert_eq!(pick(29_001), 30);
+        assert_eq!(pick(28_999), 5);
+        assert_eq!(pick(299_990), 300);
     }
 }

@@ -35,6 +35,8 @@ pub struct DialPolicy {
     /// Resolve ambiguous sends by replaying the identical signed request (see
     /// [`resolve_by_replay`]); off: `unknown` at once.
     pub replay_ambiguous: bool,
+    /// The longest one hop's dial can take (see [`CccSettings::longest_dial`]).
+    pub longest_dial: Duration,
 }
 
 impl DialPolicy {
@@ -48,6 +50,7 @@ impl DialPolicy {
             requeue_delay: settings.requeue_delay(),
             max_requeue_delay: settings.max_requeue_delay(),
             replay_ambiguous: settings.replay_ambiguous,
+            longest_dial: settings.longest_dial(),
             classifier: Classifier::new(
                 settings
                     .error_classes

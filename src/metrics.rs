@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ccc::ErrorClass;
-use crate::outcome::Status;
+use crate::outcome::{DeferReason, Status, SuppressReason};
 
 /// What a duplicate delivery found in the dial-record store.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -31,31 +31,12 @@ pub struct DedupLabels {
     pub kind: DedupKind,
 }
 
-/// Why a request for a callee was suppressed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum SuppressReason {
-    Cooldown,
-    DailyCap,
-    Dnc,
-}
-
 impl DedupKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DedupKind::Recorded => "recorded",
             DedupKind::Claimed => "claimed",
             DedupKind::Abandoned => "abandoned",
-        }
-    }
-}
-
-impl SuppressReason {
-    /// Also the outcome event's `code`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SuppressReason::Cooldown => "cooldown",
-            SuppressReason::DailyCap => "daily_cap",
-            SuppressReason::Dnc => "dnc",
         }
     }
 }
@@ -133,15 +114,18 @@ pub enum PauseCause {
     Ccc,
     /// The dial-record store does not answer.
     Store,
+    /// The broker does not take the worker's publishes (connection lost or blocked).
+    Broker,
 }
 
 impl PauseCause {
-    pub const ALL: [PauseCause; 2] = [PauseCause::Ccc, PauseCause::Store];
+    pub const ALL: [PauseCause; 3] = [PauseCause::Ccc, PauseCause::Store, PauseCause::Broker];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PauseCause::Ccc => "ccc",
             PauseCause::Store => "store",
+            PauseCause::Broker => "broker",
         }
     }
 }
@@ -271,10 +255,10 @@ impl Metrics {
         self.last_dial.set(jiff::Timestamp::now().as_second());
     }
 
-    pub fn deferred(&self, reason: &str) {
+    pub fn deferred(&self, reason: DeferReason) {
         self.deferrals
             .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }

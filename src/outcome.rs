@@ -11,7 +11,6 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::ccc::{DialAccepted, DialFailure};
-use crate::metrics::SuppressReason;
 use crate::validate::{DialRequest, Rejection};
 
 /// Namespace of the deterministic `event_id`s (UUID v5).
@@ -52,6 +51,69 @@ impl Status {
             Status::Unknown => "unknown",
             Status::Deferred => "deferred",
         }
+    }
+}
+
+/// Why a request for a callee was suppressed; also the `suppressed` event's `code`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SuppressReason {
+    Cooldown,
+    DailyCap,
+    Dnc,
+}
+
+impl SuppressReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressReason::Cooldown => "cooldown",
+            SuppressReason::DailyCap => "daily_cap",
+            SuppressReason::Dnc => "dnc",
+        }
+    }
+}
+
+/// Why a request waits in the wait queues; the `deferred` event's `code` and the
+/// `x-dialex-deferred` header's value.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum DeferReason {
+    /// The request's `not_before` is ahead.
+    NotBefore,
+    /// The call centre is closed.
+    OutsideHours,
+    /// Another delivery of the request holds its claim.
+    Claimed,
+    /// The do-not-call list could not be checked (fail closed).
+    DncUnavailable,
+    /// No concurrency or pacing slot within the wait allowed.
+    Limits,
+    /// DialEx answered retryably on every attempt of this hop.
+    Retry,
+}
+
+impl DeferReason {
+    pub const ALL: [DeferReason; 6] = [
+        DeferReason::NotBefore,
+        DeferReason::OutsideHours,
+        DeferReason::Claimed,
+        DeferReason::DncUnavailable,
+        DeferReason::Limits,
+        DeferReason::Retry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::NotBefore => "not_before",
+            DeferReason::OutsideHours => "outside_hours",
+            DeferReason::Claimed => "claimed",
+            DeferReason::DncUnavailable => "dnc_unavailable",
+            DeferReason::Limits => "limits",
+            DeferReason::Retry => "retry",
+        }
+    }
+
+    /// The reason `as_str` gave, as read back from a message header.
+    pub fn parse(code: &str) -> Option<DeferReason> {
+        DeferReason::ALL.into_iter().find(|r| r.as_str() == code)
     }
 }
 
@@ -240,6 +302,27 @@ impl OutcomeEvent {
         );
         event.code = Some(reason.to_owned());
         event.next_attempt_at = Some(next_attempt_at);
+        event
+    }
+
+    /// Not handled: a fault that concerns this request alone persisted on every delivery
+    /// (`code` says which). `failed` when it certainly was not dialed, `unknown` when its
+    /// record could not be read and it may have been.
+    pub fn faulted(
+        request: &DialRequest,
+        status: Status,
+        received_at: Timestamp,
+        code: &str,
+        detail: &str,
+    ) -> Self {
+        let mut event = Self::new(
+            request.request_id().as_str(),
+            status,
+            received_at,
+            request.attributes(),
+        );
+        event.code = Some(code.to_owned());
+        event.message = Some(detail.to_owned());
         event
     }
 

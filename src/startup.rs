@@ -134,6 +134,7 @@ pub async fn run<C: CccClient, S: DialStore>(
         metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
         delivery_limit: amqp_settings.delivery_limit,
+        lease: settings.store.lease(),
         unreleased: Default::default(),
     });
 
@@ -340,6 +341,7 @@ async fn serve<C: CccClient, S: DialStore>(
                 let kind = match cause {
                     HaltCause::Ccc(_) => PauseCause::Ccc,
                     HaltCause::Store(_) => PauseCause::Store,
+                    HaltCause::Broker(_) => PauseCause::Broker,
                 };
                 health.set_paused(Some(format!("paused: {cause}")));
                 pipeline.metrics.set_paused(kind, true);
@@ -349,6 +351,7 @@ async fn serve<C: CccClient, S: DialStore>(
                     PauseCause::Ccc => {
                         probe_until(
                             shutdown,
+                            &session.lost,
                             Duration::from_secs(60),
                             "CCC still refuses the worker; check the ALIBABA_CLOUD_* credentials, the endpoint and the clock",
                             || pipeline.client.probe(),
@@ -359,16 +362,34 @@ async fn serve<C: CccClient, S: DialStore>(
                     PauseCause::Store => {
                         probe_until(
                             shutdown,
+                            &session.lost,
                             Duration::from_secs(30),
                             "the dial-record store still does not answer",
                             || pipeline.store.check(),
                         )
                         .await
                     }
+                    // Outcomes could not be delivered: nothing more is dialed until the
+                    // broker takes publishes again (a lost connection is rebuilt by the
+                    // supervisor; a blocked one is unblocked by the broker).
+                    PauseCause::Broker => {
+                        probe_until(
+                            shutdown,
+                            &session.lost,
+                            Duration::from_secs(5),
+                            "RabbitMQ still does not take the worker's publishes",
+                            || std::future::ready(pipeline.publisher.check()),
+                        )
+                        .await
+                    }
                 };
                 pipeline.metrics.set_paused(kind, false);
-                if !resumed {
-                    return Ended::Shutdown;
+                match resumed {
+                    Probed::Passed => {}
+                    Probed::Shutdown => return Ended::Shutdown,
+                    // Paused still: the next session's consumer stops at once and the pause
+                    // goes on there.
+                    Probed::SessionLost => return Ended::BrokerLost,
                 }
                 pipeline.release_remembered().await;
                 tracing::info!(
@@ -407,14 +428,23 @@ async fn start_consumer(
     Ok((channel, consumer))
 }
 
+/// How a pause's probing ended.
+enum Probed {
+    Passed,
+    Shutdown,
+    /// The broker session was lost meanwhile: reconnect first.
+    SessionLost,
+}
+
 /// Runs `probe` with growing pauses (1 s, doubling to `longest`) until it succeeds, logging
-/// each failure with `still`; `false` if shutdown came first.
+/// each failure with `still`; stops early on shutdown or when the broker session is `lost`.
 async fn probe_until<E, F, Fut>(
     shutdown: &CancellationToken,
+    lost: &CancellationToken,
     longest: Duration,
     still: &str,
     mut probe: F,
-) -> bool
+) -> Probed
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -423,12 +453,13 @@ where
     let mut pause = Duration::from_secs(1);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return Probed::Shutdown,
+            () = lost.cancelled() => return Probed::SessionLost,
             () = tokio::time::sleep(pause) => {}
         }
         pause = pause.saturating_mul(2).min(longest);
         match probe().await {
-            Ok(()) => return true,
+            Ok(()) => return Probed::Passed,
             Err(error) => tracing::error!(%error, next_probe_in = ?pause, "paused: {still}"),
         }
     }

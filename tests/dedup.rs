@@ -9,8 +9,9 @@ use std::time::Duration;
 use dialex_worker::ccc::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
 use dialex_worker::harness::{Harness, Received};
-use dialex_worker::metrics::{DedupKind, SuppressReason};
+use dialex_worker::metrics::DedupKind;
 use dialex_worker::outcome::Status;
+use dialex_worker::outcome::SuppressReason;
 use helpers::{WAIT, callee, outcomes_until, request, settings_with, started};
 
 /// Request ids that have at least one event, and every event id seen per request.

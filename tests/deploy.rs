@@ -19,6 +19,7 @@ use dialex_worker::defer::Tiers;
 use dialex_worker::gates::hours::BusinessHours;
 use dialex_worker::health::{self, Health};
 use dialex_worker::metrics::{Metrics, StoreOp};
+use dialex_worker::outcome::DeferReason;
 use promql_parser::parser::{Expr, VectorSelector};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize as _;
@@ -1147,7 +1148,9 @@ fn exported_samples() -> BTreeMap<String, Labels> {
     for op in StoreOp::ALL {
         metrics.store_op(op, Duration::ZERO);
     }
-    metrics.deferred("retry");
+    for reason in DeferReason::ALL {
+        metrics.deferred(reason);
+    }
     metrics.dead_lettered("invalid_json");
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);

@@ -98,6 +98,34 @@ async fn a_request_that_recovers_after_a_hop_is_dialed_with_every_attempt_counte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_attempt_after_a_hop_never_starts_before_next_attempt_at() {
+    // A 2 s wait between hops: the delay, computed a moment after next_attempt_at is set, is a
+    // hair under 2 s, which must still go to the 2 s tier (not the 500 ms one), and a request
+    // back early must wait again.
+    let mut s = settings();
+    s.ccc.requeue_delay_ms = 2_000;
+    s.ccc.max_requeue_delay_ms = 2_000;
+    let mut h = started(s, SimConfig::default()).await;
+    let number = callee(51);
+    h.simulator.inject(&number, Fault::Throttle, 3);
+    h.publish_request(&request("not-early", &number, "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(2, WAIT).await.unwrap();
+    let deferred = &received[0].event;
+    assert_eq!(deferred.code.as_deref(), Some("retry"));
+    let next_attempt_at = deferred.next_attempt_at.expect("next_attempt_at");
+    assert_dialed_once(&received[1].event, &h.simulator);
+    let dial = &h.simulator.dials()[0];
+    assert!(
+        dial.started_at >= next_attempt_at,
+        "dialed at {}, before next_attempt_at {next_attempt_at}",
+        dial.started_at
+    );
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_never_wait_past_expires_at() {
     let mut h = started(settings(), SimConfig::default()).await;
     let number = callee(51);
@@ -299,5 +327,38 @@ async fn a_wrong_secret_pauses_the_worker_keeping_every_request_until_ccc_accept
     assert_eq!(h.simulator.dial_count(), REQUESTS);
     let (status, body) = h.readyz().await.unwrap();
     assert_eq!(status, 200, "{body}");
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_for_one_instance_parks_that_request_and_never_pauses_the_worker() {
+    // CCC refuses calls to this request's target (Forbidden.RAM) while it accepts the worker
+    // (the probe passes): only that request is affected, parked after its deliveries.
+    let mut h = started(settings(), SimConfig::default()).await;
+    let refused = callee(60);
+    h.simulator.inject(&refused, Fault::Forbidden, 100);
+    h.publish_request(&request("forbidden", &refused, "ivr"), None)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        h.publish_request(
+            &request(&format!("allowed-{i}"), &callee(61 + i), "ivr"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let received = h.outcomes(6, WAIT).await.unwrap();
+    let event = &received
+        .iter()
+        .find(|r| r.event.request_id == "forbidden")
+        .expect("an outcome for the refused request")
+        .event;
+    assert_eq!(event.status, Status::Failed);
+    assert_eq!(event.code.as_deref(), Some("Forbidden.RAM"));
+    assert_eq!(h.simulator.dial_count(), 5);
+    let parked = helpers::dead_letters_soon(&h, 1).await;
+    assert_eq!(parked[0].reason.as_deref(), Some("ccc_refused"));
+    assert_eq!(h.readyz().await.unwrap().0, 200);
     h.cleanup().await.unwrap();
 }

@@ -3,7 +3,7 @@
 
 mod helpers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use dialex_worker::ccc::simulator::SimConfig;
@@ -243,6 +243,9 @@ async fn three_replicas_share_the_concurrency_and_pace_limits() {
     s.limits.max_in_flight = 5;
     s.limits.calls_per_second = 20.0;
     s.limits.burst = 1;
+    // 96 requests in hand at 20/s wait up to 5 s for their slot: the claim must outlast that
+    // and the dial.
+    s.store.lease_ms = 30_000;
     let sim = SimConfig {
         latency: Duration::from_millis(100),
         ..SimConfig::default()
@@ -302,5 +305,64 @@ async fn three_replicas_share_the_concurrency_and_pace_limits() {
     assert!(peak <= 5, "concurrency {peak} exceeded 5");
     assert!(busiest <= 21, "{busiest} calls in one second");
     assert!(pace >= 18.0, "pace {pace:.1}/s is below 90% of 20/s");
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_slot_never_outlives_its_claim() {
+    // One call a second, eight requests in hand, and a lease that leaves 1.2 s beyond the
+    // longest dial. Without a bound, the last requests would wait past their lease; their
+    // duplicates, arriving then, would take the claims over and end them `unknown` while
+    // the first deliveries still dial them.
+    let mut s = settings();
+    s.store.lease_ms = 5_500;
+    s.limits.calls_per_second = 1.0;
+    s.limits.burst = 1;
+    s.cooldown.window_ms = 0;
+    let mut h = started(s, SimConfig::default()).await;
+    const REQUESTS: usize = 8;
+    let body = |i: usize| request(&format!("slow-slot-{i}"), &callee(700 + i), "ivr");
+    for i in 0..REQUESTS {
+        h.publish_request(&body(i), None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..REQUESTS {
+        h.publish_request(&body(i), None).await.unwrap();
+    }
+    let mut terminal: HashMap<String, HashSet<(Status, Option<String>)>> = HashMap::new();
+    let done = |t: &HashMap<String, HashSet<(Status, Option<String>)>>| t.len() == REQUESTS;
+    while !done(&terminal) {
+        let r = h
+            .next_outcome(WAIT)
+            .await
+            .unwrap()
+            .expect("an outcome for every request");
+        if r.event.status != Status::Deferred {
+            terminal
+                .entry(r.event.request_id.clone())
+                .or_default()
+                .insert((r.event.status, r.event.task_id.clone()));
+        }
+    }
+    // Re-published results may still arrive: give them a moment.
+    while let Some(r) = h.next_outcome(Duration::from_secs(3)).await.unwrap() {
+        if r.event.status != Status::Deferred {
+            terminal
+                .entry(r.event.request_id.clone())
+                .or_default()
+                .insert((r.event.status, r.event.task_id.clone()));
+        }
+    }
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), REQUESTS, "each dialed once");
+    for (id, seen) in &terminal {
+        let i: usize = id.trim_start_matches("slow-slot-").parse().unwrap();
+        let task = dials
+            .iter()
+            .find(|d| d.callee == callee(700 + i))
+            .map(|d| d.task_id.clone());
+        let expected: HashSet<_> = [(Status::Dialed, task)].into_iter().collect();
+        assert_eq!(seen, &expected, "{id}");
+    }
     h.cleanup().await.unwrap();
 }

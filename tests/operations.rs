@@ -201,7 +201,8 @@ async fn sigterm_mid_run_drains_exits_zero_and_a_second_worker_finishes_the_rest
     h.cleanup().await.unwrap();
 }
 
-/// The broker's pids of this harness's worker connections.
+/// The broker's pids of this harness's worker connections whose name contains `name`
+/// (`<connection_name> <role> <host>`: the role is `consume` or `publish`).
 fn worker_connections(name: &str) -> Vec<String> {
     let out = std::process::Command::new("rabbitmqctl")
         .args([
@@ -269,6 +270,71 @@ async fn closing_the_workers_connections_under_load_loses_nothing_and_dials_noth
         "{page}"
     );
     assert_eq!(h.readyz().await.unwrap().0, 200);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_only_the_publishing_connection_dead_letters_nothing_and_loses_no_task_id() {
+    // The consuming connection stays up: outcomes that could not be published must go back
+    // to the queue (their results are recorded), never to the dead-letter queue.
+    let mut s = settings();
+    s.limits.calls_per_second = 200.0;
+    s.limits.burst = 20;
+    let mut h = started(s, SimConfig::default()).await;
+    const REQUESTS: usize = 1_500;
+    publish_many(&h, "publisher-lost", REQUESTS).await;
+    let mut tally = Tally::default();
+    let mut events = Vec::new();
+    while tally.terminal() < 200 {
+        let r = h.next_outcome(WAIT).await.unwrap().expect("an outcome");
+        tally.add(&r);
+        events.push(r.event);
+    }
+    let name = format!("{} publish", h.settings.amqp.connection_name);
+    let pids = worker_connections(&name);
+    assert_eq!(pids.len(), 1, "one publishing connection: {pids:?}");
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pids[0], "test: publisher lost"])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    let closed_at = tally.terminal();
+    while tally.terminal() < REQUESTS {
+        let Some(r) = h.next_outcome(WAIT).await.unwrap() else {
+            panic!("no outcome with {} of {REQUESTS} done", tally.terminal());
+        };
+        tally.add(&r);
+        events.push(r.event);
+    }
+    assert!(
+        closed_at < REQUESTS / 2,
+        "closed mid-run ({closed_at} done)"
+    );
+    tally.assert_one_terminal_each(REQUESTS);
+    assert_eq!(assert_dialed_at_most_once(&h), REQUESTS);
+    // Every dialed event carries the task id of the one dial of its callee.
+    let task_of: HashMap<String, String> = h
+        .simulator
+        .dials()
+        .into_iter()
+        .map(|d| (d.callee, d.task_id))
+        .collect();
+    for event in events.iter().filter(|e| e.status == Status::Dialed) {
+        let index: usize = event
+            .request_id
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            event.task_id.as_ref(),
+            task_of.get(&callee(index)),
+            "{event:?}"
+        );
+    }
+    let parked = h.dead_letters().await.unwrap();
+    assert!(parked.is_empty(), "dead-lettered: {}", parked.len());
     h.cleanup().await.unwrap();
 }
 
@@ -400,5 +466,95 @@ async fn a_redis_outage_under_load_pauses_the_worker_and_never_dials_without_a_c
         }
     }
     assert_eq!(h.readyz().await.unwrap().0, 200);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_call_whose_record_fails_ends_with_one_outcome_and_its_task_id() {
+    // Redis goes away while the call is in flight (0.8 s at the simulator), so the result
+    // cannot be recorded when the answer comes. It must not be published unrecorded: a
+    // duplicate after the claim's lease would then end the request a second time, `unknown`.
+    let mut redis = OwnRedis::start();
+    let mut s = settings_with(StoreBackend::Redis);
+    s.store.url = redis.url().into();
+    let sim = SimConfig {
+        latency: Duration::from_millis(800),
+        ..SimConfig::default()
+    };
+    let mut h = started(s, sim).await;
+    let body = request("record-fails", &callee(800), "ivr");
+    h.publish_request(&body, None).await.unwrap();
+    let published = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.simulator.dial_count(), 0, "still in flight");
+    redis.down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.up();
+    let first = h.outcomes(1, WAIT).await.unwrap().remove(0).event;
+    helpers::assert_dialed_once(&first, &h.simulator);
+    // A duplicate once the claim's lease (8 s) is over finds the recorded result.
+    tokio::time::sleep_until(published + Duration::from_secs(9)).await;
+    h.publish_request(&body, None).await.unwrap();
+    let again = h.outcomes(1, WAIT).await.unwrap().remove(0).event;
+    assert_eq!(
+        (again.status, again.event_id),
+        (first.status, first.event_id)
+    );
+    assert_eq!(again.task_id, first.task_id);
+    assert!(
+        h.next_outcome(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none(),
+        "one outcome, published twice at most"
+    );
+    assert_eq!(h.simulator.dial_count(), 1);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_for_one_request_parks_it_and_never_pauses_the_worker() {
+    // The request's key in Redis holds a list: every claim answers WRONGTYPE, while Redis
+    // itself answers. That request is parked after its deliveries; the others are dialed.
+    let mut h = started(settings_with(StoreBackend::Redis), SimConfig::default()).await;
+    let key = format!("{}:req:wrongtype", h.settings.store.key_prefix);
+    let pushed = std::process::Command::new("redis-cli")
+        .args(["RPUSH", &key, "not-a-record"])
+        .output()
+        .unwrap();
+    assert!(pushed.status.success());
+    h.publish_request(&request("wrongtype", &callee(810), "ivr"), None)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        h.publish_request(
+            &request(&format!("fine-{i}"), &callee(811 + i), "ivr"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let received = h.outcomes(6, WAIT).await.unwrap();
+    let bad = received
+        .iter()
+        .find(|r| r.event.request_id == "wrongtype")
+        .expect("an outcome for the bad request");
+    assert_eq!(bad.event.status, Status::Unknown);
+    assert_eq!(bad.event.code.as_deref(), Some("store_error"));
+    assert!(
+        received
+            .iter()
+            .filter(|r| r.event.request_id != "wrongtype")
+            .all(|r| r.event.status == Status::Dialed)
+    );
+    assert_eq!(h.simulator.dial_count(), 5);
+    let parked = helpers::dead_letters_soon(&h, 1).await;
+    assert_eq!(parked[0].reason.as_deref(), Some("store_error"));
+    let page = h.metrics_text().await.unwrap();
+    assert_eq!(sample(&page, "dialex_paused{cause=\"store\"}"), Some(0.0));
+    assert_eq!(h.readyz().await.unwrap().0, 200);
+    let _ = std::process::Command::new("redis-cli")
+        .args(["DEL", &key])
+        .output();
     h.cleanup().await.unwrap();
 }

@@ -16,6 +16,8 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::outcome::DeferReason;
+
 /// Set by quorum queues on a redelivery: how often the message was delivered before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -84,9 +86,14 @@ pub struct Incoming {
     pub redelivered: bool,
     pub received_at: Timestamp,
     /// Why the request was last deferred (the `x-dialex-deferred` header), if it was.
-    pub deferred_reason: Option<String>,
+    pub deferred_reason: Option<DeferReason>,
+    /// When the last deferral said it may be evaluated again (the `x-dialex-not-before`
+    /// header): a request back from a wait queue early waits again.
+    pub not_before: Option<Timestamp>,
     /// DialEx attempts made on earlier hops (the `x-dialex-attempts` header).
     pub prior_attempts: u32,
+    /// The W3C `traceparent` header, copied onto the outcome event.
+    pub traceparent: Option<String>,
     /// How often the broker has delivered this message before without it being settled
     /// (quorum queues' `x-delivery-count`).
     pub delivery_count: u32,
@@ -100,6 +107,7 @@ impl Incoming {
         let raw = |name: &str| properties.headers().as_ref()?.inner().get(name).cloned();
         let header = |name: &str| match raw(name)? {
             AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
             _ => None,
         };
         let delivery_count = match raw(DELIVERY_COUNT_HEADER) {
@@ -114,10 +122,14 @@ impl Incoming {
         Incoming {
             delivery_count,
             claimed: AtomicBool::new(false),
-            deferred_reason: header(publisher::DEFERRED_HEADER),
+            deferred_reason: header(publisher::DEFERRED_HEADER)
+                .and_then(|reason| DeferReason::parse(&reason)),
+            not_before: header(publisher::NOT_BEFORE_HEADER).and_then(|at| at.parse().ok()),
             prior_attempts: header(publisher::ATTEMPTS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+            // A W3C traceparent is 55 characters; anything far longer is not one.
+            traceparent: header("traceparent").filter(|s| s.len() <= 128),
             message_id: properties
                 .message_id()
                 .as_ref()

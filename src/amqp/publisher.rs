@@ -8,14 +8,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable as _};
+use jiff::Timestamp;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, ConnectionStatus};
 
 use super::{AmqpError, Incoming, op};
 use crate::config::{AmqpNames, AmqpSettings};
 use crate::metrics::Metrics;
-use crate::outcome::OutcomeEvent;
+use crate::outcome::{DeferReason, OutcomeEvent};
+use crate::pipeline::Broker;
 
 /// Header on dead letters: the reason code (e.g. `invalid_json`).
 pub const REASON_HEADER: &str = "x-dialex-reason";
@@ -26,6 +28,8 @@ pub const DETAIL_HEADER: &str = "x-dialex-detail";
 pub const DEFERRED_HEADER: &str = "x-dialex-deferred";
 /// Header on deferred requests: DialEx attempts made so far, across hops.
 pub const ATTEMPTS_HEADER: &str = "x-dialex-attempts";
+/// Header on deferred requests: the earliest time (RFC 3339) they may be evaluated again.
+pub const NOT_BEFORE_HEADER: &str = "x-dialex-not-before";
 
 const PERSISTENT: u8 = 2;
 
@@ -41,12 +45,16 @@ pub enum PublishError {
     ConfirmTimeout(Duration),
     #[error("not connected to the broker")]
     NotConnected,
+    #[error("the broker blocks the publishing connection (a memory or disk alarm)")]
+    Blocked,
 }
 
 /// Publishes on its own channel in confirm mode. The channel is replaced when the worker
 /// reconnects to the broker; until one is attached, every publish fails (and is retried).
 pub struct Publisher {
     channel: RwLock<Option<Channel>>,
+    /// The publishing connection's status: the broker blocks it under a resource alarm.
+    connection: RwLock<Option<ConnectionStatus>>,
     names: AmqpNames,
     confirm_timeout: Duration,
     attempts: u32,
@@ -58,6 +66,7 @@ impl Publisher {
     pub fn new(amqp: &AmqpSettings, metrics: Arc<Metrics>) -> Self {
         Publisher {
             channel: RwLock::new(None),
+            connection: RwLock::new(None),
             names: amqp.names.clone(),
             confirm_timeout: amqp.confirm_timeout(),
             attempts: amqp.publish_attempts,
@@ -80,6 +89,10 @@ impl Publisher {
             .channel
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel.clone());
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connection.status().clone());
         Ok(channel)
     }
 
@@ -156,20 +169,22 @@ impl Publisher {
     }
 
     /// Parks `incoming` on a wait queue; it returns to the request queue when the queue's TTL
-    /// has passed. The original body and properties travel unchanged, plus the reason and the
-    /// attempts made so far.
+    /// has passed. The original body and properties travel unchanged, plus the reason, the
+    /// attempts made so far and the time before which it waits again if it comes back early.
     pub async fn defer(
         &self,
         incoming: &Incoming,
         wait_queue: &str,
-        reason: &str,
+        reason: DeferReason,
         attempts: u32,
+        not_before: Timestamp,
     ) -> Result<(), PublishError> {
         let properties = annotated(
             incoming,
             &[
-                (DEFERRED_HEADER, reason),
+                (DEFERRED_HEADER, reason.as_str()),
                 (ATTEMPTS_HEADER, &attempts.to_string()),
+                (NOT_BEFORE_HEADER, &not_before.to_string()),
             ],
         );
         self.publish_with_retry("", wait_queue, &incoming.body, &properties)
@@ -188,6 +203,24 @@ impl Publisher {
             &properties,
         )
         .await
+    }
+
+    /// Whether publishes can go through now: a channel is attached and open, and the broker
+    /// does not block the connection (it does under a memory or disk alarm).
+    pub fn check(&self) -> Result<(), PublishError> {
+        if !self.is_connected() {
+            return Err(PublishError::NotConnected);
+        }
+        let blocked = self
+            .connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(ConnectionStatus::blocked);
+        if blocked {
+            return Err(PublishError::Blocked);
+        }
+        Ok(())
     }
 
     async fn publish_with_retry(
@@ -250,6 +283,45 @@ impl Publisher {
             )));
         }
         Ok(())
+    }
+}
+
+impl Broker for Publisher {
+    async fn publish_outcome(
+        &self,
+        event: &OutcomeEvent,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        self.publish_outcome_json(event, json, traceparent).await
+    }
+
+    async fn defer(
+        &self,
+        incoming: &Incoming,
+        wait_queue: &str,
+        reason: DeferReason,
+        attempts: u32,
+        not_before: Timestamp,
+    ) -> Result<(), PublishError> {
+        Publisher::defer(self, incoming, wait_queue, reason, attempts, not_before).await
+    }
+
+    async fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), PublishError> {
+        Publisher::dead_letter(self, incoming, reason, detail).await
+    }
+
+    async fn give_back(&self, incoming: &Incoming) -> Result<(), PublishError> {
+        Publisher::give_back(self, incoming).await
+    }
+
+    fn check(&self) -> Result<(), PublishError> {
+        Publisher::check(self)
     }
 }
 

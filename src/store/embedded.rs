@@ -1147,7 +1147,9 @@ mod tests {
     #[tokio::test]
     async fn a_live_claim_is_held_even_for_the_same_worker() {
         let dir = TempDir::new();
-        let store = open(&settings(&dir));
+        let settings = settings(&dir);
+        let lease = settings.lease_ms;
+        let store = open(&settings);
         let token = acquire(&store, "r1").await;
         let now = now_ms().unwrap();
         match Record::decode(&token.0).unwrap() {
@@ -1156,15 +1158,18 @@ mod tests {
                 lease_until_ms,
             } => {
                 assert_eq!(worker, "worker-a");
-                assert!(lease_until_ms > now && lease_until_ms <= now + 60_000);
+                assert!(lease_until_ms > now && lease_until_ms <= now + lease);
             }
             other => panic!("token is not a claim: {other:?}"),
         }
         match store.claim("r1").await.unwrap() {
             Claim::Held { worker, remaining } => {
                 assert_eq!(worker, "worker-a");
-                assert!(remaining <= Duration::from_millis(60_000), "{remaining:?}");
-                assert!(remaining > Duration::from_millis(50_000), "{remaining:?}");
+                assert!(remaining <= Duration::from_millis(lease), "{remaining:?}");
+                assert!(
+                    remaining > Duration::from_millis(lease - 10_000),
+                    "{remaining:?}"
+                );
             }
             other => panic!("expected Held, got {other:?}"),
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dialex_worker::ccc::simulator::{SimConfig, Simulator};
 use dialex_worker::config::{Settings, StoreBackend};
-use dialex_worker::harness::{Harness, Received};
+use dialex_worker::harness::{DeadLetter, Harness, Received};
 use dialex_worker::outcome::{OutcomeEvent, Status};
 
 /// Generous: the broker and the worker share two cores with other tests.
@@ -22,8 +22,10 @@ pub fn settings() -> Settings {
     settings.ccc.connect_timeout_ms = 500;
     settings.amqp.prefetch = 32;
     // Short leases and wait tiers so crash scenarios resolve in seconds; still longer than the
-    // longest dial (3 attempts and a replay of 1 s each, plus backoffs), as validation demands.
-    settings.store.lease_ms = 5_000;
+    // longest dial (3 attempts and a replay of 1 s each, plus backoffs), as validation demands,
+    // with room for a few seconds' wait for a pacing slot (a request waits only as long as its
+    // claim outlasts the dial).
+    settings.store.lease_ms = 8_000;
     settings.deferral.tiers_ms = vec![500, 2_000, 10_000];
     // Retries that outlast the in-process attempts come back through the shortest tier.
     settings.ccc.requeue_delay_ms = 500;
@@ -129,6 +131,21 @@ pub async fn assert_request_queue_drains(harness: &Harness) {
         .await
         .expect("queue depth");
     assert_eq!(depth, 0, "{queue} still holds {depth} message(s)");
+}
+
+/// The dead letters, once `count` have arrived (a request's event is published before its
+/// dead letter); fails if more arrive, or fewer within ten seconds.
+pub async fn dead_letters_soon(harness: &Harness, count: usize) -> Vec<DeadLetter> {
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead.extend(harness.dead_letters().await.expect("dead letters"));
+        if dead.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), count, "dead letters");
+    dead
 }
 
 /// A valid request body.

@@ -220,6 +220,13 @@ impl Gateway {
                     "The specified parameter RoutPoint is not valid.",
                 );
             }
+            Some(Fault::Forbidden) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden.RAM",
+                    "User not authorized to operate on the specified resource.",
+                );
+            }
             Some(Fault::BadGatewayNoBody) => {
                 return Reply::Answer(answer::empty(StatusCode::BAD_GATEWAY));
             }

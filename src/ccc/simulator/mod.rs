@@ -128,6 +128,9 @@ pub enum Fault {
     /// HTTP 400, `InvalidParameter`: a business parameter the call centre does not accept
     /// (say, a contact flow that does not exist in the instance); the dial is not executed.
     InvalidParameter,
+    /// HTTP 403, `Forbidden.RAM`: the AccessKey may not call this instance (the worker's own
+    /// probe, which names no real instance, still passes); the dial is not executed.
+    Forbidden,
     /// HTTP 502 with an empty body, as a load balancer in front of the gateway would answer;
     /// the dial is not executed (but the client cannot know that).
     BadGatewayNoBody,

@@ -100,8 +100,12 @@ impl fmt::Debug for LocalLimiter {
 }
 
 impl Limiter for LocalLimiter {
-    async fn acquire(&self, key: &CallKey<'_>) -> Result<Option<Permit>, LimitError> {
-        self.shared.common.acquire(self, key).await
+    async fn acquire_within(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> Result<Option<Permit>, LimitError> {
+        self.shared.common.acquire(self, key, max_wait).await
     }
 
     fn throttled(&self, instance_id: &str) {

@@ -170,6 +170,16 @@ pub trait Limiter: Send + Sync + 'static {
     fn acquire(
         &self,
         key: &CallKey<'_>,
+    ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send {
+        self.acquire_within(key, Duration::MAX)
+    }
+
+    /// [`Limiter::acquire`], waiting at most `max_wait` if that is shorter than the configured
+    /// wait (a request whose claim would not outlast a longer wait and the dial).
+    fn acquire_within(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
     ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
 
     /// CCC answered `Throttling*` for this instance: this replica slows it to
@@ -185,10 +195,14 @@ pub enum AnyLimiter {
 }
 
 impl Limiter for AnyLimiter {
-    async fn acquire(&self, key: &CallKey<'_>) -> Result<Option<Permit>, LimitError> {
+    async fn acquire_within(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> Result<Option<Permit>, LimitError> {
         match self {
-            AnyLimiter::Local(limiter) => limiter.acquire(key).await,
-            AnyLimiter::Redis(limiter) => limiter.acquire(key).await,
+            AnyLimiter::Local(limiter) => limiter.acquire_within(key, max_wait).await,
+            AnyLimiter::Redis(limiter) => limiter.acquire_within(key, max_wait).await,
         }
     }
 
@@ -460,9 +474,10 @@ impl Common {
         &self,
         backend: &B,
         key: &CallKey<'_>,
+        max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
         let start = Instant::now();
-        let deadline = start + self.rules.max_wait;
+        let deadline = start + self.rules.max_wait.min(max_wait);
         let local = self.wakers.get(key.instance_id);
         // This process's turn at the instance's rate or permits (see `InstanceWaiters`), held
         // only while refused for that reason.

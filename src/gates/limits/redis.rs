@@ -230,8 +230,12 @@ impl RedisLimiter {
 }
 
 impl Limiter for RedisLimiter {
-    async fn acquire(&self, key: &CallKey<'_>) -> Result<Option<Permit>, LimitError> {
-        self.inner.common.acquire(self, key).await
+    async fn acquire_within(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> Result<Option<Permit>, LimitError> {
+        self.inner.common.acquire(self, key, max_wait).await
     }
 
     fn throttled(&self, instance_id: &str) {

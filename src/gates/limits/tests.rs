@@ -334,7 +334,7 @@ async fn waiters_queue_instead_of_stampeding<B: Backend + Clone + 'static>(
                         pair_key: &pair,
                     };
                     let permit = common(&counting.0)
-                        .acquire(&counting, &key)
+                        .acquire(&counting, &key, Duration::MAX)
                         .await
                         .expect("acquire")
                         .expect("granted");

@@ -1,0 +1,50 @@
+//! The broker as the pipeline sees it: four verbs on a delivery, each confirmed.
+//!
+//! [`crate::amqp::Publisher`] implements it over RabbitMQ; the pipeline's unit tests use a
+//! recording one, so every exit is tested without a broker.
+
+use std::future::Future;
+
+use jiff::Timestamp;
+
+use crate::amqp::{Incoming, PublishError};
+use crate::outcome::{DeferReason, OutcomeEvent};
+
+/// Where the pipeline's decisions go. Every method returns once the broker confirmed.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `event` (serialized as `json`) to the outcome exchange.
+    fn publish_outcome(
+        &self,
+        event: &OutcomeEvent,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Parks `incoming` on `wait_queue` until `not_before`, saying why and how many DialEx
+    /// attempts it has had.
+    fn defer(
+        &self,
+        incoming: &Incoming,
+        wait_queue: &str,
+        reason: DeferReason,
+        attempts: u32,
+        not_before: Timestamp,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Parks `incoming` on the dead-letter exchange with a reason.
+    fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        reason: &str,
+        detail: &str,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Puts `incoming` back on the request queue as a fresh message.
+    fn give_back(
+        &self,
+        incoming: &Incoming,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Whether publishes can go through now (connected and not blocked by the broker).
+    fn check(&self) -> Result<(), PublishError>;
+}

@@ -1,0 +1,254 @@
+//! The gates stage: whether, and when, a claimed request may be dialed. In order: expiry,
+//! the calendar and `not_before`, the do-not-call list, the callee's cooldown and daily cap,
+//! then a concurrency and pacing slot.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::held::{CalleeHold, Held};
+use super::{Broker, Pipeline, Verdict, wait_budget};
+use crate::amqp::Incoming;
+use crate::ccc::CccClient;
+use crate::gates::limits::{CallKey, Limiter};
+use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
+use crate::store::{Cooldown, DialStore, StoreError};
+use crate::validate::DialRequest;
+
+impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+    /// Passes every gate (`Ok`, with the callee's hold and the permit in `held`), or says why
+    /// not.
+    pub(super) async fn gates(
+        &self,
+        request: &DialRequest,
+        incoming: &Incoming,
+        held: &mut Held,
+    ) -> Result<(), Verdict> {
+        let now = Timestamp::now();
+        let expired =
+            || OutcomeEvent::expired(request, incoming.received_at, incoming.prior_attempts);
+        if request.expires_at().is_some_and(|at| now >= at) {
+            return Err(Verdict::Resolve(expired()));
+        }
+        if let Some((reason, until)) = self.not_yet(request, now) {
+            if request.expires_at().is_some_and(|at| until >= at) {
+                return Err(Verdict::Resolve(expired()));
+            }
+            // Not ours to hold while it waits: whoever sees it come back claims it afresh.
+            return Err(Verdict::Wait(self.deferral(
+                request,
+                incoming,
+                reason,
+                until,
+                incoming.prior_attempts,
+            )));
+        }
+
+        match self.dnc.contains(request.callee()).await {
+            Ok(false) => {}
+            Ok(true) => return Err(self.suppressed(request, incoming, SuppressReason::Dnc, None)),
+            Err(error) => {
+                // Fail closed: never dial a number that might be on the list.
+                tracing::error!(%error, "the do-not-call list could not be checked; deferring");
+                return Err(Verdict::Wait(self.deferral(
+                    request,
+                    incoming,
+                    DeferReason::DncUnavailable,
+                    now,
+                    incoming.prior_attempts,
+                )));
+            }
+        }
+
+        self.callee_gate(request, incoming, held).await?;
+
+        match self.pace(request, held).await {
+            Some(permit) => {
+                held.permit = Some(permit);
+                Ok(())
+            }
+            // Too long a wait for a slot: wait outside the process instead.
+            None => Err(Verdict::Wait(self.deferral(
+                request,
+                incoming,
+                DeferReason::Limits,
+                Timestamp::now(),
+                incoming.prior_attempts,
+            ))),
+        }
+    }
+
+    /// When the request may be dialed, if not now: the later of `not_before` and the next
+    /// opening of its instance's calendar, with the reason that decides.
+    fn not_yet(&self, request: &DialRequest, now: Timestamp) -> Option<(DeferReason, Timestamp)> {
+        let not_before = request.not_before().filter(|at| *at > now);
+        let calendar = self.hours.for_instance(request.instance_id());
+        let from = not_before.unwrap_or(now);
+        // A calendar that never opens again: nothing can be dialed; treat it as far future,
+        // which expires requests with a deadline and parks the others in the longest tier.
+        let opening = calendar.next_opening(from).unwrap_or_else(|| {
+            from.checked_add(jiff::SignedDuration::from_hours(24 * 400))
+                .unwrap_or(Timestamp::MAX)
+        });
+        if opening > from {
+            Some((DeferReason::OutsideHours, opening))
+        } else {
+            not_before.map(|at| (DeferReason::NotBefore, at))
+        }
+    }
+
+    fn suppressed(
+        &self,
+        request: &DialRequest,
+        incoming: &Incoming,
+        reason: SuppressReason,
+        earlier: Option<(&str, Option<&str>)>,
+    ) -> Verdict {
+        self.metrics.suppressed(reason);
+        Verdict::Resolve(OutcomeEvent::suppressed(
+            request,
+            incoming.received_at,
+            reason,
+            earlier,
+        ))
+    }
+
+    /// The callee gate: cooldown, then the daily cap. What it takes goes into `held`, to be
+    /// kept or given back once the dial's fate is known.
+    async fn callee_gate(
+        &self,
+        request: &DialRequest,
+        incoming: &Incoming,
+        held: &mut Held,
+    ) -> Result<(), Verdict> {
+        let Some(gate) = &self.callee else {
+            return Ok(());
+        };
+        let request_id = request.request_id().as_str();
+        let hold = held.callee.insert(CalleeHold {
+            key: gate.key(request),
+            cooldown: None,
+            day: None,
+        });
+        if let Some(window) = gate.window() {
+            match self
+                .store
+                .cooldown_acquire(&hold.key, request_id, window)
+                .await
+                .map_err(Verdict::StoreFailed)?
+            {
+                Cooldown::Free => hold.cooldown = Some(window),
+                Cooldown::Taken {
+                    request_id: earlier,
+                    task_id,
+                } => {
+                    return Err(self.suppressed(
+                        request,
+                        incoming,
+                        SuppressReason::Cooldown,
+                        Some((earlier.as_str(), task_id.as_deref())),
+                    ));
+                }
+            }
+        }
+        if let Some((max, day)) = gate.daily_cap(Timestamp::now()) {
+            if !self
+                .store
+                .daily_reserve(&hold.key, &day, max)
+                .await
+                .map_err(Verdict::StoreFailed)?
+            {
+                return Err(self.suppressed(request, incoming, SuppressReason::DailyCap, None));
+            }
+            hold.day = Some(day);
+        }
+        Ok(())
+    }
+
+    /// A concurrency and pacing slot, waited for in-process, but never so long that the
+    /// claim's lease could end before the dial does; `None`: wait outside the process.
+    async fn pace(
+        &self,
+        request: &DialRequest,
+        held: &Held,
+    ) -> Option<crate::gates::limits::Permit> {
+        let caller_key = self
+            .hasher
+            .hash(&[request.instance_id(), request.caller().as_str()]);
+        let pair_key = self.hasher.hash(&[
+            request.instance_id(),
+            request.caller().as_str(),
+            request.callee().as_str(),
+        ]);
+        let key = CallKey {
+            instance_id: request.instance_id(),
+            caller_key: &caller_key,
+            pair_key: &pair_key,
+        };
+        let budget = self.wait_budget(held);
+        if budget.is_zero() {
+            return None;
+        }
+        let waiting = Instant::now();
+        let acquired = self.limiter.acquire_within(&key, budget).await;
+        self.metrics
+            .limiter_wait
+            .observe(waiting.elapsed().as_secs_f64());
+        match acquired {
+            // The last attempt may answer just past the budget: the lease decides.
+            Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Some(permit),
+            Ok(Some(permit)) => {
+                permit.release().await;
+                tracing::info!("a slot came too late to dial within the claim's lease; deferring");
+                None
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "the limiter could not decide; deferring");
+                None
+            }
+        }
+    }
+
+    fn wait_budget(&self, held: &Held) -> Duration {
+        wait_budget(self.lease, self.policy.longest_dial, held.claimed_at())
+    }
+
+    /// Keeps or gives back what the callee gate took, for a request whose outcome is `placed`:
+    /// `Some(task id if known)` when the call was (or may have been) placed, `None` when it
+    /// certainly was not.
+    pub(super) async fn settle_callee(
+        &self,
+        request_id: &str,
+        held: &mut Held,
+        placed: Option<Option<&str>>,
+    ) {
+        let Some(hold) = held.callee.take() else {
+            return;
+        };
+        let result = async {
+            match placed {
+                Some(task_id) => {
+                    if let (Some(window), Some(task_id)) = (hold.cooldown, task_id) {
+                        self.store
+                            .cooldown_dialed(&hold.key, request_id, task_id, window)
+                            .await?;
+                    }
+                }
+                None => {
+                    if hold.cooldown.is_some() {
+                        self.store.cooldown_release(&hold.key, request_id).await?;
+                    }
+                    if let Some(day) = &hold.day {
+                        self.store.daily_release(&hold.key, day).await?;
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not update the callee's cooldown or daily count");
+        }
+    }
+}
