@@ -17,7 +17,6 @@ use super::{AmqpError, Incoming, op};
 use crate::config::{AmqpNames, AmqpSettings};
 use crate::metrics::Metrics;
 use crate::outcome::{DeferReason, OutcomeEvent};
-use crate::pipeline::Broker;
 
 /// Header on dead letters: the reason code (e.g. `invalid_json`).
 pub const REASON_HEADER: &str = "x-dialex-reason";
@@ -283,45 +282,6 @@ impl Publisher {
             )));
         }
         Ok(())
-    }
-}
-
-impl Broker for Publisher {
-    async fn publish_outcome(
-        &self,
-        event: &OutcomeEvent,
-        json: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), PublishError> {
-        self.publish_outcome_json(event, json, traceparent).await
-    }
-
-    async fn defer(
-        &self,
-        incoming: &Incoming,
-        wait_queue: &str,
-        reason: DeferReason,
-        attempts: u32,
-        not_before: Timestamp,
-    ) -> Result<(), PublishError> {
-        Publisher::defer(self, incoming, wait_queue, reason, attempts, not_before).await
-    }
-
-    async fn dead_letter(
-        &self,
-        incoming: &Incoming,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), PublishError> {
-        Publisher::dead_letter(self, incoming, reason, detail).await
-    }
-
-    async fn give_back(&self, incoming: &Incoming) -> Result<(), PublishError> {
-        Publisher::give_back(self, incoming).await
-    }
-
-    fn check(&self) -> Result<(), PublishError> {
-        Publisher::check(self)
     }
 }
 

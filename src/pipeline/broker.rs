@@ -7,7 +7,7 @@ use std::future::Future;
 
 use jiff::Timestamp;
 
-use crate::amqp::{Incoming, PublishError};
+use crate::amqp::{Incoming, PublishError, Publisher};
 use crate::outcome::{DeferReason, OutcomeEvent};
 
 /// Where the pipeline's decisions go. Every method returns once the broker confirmed.
@@ -47,4 +47,43 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether publishes can go through now (connected and not blocked by the broker).
     fn check(&self) -> Result<(), PublishError>;
+}
+
+impl Broker for Publisher {
+    async fn publish_outcome(
+        &self,
+        event: &OutcomeEvent,
+        json: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        self.publish_outcome_json(event, json, traceparent).await
+    }
+
+    async fn defer(
+        &self,
+        incoming: &Incoming,
+        wait_queue: &str,
+        reason: DeferReason,
+        attempts: u32,
+        not_before: Timestamp,
+    ) -> Result<(), PublishError> {
+        Publisher::defer(self, incoming, wait_queue, reason, attempts, not_before).await
+    }
+
+    async fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), PublishError> {
+        Publisher::dead_letter(self, incoming, reason, detail).await
+    }
+
+    async fn give_back(&self, incoming: &Incoming) -> Result<(), PublishError> {
+        Publisher::give_back(self, incoming).await
+    }
+
+    fn check(&self) -> Result<(), PublishError> {
+        Publisher::check(self)
+    }
 }

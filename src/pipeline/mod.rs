@@ -298,6 +298,10 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
         incoming: &Incoming,
         claimed: bool,
     ) -> Step {
+        if self.halt.is_raised() {
+            // Another request found the store down already.
+            return Step::GiveBack;
+        }
         let concerns_one =
             matches!(error, StoreError::Corrupt(_)) || self.store.check().await.is_ok();
         if !concerns_one {

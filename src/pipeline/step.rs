@@ -33,13 +33,6 @@ pub struct Finish {
     pub json: Vec<u8>,
 }
 
-impl Finish {
-    pub fn new(event: OutcomeEvent) -> Finish {
-        let json = event.to_json();
-        Finish { event, json }
-    }
-}
-
 /// A request that waits outside the process until `until`.
 #[derive(Debug)]
 pub struct Deferral {
