@@ -9,7 +9,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, AmqpError, Publisher, op, topology};
+use crate::amqp::{self, AmqpError, PublishError, Publisher, op, topology};
 use crate::ccc::CccClient;
 use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
@@ -378,7 +378,16 @@ async fn serve<C: CccClient, S: DialStore>(
                             &session.lost,
                             Duration::from_secs(5),
                             "RabbitMQ still does not take the worker's publishes",
-                            || std::future::ready(pipeline.publisher.check()),
+                            || {
+                                let checked = pipeline.publisher.check();
+                                if matches!(checked, Err(PublishError::NotConnected)) {
+                                    // The broker closed the publishing channel (say, an
+                                    // exchange was deleted) but not the connection: a new
+                                    // session opens a channel and declares the topology.
+                                    session.lost.cancel();
+                                }
+                                std::future::ready(checked)
+                            },
                         )
                         .await
                     }

@@ -13,6 +13,8 @@ use dialex_worker::config::StoreBackend;
 use dialex_worker::harness::{Harness, Received};
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, settings_with, spawn_worker_process, started};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 
 /// Every request's statuses and event ids, from the events received so far.
 #[derive(Default)]
@@ -274,15 +276,17 @@ async fn closing_the_workers_connections_under_load_loses_nothing_and_dials_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_only_the_publishing_connection_dead_letters_nothing_and_loses_no_task_id() {
-    // The consuming connection stays up: outcomes that could not be published must go back
-    // to the queue (their results are recorded), never to the dead-letter queue.
+async fn outcomes_the_broker_refuses_are_never_dead_lettered_and_keep_their_task_ids() {
+    // A downstream queue refuses new messages for a while (a length limit with
+    // `reject-publish`): the broker nacks the worker's outcome publishes while the request
+    // queue works. A result that could not be published must go
+    // back to the queue (it is recorded), never to the dead-letter queue.
     let mut s = settings();
     s.limits.calls_per_second = 200.0;
     s.limits.burst = 20;
     let mut h = started(s, SimConfig::default()).await;
     const REQUESTS: usize = 1_500;
-    publish_many(&h, "publisher-lost", REQUESTS).await;
+    publish_many(&h, "refused", REQUESTS).await;
     let mut tally = Tally::default();
     let mut events = Vec::new();
     while tally.terminal() < 200 {
@@ -290,15 +294,49 @@ async fn losing_only_the_publishing_connection_dead_letters_nothing_and_loses_no
         tally.add(&r);
         events.push(r.event);
     }
-    let name = format!("{} publish", h.settings.amqp.connection_name);
-    let pids = worker_connections(&name);
-    assert_eq!(pids.len(), 1, "one publishing connection: {pids:?}");
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pids[0], "test: publisher lost"])
-        .status()
+    // A queue of its own, bound to every outcome, that holds one message and refuses the
+    // rest: the broker nacks a publish that any of its queues refuses.
+    let connection = dialex_worker::amqp::connect(&h.settings.amqp.url, "test: full queue")
+        .await
         .unwrap();
-    assert!(closed.success());
-    let closed_at = tally.terminal();
+    let channel = connection.create_channel().await.unwrap();
+    let full = format!("{}.full", h.settings.amqp.names.outcome_catch_all_queue);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(
+            full.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            h.settings.amqp.names.outcome_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let refused_at = tally.terminal();
+    let mut paused = false;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        let (status, body) = h.readyz().await.unwrap();
+        paused |= status == 503 && body.contains("RabbitMQ does not take");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     while tally.terminal() < REQUESTS {
         let Some(r) = h.next_outcome(WAIT).await.unwrap() else {
             panic!("no outcome with {} of {REQUESTS} done", tally.terminal());
@@ -307,8 +345,12 @@ async fn losing_only_the_publishing_connection_dead_letters_nothing_and_loses_no
         events.push(r.event);
     }
     assert!(
-        closed_at < REQUESTS / 2,
-        "closed mid-run ({closed_at} done)"
+        refused_at < REQUESTS / 2,
+        "refused mid-run ({refused_at} done)"
+    );
+    assert!(
+        paused,
+        "the worker paused while the broker refused its outcomes"
     );
     tally.assert_one_terminal_each(REQUESTS);
     assert_eq!(assert_dialed_at_most_once(&h), REQUESTS);
