@@ -252,9 +252,15 @@ impl OutcomeEvent {
         event
     }
 
-    /// The request broke a rule of the contract; it was never dialed.
+    /// The request broke a rule of the contract; it was never dialed. The attributes are
+    /// echoed whenever the rejection could read them.
     pub fn rejected(rejection: &Rejection, request_id: &str, received_at: Timestamp) -> Self {
-        let mut event = Self::new(request_id, Status::Rejected, received_at, None);
+        let mut event = Self::new(
+            request_id,
+            Status::Rejected,
+            received_at,
+            rejection.attributes.as_deref(),
+        );
         event.code = Some(rejection.reason.code().to_owned());
         event.message = Some(rejection.detail.clone());
         event
@@ -324,6 +330,39 @@ mod tests {
         assert_eq!(json["request_id"], "r-9");
         assert_eq!(json["code"], rejection.reason.code());
         assert!(json.get("task_id").is_none());
+        assert!(json.get("attributes").is_none());
         assert_eq!(event.routing_key("dial.outcome"), "dial.outcome.rejected");
+    }
+
+    /// A valid request with `attributes` set to `attributes`, and `callee` to `callee`.
+    fn body(callee: &str, attributes: &str) -> Vec<u8> {
+        format!(
+            r#"{{"request_id":"r-1","instance_id":"i","caller":"02285196281","callee":"{callee}","answer_mode":"ivr","rout_point":"f","attributes":{attributes}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_rejected_event_echoes_the_attributes_it_could_read() {
+        let sent = r#"{"ticket": "T-7", "n": 1.50}"#;
+        let rejection = crate::validate::decode(&body("12345", sent), None).unwrap_err();
+        let event = OutcomeEvent::rejected(&rejection, "r-1", Timestamp::now());
+        let json = String::from_utf8(event.to_json()).unwrap();
+        assert!(
+            json.contains(&format!(r#""attributes":{sent}"#)),
+            "echoed as sent: {json}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["code"], "invalid_callee");
+        assert!(
+            !json.to_string().contains("12345"),
+            "no phone number: {json}"
+        );
+
+        let unreadable = crate::validate::decode(&body("15732036617", "[1]"), None).unwrap_err();
+        let event = OutcomeEvent::rejected(&unreadable, "r-1", Timestamp::now());
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["code"], "invalid_attributes");
+        assert!(json.get("attributes").is_none());
     }
 }

@@ -323,8 +323,9 @@ impl RejectReason {
 ///
 /// `request_id` is filled when it could be recovered (from the body's `request_id` field if
 /// that alone is valid, or else the AMQP `message_id`), so a `rejected` event can still be
-/// published.
-#[derive(Debug, Clone, thiserror::Error)]
+/// published; `attributes` likewise, so that event can echo them as every other outcome does.
+/// `Debug` shows only the size of `attributes`, as for [`DialRequest`].
+#[derive(Clone, thiserror::Error)]
 #[error("{}: {detail}", reason.code())]
 pub struct Rejection {
     /// The idempotency key, if one could be recovered despite the failure.
@@ -333,6 +334,24 @@ pub struct Rejection {
     pub reason: RejectReason,
     /// A short sentence for humans naming the field and the rule; never a phone number.
     pub detail: String,
+    /// The request's `attributes`, exactly as sent, when the body is JSON and `attributes`
+    /// itself passed its rules (another field broke one); `None` when they are absent or are
+    /// themselves the problem.
+    pub attributes: Option<Box<RawValue>>,
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("request_id", &self.request_id)
+            .field("reason", &self.reason)
+            .field("detail", &self.detail)
+            .field(
+                "attributes",
+                &self.attributes.as_ref().map(|a| ByteCount(a.get().len())),
+            )
+            .finish()
+    }
 }
 
 /// A failed rule before the request id to attach is known.
@@ -390,27 +409,37 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<DialRequest, Reje
 
     let raw = match parse_body(body) {
         Ok(raw) => raw,
-        Err(failure) => return Err(reject(fallback_id(), failure)),
+        Err(failure) => return Err(reject(fallback_id(), failure, None)),
     };
+    // Checked ahead of the other fields so that a rejection for any of them can still echo
+    // the attributes; reported in contract order, i.e. only once every other field passed.
+    let attributes = attributes_field(raw.attributes);
     let request_id = match request_id_field(raw.request_id, message_id) {
         Ok(id) => id,
-        Err(failure) => return Err(reject(fallback_id(), failure)),
+        Err(failure) => return Err(reject(fallback_id(), failure, attributes.ok().flatten())),
     };
-    match interpret(&raw) {
-        Ok(fields) => Ok(DialRequest {
-            request_id,
-            instance_id: fields.instance_id,
-            caller: fields.caller,
-            callee: fields.callee,
-            answer_mode: fields.answer_mode,
-            rout_point: fields.rout_point,
-            provider: fields.provider,
-            not_before: fields.not_before,
-            expires_at: fields.expires_at,
-            attributes: fields.attributes,
-        }),
-        Err(failure) => Err(reject(Some(request_id), failure)),
-    }
+    let fields = match interpret(&raw) {
+        Ok(fields) => fields,
+        Err(failure) => {
+            return Err(reject(Some(request_id), failure, attributes.ok().flatten()));
+        }
+    };
+    let attributes = match attributes {
+        Ok(attributes) => attributes,
+        Err(failure) => return Err(reject(Some(request_id), failure, None)),
+    };
+    Ok(DialRequest {
+        request_id,
+        instance_id: fields.instance_id,
+        caller: fields.caller,
+        callee: fields.callee,
+        answer_mode: fields.answer_mode,
+        rout_point: fields.rout_point,
+        provider: fields.provider,
+        not_before: fields.not_before,
+        expires_at: fields.expires_at,
+        attributes,
+    })
 }
 
 /// The request id of a body, or of its AMQP `message_id`, reading nothing else: for naming a
@@ -429,15 +458,21 @@ pub fn recover_request_id(body: &[u8], message_id: Option<&str>) -> Option<Reque
         .or_else(|| message_id.and_then(|id| RequestId::parse(id).ok()))
 }
 
-fn reject(request_id: Option<RequestId>, failure: Failure) -> Rejection {
+fn reject(
+    request_id: Option<RequestId>,
+    failure: Failure,
+    attributes: Option<Box<RawValue>>,
+) -> Rejection {
     Rejection {
         request_id,
         reason: failure.reason,
         detail: failure.detail,
+        attributes,
     }
 }
 
-/// Everything in a [`DialRequest`] except the request id, which is resolved first.
+/// Everything in a [`DialRequest`] except the request id and the attributes, which are
+/// resolved apart because a rejection carries them.
 struct Fields {
     instance_id: String,
     caller: PhoneNumber,
@@ -447,7 +482,6 @@ struct Fields {
     provider: Option<String>,
     not_before: Option<Timestamp>,
     expires_at: Option<Timestamp>,
-    attributes: Option<Box<RawValue>>,
 }
 
 fn parse_body(body: &[u8]) -> Result<RawRequest<'_>, Failure> {
@@ -526,7 +560,8 @@ fn request_id_field(
     }
 }
 
-/// Interprets the fields after `request_id`, in contract order, stopping at the first failure.
+/// Interprets the fields between `request_id` and `attributes`, in contract order, stopping at
+/// the first failure.
 fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
     use RejectReason as R;
 
@@ -563,7 +598,6 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
             "expires_at: must be after not_before",
         ));
     }
-    let attributes = attributes_field(raw.attributes)?;
 
     Ok(Fields {
         instance_id,
@@ -574,7 +608,6 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
         provider,
         not_before,
         expires_at,
-        attributes,
     })
 }
 
@@ -1109,6 +1142,111 @@ mod tests {
         assert!(debug.contains("req-0001"), "{debug}");
         let pretty = format!("{request:#?}");
         assert!(!pretty.contains(CALLEE), "{pretty}");
+    }
+
+    #[test]
+    fn a_rejection_echoes_the_attributes_when_another_field_is_wrong() {
+        let sent = r#"{ "ticket" : "T-1", "n": [1.50] }"#;
+        // Written by hand so the attributes reach the decoder byte for byte as above.
+        let body = |field: &str, value: &str| {
+            let mut fields = vec![
+                ("request_id", r#""r""#),
+                ("instance_id", r#""i""#),
+                ("caller", r#""95588""#),
+                ("callee", r#""95588""#),
+                ("answer_mode", "0"),
+                ("rout_point", r#""f""#),
+                ("attributes", sent),
+            ];
+            fields.retain(|(name, _)| *name != field);
+            fields.push((field, value));
+            let members: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!(r#""{k}":{v}"#))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        };
+        for (field, value, reason) in [
+            ("callee", r#""12345""#, RejectReason::InvalidCallee),
+            ("answer_mode", r#""fax""#, RejectReason::InvalidAnswerMode),
+            ("provider", "7", RejectReason::InvalidProvider),
+            (
+                "not_before",
+                r#""tomorrow""#,
+                RejectReason::InvalidNotBefore,
+            ),
+            ("request_id", r#""a b""#, RejectReason::InvalidRequestId),
+        ] {
+            let r = rejection(body(field, value).as_bytes(), Some("m-1"));
+            assert_eq!(r.reason, reason, "{field}: {r}");
+            // Exactly as sent, spacing and number forms included, as accepted requests echo it.
+            assert_eq!(r.attributes.as_deref().map(RawValue::get), Some(sent));
+        }
+        // No request id at all: nothing to correlate, but the attributes were still readable.
+        let r = rejection(&without("request_id"), None);
+        assert_eq!(r.reason, RejectReason::MissingRequestId);
+        assert!(r.attributes.is_some());
+
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("spring"), "{debug}");
+        assert!(debug.contains("bytes>"), "{debug}");
+    }
+
+    #[test]
+    fn a_rejection_has_no_attributes_when_they_cannot_be_read() {
+        let broken_body_and_attributes = with(|m| {
+            m.insert("callee".into(), json!("12345"));
+            m.insert("attributes".into(), json!([1]));
+        });
+        let mut too_big = with(|_| {});
+        too_big.resize(MAX_BODY_BYTES + 1, b' ');
+        let nested = format!(
+            r#"{{"request_id":"r","instance_id":"i","caller":"95588","callee":"95588","answer_mode":0,"rout_point":"f","attributes":{{"k":{}{}}}}}"#,
+            "[".repeat(MAX_ATTRIBUTES_DEPTH),
+            "]".repeat(MAX_ATTRIBUTES_DEPTH)
+        );
+        let cases: [(&str, Vec<u8>, RejectReason); 7] = [
+            (
+                "not an object",
+                set("attributes", json!("ticket")),
+                RejectReason::InvalidAttributes,
+            ),
+            (
+                "too deep",
+                nested.into_bytes(),
+                RejectReason::InvalidAttributes,
+            ),
+            (
+                "too large",
+                set("attributes", oversized_attributes()),
+                RejectReason::AttributesTooLarge,
+            ),
+            // The first broken rule is reported, but unreadable attributes are not echoed.
+            (
+                "another field and the attributes",
+                broken_body_and_attributes,
+                RejectReason::InvalidCallee,
+            ),
+            (
+                "absent",
+                with(|m| {
+                    m.insert("callee".into(), json!("12345"));
+                    m.remove("attributes");
+                }),
+                RejectReason::InvalidCallee,
+            ),
+            (
+                "not JSON",
+                br#"{"request_id":"r","attributes":{"a":1},"#.to_vec(),
+                RejectReason::InvalidJson,
+            ),
+            ("body too large", too_big, RejectReason::BodyTooLarge),
+        ];
+        for (name, body, reason) in cases {
+            let r = rejection(&body, Some("m-1"));
+            assert_eq!(r.reason, reason, "{name}: {r}");
+            assert!(r.attributes.is_none(), "{name}: {r:?}");
+        }
     }
 
     #[test]

@@ -200,3 +200,25 @@ async fn the_requests_traceparent_travels_onto_its_outcome_event() {
     );
     h.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_request_echoes_its_attributes_when_only_another_field_is_wrong() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let event = helpers::only_outcome(&mut h, &request("bad-callee-ticket", "12345", "ivr")).await;
+    assert_eq!(event.status, Status::Rejected);
+    assert_eq!(event.code.as_deref(), Some("invalid_callee"));
+    let attributes: serde_json::Value = serde_json::from_str(
+        event
+            .attributes
+            .as_ref()
+            .expect("attributes echoed in the rejected event")
+            .get(),
+    )
+    .unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"ticket": "bad-callee-ticket"})
+    );
+    assert!(h.simulator.dials().is_empty());
+    h.cleanup().await.unwrap();
+}
