@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -35,6 +35,13 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
 /// depth limit, but the outcome events echo `attributes` back and their consumers' parsers
 /// do have one (serde_json's default is 128 levels for the whole event).
 pub const MAX_ATTRIBUTES_DEPTH: usize = 64;
+
+/// How far ahead of now `not_before` and `expires_at` may lie. A date near year 9999 is a
+/// producer's bug, not a plan, and date arithmetic on it later in the pipeline (an opening
+/// searched for days after it) would overflow; 400 days covers a year of scheduling plus any
+/// holiday block, and matches how far the business-hours search looks. The pipeline may rely on
+/// every accepted date being within this horizon of the moment it was decoded.
+pub const SCHEDULE_HORIZON: SignedDuration = SignedDuration::from_hours(400 * 24);
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
 const MAX_INSTANCE_ID_CHARS: usize = 128;
@@ -253,9 +260,11 @@ pub enum RejectReason {
     InvalidRoutPoint,
     /// `provider` is not a string of at most 64 characters without control characters.
     InvalidProvider,
-    /// `not_before` is not an RFC 3339 timestamp with an offset.
+    /// `not_before` is not an RFC 3339 timestamp with an offset, or lies more than
+    /// [`SCHEDULE_HORIZON`] ahead.
     InvalidNotBefore,
-    /// `expires_at` is not an RFC 3339 timestamp with an offset.
+    /// `expires_at` is not an RFC 3339 timestamp with an offset, or lies more than
+    /// [`SCHEDULE_HORIZON`] ahead.
     InvalidExpiresAt,
     /// `expires_at` is not after `not_before`.
     InvalidTimeWindow,
@@ -405,6 +414,19 @@ struct RawRequest<'a> {
 ///
 /// A [`Rejection`] for the first rule the body breaks, in contract field order.
 pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<DialRequest, Rejection> {
+    decode_at(body, message_id, Timestamp::now())
+}
+
+/// [`decode`] as of `now`, the instant [`SCHEDULE_HORIZON`] counts from.
+///
+/// # Errors
+///
+/// A [`Rejection`] for the first rule the body breaks, in contract field order.
+pub fn decode_at(
+    body: &[u8],
+    message_id: Option<&str>,
+    now: Timestamp,
+) -> Result<DialRequest, Rejection> {
     let fallback_id = || message_id.and_then(|id| RequestId::parse(id).ok());
 
     let raw = match parse_body(body) {
@@ -418,7 +440,7 @@ pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<DialRequest, Reje
         Ok(id) => id,
         Err(failure) => return Err(reject(fallback_id(), failure, attributes.ok().flatten())),
     };
-    let fields = match interpret(&raw) {
+    let fields = match interpret(&raw, now) {
         Ok(fields) => fields,
         Err(failure) => {
             return Err(reject(Some(request_id), failure, attributes.ok().flatten()));
@@ -561,8 +583,8 @@ fn request_id_field(
 }
 
 /// Interprets the fields between `request_id` and `attributes`, in contract order, stopping at
-/// the first failure.
-fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
+/// the first failure. `now` is where [`SCHEDULE_HORIZON`] counts from.
+fn interpret(raw: &RawRequest<'_>, now: Timestamp) -> Result<Fields, Failure> {
     use RejectReason as R;
 
     let instance_id = {
@@ -588,8 +610,8 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
             (!text.is_empty()).then(|| text.into_owned())
         }
     };
-    let not_before = timestamp_field(raw.not_before, R::InvalidNotBefore, "not_before")?;
-    let expires_at = timestamp_field(raw.expires_at, R::InvalidExpiresAt, "expires_at")?;
+    let not_before = timestamp_field(raw.not_before, now, R::InvalidNotBefore, "not_before")?;
+    let expires_at = timestamp_field(raw.expires_at, now, R::InvalidExpiresAt, "expires_at")?;
     if let (Some(start), Some(end)) = (not_before, expires_at)
         && end <= start
     {
@@ -696,6 +718,7 @@ fn rout_point_field(value: Option<&RawValue>, mode: AnswerMode) -> Result<String
 
 fn timestamp_field(
     value: Option<&RawValue>,
+    now: Timestamp,
     reason: RejectReason,
     field: &str,
 ) -> Result<Option<Timestamp>, Failure> {
@@ -703,13 +726,30 @@ fn timestamp_field(
         return Ok(None);
     };
     let text = string_value(value).map_err(|p| invalid(reason, field, p))?;
-    parse_rfc3339(&text).map(Some).ok_or_else(|| {
+    let too_far = || {
         invalid(
             reason,
             field,
-            "expected an RFC 3339 timestamp with an offset, e.g. 2024-05-01T09:00:00+08:00",
+            format_args!("more than {} days ahead", SCHEDULE_HORIZON.as_hours() / 24),
         )
-    })
+    };
+    let at = match parse_rfc3339(&text) {
+        Ok(at) => at,
+        Err(BadTimestamp::BeyondRange) => return Err(too_far()),
+        Err(BadTimestamp::Malformed) => {
+            return Err(invalid(
+                reason,
+                field,
+                "expected an RFC 3339 timestamp with an offset, e.g. 2024-05-01T09:00:00+08:00",
+            ));
+        }
+    };
+    // A difference of two timestamps always fits a SignedDuration, so unlike `now + horizon`
+    // this cannot overflow whatever the date.
+    if now.duration_until(at) > SCHEDULE_HORIZON {
+        return Err(too_far());
+    }
+    Ok(Some(at))
 }
 
 fn attributes_field(value: Option<&RawValue>) -> Result<Option<Box<RawValue>>, Failure> {
@@ -812,12 +852,24 @@ fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a text is not an instant [`parse_rfc3339`] accepts.
+enum BadTimestamp {
+    /// Not RFC 3339, or not a real date and time of day.
+    Malformed,
+    /// A real RFC 3339 date-time in year 9999 past the last instant jiff represents (late on
+    /// 30 December 9999). Producers use such dates to mean "never", so they hear that it is
+    /// too far ahead rather than that it is not a timestamp.
+    BeyondRange,
+}
+
 /// Parses a strict RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`).
 ///
 /// jiff's own parser accepts the wider Temporal/RFC 9557 grammar (minute precision, basic
 /// format, bracketed time zone annotations), which the contract does not promise, so the
 /// shape is checked here and jiff only does the calendar arithmetic.
-fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+fn parse_rfc3339(text: &str) -> Result<Timestamp, BadTimestamp> {
+    use BadTimestamp::{BeyondRange, Malformed};
+
     let b = text.as_bytes();
     let digits = |from: usize, to: usize| {
         b.get(from..to)
@@ -836,15 +888,15 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         && at(16, b":")
         && digits(17, 19);
     if !shape {
-        return None;
+        return Err(Malformed);
     }
-    let mut rest = b.get(19..)?;
+    let mut rest = b.get(19..).ok_or(Malformed)?;
     if let Some(fraction) = rest.strip_prefix(b".") {
         let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
         if n == 0 {
-            return None;
+            return Err(Malformed);
         }
-        rest = fraction.get(n..)?;
+        rest = fraction.get(n..).ok_or(Malformed)?;
     }
     let offset_ok = match rest {
         [b'Z' | b'z'] => true,
@@ -852,9 +904,23 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         _ => false,
     };
     if !offset_ok {
-        return None;
+        return Err(Malformed);
     }
-    text.parse().ok()
+    text.parse().map_err(|_| {
+        // The shape is right, so jiff refused either the calendar (30 February, hour 24) or
+        // its range, which ends late on 30 December 9999: a real date-time in year 9999 can
+        // only be the latter.
+        let two_digits = |from: usize| {
+            text.get(from..from + 2)
+                .and_then(|d| d.parse::<i8>().ok())
+                .unwrap_or(-1)
+        };
+        let (month, day) = (two_digits(5), two_digits(8));
+        let (hour, minute, second) = (two_digits(11), two_digits(14), two_digits(17));
+        let real_in_9999 = text.starts_with("9999")
+            && jiff::civil::DateTime::new(9999, month, day, hour, minute, second, 0).is_ok();
+        if real_in_9999 { BeyondRange } else { Malformed }
+    })
 }
 
 /// A JSON number as the first pass accepted it: digits, sign, point or exponent only.
@@ -1050,6 +1116,16 @@ mod tests {
                 R::InvalidExpiresAt,
             ),
             (
+                "start far ahead",
+                set("not_before", json!("9999-12-31T00:00:00Z")),
+                R::InvalidNotBefore,
+            ),
+            (
+                "end far ahead",
+                set("expires_at", json!("9999-12-31T00:00:00Z")),
+                R::InvalidExpiresAt,
+            ),
+            (
                 "empty window",
                 set("expires_at", json!("2026-05-01T01:00:00Z")),
                 R::InvalidTimeWindow,
@@ -1172,7 +1248,7 @@ mod tests {
             ("provider", "7", RejectReason::InvalidProvider),
             (
                 "not_before",
-                r#""tomorrow""#,
+                r#""9999-12-31T00:00:00Z""#,
                 RejectReason::InvalidNotBefore,
             ),
             ("request_id", r#""a b""#, RejectReason::InvalidRequestId),
@@ -1247,6 +1323,60 @@ mod tests {
             assert_eq!(r.reason, reason, "{name}: {r}");
             assert!(r.attributes.is_none(), "{name}: {r:?}");
         }
+    }
+
+    #[test]
+    fn dates_more_than_the_horizon_ahead_are_rejected() {
+        let now: Timestamp = "2026-12-06T20:00:00Z".parse().expect("timestamp");
+        let horizon = now + SCHEDULE_HORIZON;
+        assert_eq!(horizon.to_string(), "2028-01-10T20:00:00Z");
+        let decode_with = |field: &str, at: String| {
+            let body = with(|m| {
+                m.remove("not_before");
+                m.remove("expires_at");
+                m.insert(field.to_owned(), json!(at));
+            });
+            decode_at(&body, None, now)
+        };
+        for (field, reason) in [
+            ("not_before", RejectReason::InvalidNotBefore),
+            ("expires_at", RejectReason::InvalidExpiresAt),
+        ] {
+            // The horizon itself is still accepted, in any offset.
+            assert!(decode_with(field, horizon.to_string()).is_ok(), "{field}");
+            assert!(decode_with(field, "2028-01-11T04:00:00+08:00".into()).is_ok());
+            // Dates in the past are not this rule's business.
+            assert!(decode_with(field, "0001-01-01T00:00:00Z".into()).is_ok());
+            for beyond in [
+                "2028-01-10T20:00:00.000000001Z",
+                "2028-01-11T04:00:01+08:00",
+                "9999-12-30T00:00:00Z",
+                // Past the end of jiff's range, yet real dates: the usual "never" sentinels.
+                "9999-12-31T23:59:59Z",
+                "9999-12-31T23:59:59.999999999+00:00",
+                "9999-12-31T00:00:00-05:00",
+            ] {
+                let r = decode_with(field, beyond.into()).expect_err(beyond);
+                assert_eq!(r.reason, reason, "{field} = {beyond}");
+                assert_eq!(r.detail, format!("{field}: more than 400 days ahead"));
+                assert_detail_is_safe(&r);
+            }
+        }
+        // Unreal dates stay malformed, in year 9999 too.
+        for unreal in ["9999-02-30T00:00:00Z", "9999-12-31T24:00:00Z"] {
+            let r = decode_with("expires_at", unreal.into()).expect_err(unreal);
+            assert!(r.detail.contains("expected an RFC 3339"), "{unreal}: {r}");
+        }
+        // The horizon moves with the clock: what is too far today is fine a day later.
+        let r = decode_with("not_before", "2028-01-11T20:00:00Z".into()).expect_err("too far");
+        assert_eq!(r.reason, RejectReason::InvalidNotBefore);
+        let body = with(|m| {
+            m.insert("not_before".into(), json!("2028-01-11T20:00:00Z"));
+            m.remove("expires_at");
+        });
+        let tomorrow = now + SignedDuration::from_hours(24);
+        assert!(decode_at(&body, None, tomorrow).is_ok());
+        assert_eq!(SCHEDULE_HORIZON.as_hours(), 400 * 24);
     }
 
     #[test]
