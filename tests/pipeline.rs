@@ -223,6 +223,13 @@ async fn a_rejected_request_echoes_its_attributes_when_only_another_field_is_wro
     h.cleanup().await.unwrap();
 }
 
+/// `body` with `field` set to `value`.
+fn with_field(body: &[u8], field: &str, value: serde_json::Value) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    json[field] = value;
+    json.to_string().into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialed_event_carries_every_field_of_the_simulators_answer() {
     let mut h = started(settings(), SimConfig::default()).await;
@@ -270,5 +277,34 @@ async fn a_dialed_event_carries_every_field_of_the_simulators_answer() {
         !event.to_string().contains(&callee(70)),
         "no phone number in the event: {event}"
     );
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_provider_goes_out_as_the_dialex_provider_parameter() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let with_provider = with_field(
+        &request("with-provider", &callee(71), "ivr"),
+        "provider",
+        serde_json::json!("cmcc 专线"),
+    );
+    h.publish_request(&with_provider, None).await.unwrap();
+    h.publish_request(&request("without-provider", &callee(72), "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(2, WAIT).await.unwrap();
+    assert!(received.iter().all(|r| r.event.status == Status::Dialed));
+
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), 2);
+    let provider_of = |callee: String| {
+        dials
+            .iter()
+            .find(|d| d.callee == callee)
+            .map(|d| d.provider.clone())
+            .expect("dialed")
+    };
+    assert_eq!(provider_of(callee(71)).as_deref(), Some("cmcc 专线"));
+    assert_eq!(provider_of(callee(72)), None);
     h.cleanup().await.unwrap();
 }
