@@ -127,6 +127,9 @@ pub fn event_id(request_id: &str, status: Status) -> Uuid {
 }
 
 /// The outcome event as published to the outcome exchange.
+///
+/// Fields added after the first release carry `#[serde(default)]`, so events stored before
+/// them (in the dedup store, or by consumers) still deserialize.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutcomeEvent {
     pub event_id: Uuid,
@@ -144,6 +147,14 @@ pub struct OutcomeEvent {
     pub status_desc: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aliyun_request_id: Option<String>,
+    /// The HTTP status of CCC's answer: `HttpStatusCode` from a `DialEx` success body, or the
+    /// status of an error answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status_code: Option<u16>,
+    /// When CCC says it handled the dial: its `TimeStamp` (milliseconds since the epoch),
+    /// as RFC 3339; absent when CCC sent none or one that is not such a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ccc_time: Option<Timestamp>,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
@@ -170,6 +181,8 @@ impl OutcomeEvent {
             status_code: None,
             status_desc: None,
             aliyun_request_id: None,
+            http_status_code: None,
+            ccc_time: None,
             attempts: 0,
             next_attempt_at: None,
             received_at,
@@ -197,6 +210,8 @@ impl OutcomeEvent {
         event.status_code = accepted.status_code.clone();
         event.status_desc = accepted.status_desc.clone();
         event.aliyun_request_id = Some(accepted.request_id.clone()).filter(|r| !r.is_empty());
+        event.http_status_code = accepted.http_status_code;
+        event.ccc_time = accepted.ccc_time();
         event.attempts = attempts;
         event
     }
@@ -221,6 +236,7 @@ impl OutcomeEvent {
             event.status_code = api.status_code.clone();
             event.status_desc = api.status_desc.clone();
             event.aliyun_request_id = api.request_id.clone();
+            event.http_status_code = Some(api.http_status);
         }
         event.attempts = attempts;
         event
@@ -335,9 +351,15 @@ impl OutcomeEvent {
         event
     }
 
-    /// The request broke a rule of the contract; it was never dialed.
+    /// The request broke a rule of the contract; it was never dialed. The attributes are
+    /// echoed whenever the rejection could read them.
     pub fn rejected(rejection: &Rejection, request_id: &str, received_at: Timestamp) -> Self {
-        let mut event = Self::new(request_id, Status::Rejected, received_at, None);
+        let mut event = Self::new(
+            request_id,
+            Status::Rejected,
+            received_at,
+            rejection.attributes.as_deref(),
+        );
         event.code = Some(rejection.reason.code().to_owned());
         event.message = Some(rejection.detail.clone());
         event
@@ -407,6 +429,140 @@ mod tests {
         assert_eq!(json["request_id"], "r-9");
         assert_eq!(json["code"], rejection.reason.code());
         assert!(json.get("task_id").is_none());
+        assert!(json.get("attributes").is_none());
         assert_eq!(event.routing_key("dial.outcome"), "dial.outcome.rejected");
+    }
+
+    /// A valid request with `attributes` set to `attributes`, and `callee` to `callee`.
+    fn body(callee: &str, attributes: &str) -> Vec<u8> {
+        format!(
+            r#"{{"request_id":"r-1","instance_id":"i","caller":"02285196281","callee":"{callee}","answer_mode":"ivr","rout_point":"f","attributes":{attributes}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn request() -> DialRequest {
+        crate::validate::decode(&body("15732036617", r#"{"ticket":"T-1"}"#), None).unwrap()
+    }
+
+    #[test]
+    fn a_rejected_event_echoes_the_attributes_it_could_read() {
+        let sent = r#"{"ticket": "T-7", "n": 1.50}"#;
+        let rejection = crate::validate::decode(&body("12345", sent), None).unwrap_err();
+        let event = OutcomeEvent::rejected(&rejection, "r-1", Timestamp::now());
+        let json = String::from_utf8(event.to_json()).unwrap();
+        assert!(
+            json.contains(&format!(r#""attributes":{sent}"#)),
+            "echoed as sent: {json}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["code"], "invalid_callee");
+        assert!(
+            !json.to_string().contains("12345"),
+            "no phone number: {json}"
+        );
+
+        let unreadable = crate::validate::decode(&body("15732036617", "[1]"), None).unwrap_err();
+        let event = OutcomeEvent::rejected(&unreadable, "r-1", Timestamp::now());
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["code"], "invalid_attributes");
+        assert!(json.get("attributes").is_none());
+    }
+
+    #[test]
+    fn a_dialed_event_carries_every_field_of_the_dialex_answer() {
+        let accepted = DialAccepted {
+            task_id: "155486223597726619".to_owned(),
+            request_id: "26D1277F-55BF-453E-A6B2-02B7E6F97699".to_owned(),
+            code: "OK".to_owned(),
+            message: Some("Success".to_owned()),
+            status_code: Some("200".to_owned()),
+            status_desc: Some("Okay".to_owned()),
+            http_status_code: Some(200),
+            time_stamp: Some("1554862236398".to_owned()),
+        };
+        let received_at: Timestamp = "2019-04-10T02:10:30Z".parse().unwrap();
+        let event = OutcomeEvent::dialed(&request(), received_at, &accepted, 2);
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["status"], "dialed");
+        assert_eq!(json["request_id"], "r-1");
+        assert_eq!(json["task_id"], "155486223597726619");
+        assert_eq!(json["code"], "OK");
+        assert_eq!(json["message"], "Success");
+        assert_eq!(json["status_code"], "200");
+        assert_eq!(json["status_desc"], "Okay");
+        assert_eq!(
+            json["aliyun_request_id"],
+            "26D1277F-55BF-453E-A6B2-02B7E6F97699"
+        );
+        assert_eq!(json["http_status_code"], 200);
+        assert_eq!(json["ccc_time"], "2019-04-10T02:10:36.398Z");
+        assert_eq!(json["attempts"], 2);
+        assert_eq!(json["received_at"], "2019-04-10T02:10:30Z");
+        assert_eq!(json["attributes"], serde_json::json!({"ticket": "T-1"}));
+        assert!(!json.to_string().contains("15732036617"), "{json}");
+
+        // And back: a consumer reading the event gets the same values.
+        let back: OutcomeEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back.http_status_code, Some(200));
+        assert_eq!(back.ccc_time, accepted.ccc_time());
+
+        let sparse = DialAccepted {
+            message: None,
+            status_code: None,
+            status_desc: None,
+            http_status_code: None,
+            time_stamp: Some("not a number".to_owned()),
+            ..accepted
+        };
+        let event = OutcomeEvent::dialed(&request(), received_at, &sparse, 1);
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        for absent in [
+            "message",
+            "status_code",
+            "status_desc",
+            "http_status_code",
+            "ccc_time",
+        ] {
+            assert!(json.get(absent).is_none(), "{absent}: {json}");
+        }
+    }
+
+    #[test]
+    fn a_failed_event_carries_the_http_status_of_the_error_answer() {
+        let api = crate::ccc::response::parse_answer(
+            400,
+            br#"{"RequestId":"R1","Code":"InvalidParameter","Message":"RoutPoint is not valid.","StatusCode":"400","StatusDesc":"Bad"}"#,
+        )
+        .unwrap_err();
+        let event = OutcomeEvent::not_dialed(&request(), Status::Failed, Timestamp::now(), &api, 1);
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["code"], "InvalidParameter");
+        assert_eq!(json["message"], "RoutPoint is not valid.");
+        assert_eq!(json["status_code"], "400");
+        assert_eq!(json["status_desc"], "Bad");
+        assert_eq!(json["aliyun_request_id"], "R1");
+        assert_eq!(json["http_status_code"], 400);
+        assert!(json.get("ccc_time").is_none());
+
+        // No answer at all: no HTTP status to report.
+        let lost = crate::ccc::response::parse_answer(504, b"").unwrap_err();
+        let event =
+            OutcomeEvent::not_dialed(&request(), Status::Unknown, Timestamp::now(), &lost, 1);
+        assert_eq!(event.http_status_code, None);
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert!(json.get("http_status_code").is_none());
+    }
+
+    #[test]
+    fn events_stored_before_the_new_fields_still_deserialize() {
+        let stored = r#"{"event_id":"5c3b1e4e-2d7a-5b8e-9f3a-1c2d3e4f5a6b","request_id":"r-1",
+            "status":"dialed","task_id":"1","code":"OK","aliyun_request_id":"R","attempts":1,
+            "received_at":"2026-01-01T00:00:00Z","completed_at":"2026-01-01T00:00:01Z"}"#;
+        let event: OutcomeEvent = serde_json::from_str(stored).unwrap();
+        assert_eq!(event.status, Status::Dialed);
+        assert_eq!(event.http_status_code, None);
+        assert_eq!(event.ccc_time, None);
+        assert!(event.attributes.is_none());
     }
 }

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -35,6 +35,13 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
 /// depth limit, but the outcome events echo `attributes` back and their consumers' parsers
 /// do have one (serde_json's default is 128 levels for the whole event).
 pub const MAX_ATTRIBUTES_DEPTH: usize = 64;
+
+/// How far ahead of now `not_before` and `expires_at` may lie. A date near year 9999 is a
+/// producer's bug, not a plan, and date arithmetic on it later in the pipeline (an opening
+/// searched for days after it) would overflow; 400 days covers a year of scheduling plus any
+/// holiday block, and matches how far the business-hours search looks. The pipeline may rely on
+/// every accepted date being within this horizon of the moment it was decoded.
+pub const SCHEDULE_HORIZON: SignedDuration = SignedDuration::from_hours(400 * 24);
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
 const MAX_INSTANCE_ID_CHARS: usize = 128;
@@ -253,9 +260,11 @@ pub enum RejectReason {
     InvalidRoutPoint,
     /// `provider` is not a string of at most 64 characters without control characters.
     InvalidProvider,
-    /// `not_before` is not an RFC 3339 timestamp with an offset.
+    /// `not_before` is not an RFC 3339 timestamp with an offset, or lies more than
+    /// [`SCHEDULE_HORIZON`] ahead.
     InvalidNotBefore,
-    /// `expires_at` is not an RFC 3339 timestamp with an offset.
+    /// `expires_at` is not an RFC 3339 timestamp with an offset, or lies more than
+    /// [`SCHEDULE_HORIZON`] ahead.
     InvalidExpiresAt,
     /// `expires_at` is not after `not_before`.
     InvalidTimeWindow,
@@ -323,8 +332,9 @@ impl RejectReason {
 ///
 /// `request_id` is filled when it could be recovered (from the body's `request_id` field if
 /// that alone is valid, or else the AMQP `message_id`), so a `rejected` event can still be
-/// published.
-#[derive(Debug, Clone, thiserror::Error)]
+/// published; `attributes` likewise, so that event can echo them as every other outcome does.
+/// `Debug` shows only the size of `attributes`, as for [`DialRequest`].
+#[derive(Clone, thiserror::Error)]
 #[error("{}: {detail}", reason.code())]
 pub struct Rejection {
     /// The idempotency key, if one could be recovered despite the failure.
@@ -333,6 +343,24 @@ pub struct Rejection {
     pub reason: RejectReason,
     /// A short sentence for humans naming the field and the rule; never a phone number.
     pub detail: String,
+    /// The request's `attributes`, exactly as sent, when the body is JSON and `attributes`
+    /// itself passed its rules (another field broke one); `None` when they are absent or are
+    /// themselves the problem.
+    pub attributes: Option<Box<RawValue>>,
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("request_id", &self.request_id)
+            .field("reason", &self.reason)
+            .field("detail", &self.detail)
+            .field(
+                "attributes",
+                &self.attributes.as_ref().map(|a| ByteCount(a.get().len())),
+            )
+            .finish()
+    }
 }
 
 /// A failed rule before the request id to attach is known.
@@ -386,31 +414,54 @@ struct RawRequest<'a> {
 ///
 /// A [`Rejection`] for the first rule the body breaks, in contract field order.
 pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<DialRequest, Rejection> {
+    decode_at(body, message_id, Timestamp::now())
+}
+
+/// [`decode`] as of `now`, the instant [`SCHEDULE_HORIZON`] counts from.
+///
+/// # Errors
+///
+/// A [`Rejection`] for the first rule the body breaks, in contract field order.
+pub fn decode_at(
+    body: &[u8],
+    message_id: Option<&str>,
+    now: Timestamp,
+) -> Result<DialRequest, Rejection> {
     let fallback_id = || message_id.and_then(|id| RequestId::parse(id).ok());
 
     let raw = match parse_body(body) {
         Ok(raw) => raw,
-        Err(failure) => return Err(reject(fallback_id(), failure)),
+        Err(failure) => return Err(reject(fallback_id(), failure, None)),
     };
+    // Checked ahead of the other fields so that a rejection for any of them can still echo
+    // the attributes; reported in contract order, i.e. only once every other field passed.
+    let attributes = attributes_field(raw.attributes);
     let request_id = match request_id_field(raw.request_id, message_id) {
         Ok(id) => id,
-        Err(failure) => return Err(reject(fallback_id(), failure)),
+        Err(failure) => return Err(reject(fallback_id(), failure, attributes.ok().flatten())),
     };
-    match interpret(&raw) {
-        Ok(fields) => Ok(DialRequest {
-            request_id,
-            instance_id: fields.instance_id,
-            caller: fields.caller,
-            callee: fields.callee,
-            answer_mode: fields.answer_mode,
-            rout_point: fields.rout_point,
-            provider: fields.provider,
-            not_before: fields.not_before,
-            expires_at: fields.expires_at,
-            attributes: fields.attributes,
-        }),
-        Err(failure) => Err(reject(Some(request_id), failure)),
-    }
+    let fields = match interpret(&raw, now) {
+        Ok(fields) => fields,
+        Err(failure) => {
+            return Err(reject(Some(request_id), failure, attributes.ok().flatten()));
+        }
+    };
+    let attributes = match attributes {
+        Ok(attributes) => attributes,
+        Err(failure) => return Err(reject(Some(request_id), failure, None)),
+    };
+    Ok(DialRequest {
+        request_id,
+        instance_id: fields.instance_id,
+        caller: fields.caller,
+        callee: fields.callee,
+        answer_mode: fields.answer_mode,
+        rout_point: fields.rout_point,
+        provider: fields.provider,
+        not_before: fields.not_before,
+        expires_at: fields.expires_at,
+        attributes,
+    })
 }
 
 /// The request id of a body, or of its AMQP `message_id`, reading nothing else: for naming a
@@ -429,15 +480,21 @@ pub fn recover_request_id(body: &[u8], message_id: Option<&str>) -> Option<Reque
         .or_else(|| message_id.and_then(|id| RequestId::parse(id).ok()))
 }
 
-fn reject(request_id: Option<RequestId>, failure: Failure) -> Rejection {
+fn reject(
+    request_id: Option<RequestId>,
+    failure: Failure,
+    attributes: Option<Box<RawValue>>,
+) -> Rejection {
     Rejection {
         request_id,
         reason: failure.reason,
         detail: failure.detail,
+        attributes,
     }
 }
 
-/// Everything in a [`DialRequest`] except the request id, which is resolved first.
+/// Everything in a [`DialRequest`] except the request id and the attributes, which are
+/// resolved apart because a rejection carries them.
 struct Fields {
     instance_id: String,
     caller: PhoneNumber,
@@ -447,7 +504,6 @@ struct Fields {
     provider: Option<String>,
     not_before: Option<Timestamp>,
     expires_at: Option<Timestamp>,
-    attributes: Option<Box<RawValue>>,
 }
 
 fn parse_body(body: &[u8]) -> Result<RawRequest<'_>, Failure> {
@@ -526,8 +582,9 @@ fn request_id_field(
     }
 }
 
-/// Interprets the fields after `request_id`, in contract order, stopping at the first failure.
-fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
+/// Interprets the fields between `request_id` and `attributes`, in contract order, stopping at
+/// the first failure. `now` is where [`SCHEDULE_HORIZON`] counts from.
+fn interpret(raw: &RawRequest<'_>, now: Timestamp) -> Result<Fields, Failure> {
     use RejectReason as R;
 
     let instance_id = {
@@ -553,8 +610,8 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
             (!text.is_empty()).then(|| text.into_owned())
         }
     };
-    let not_before = timestamp_field(raw.not_before, R::InvalidNotBefore, "not_before")?;
-    let expires_at = timestamp_field(raw.expires_at, R::InvalidExpiresAt, "expires_at")?;
+    let not_before = timestamp_field(raw.not_before, now, R::InvalidNotBefore, "not_before")?;
+    let expires_at = timestamp_field(raw.expires_at, now, R::InvalidExpiresAt, "expires_at")?;
     if let (Some(start), Some(end)) = (not_before, expires_at)
         && end <= start
     {
@@ -563,7 +620,6 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
             "expires_at: must be after not_before",
         ));
     }
-    let attributes = attributes_field(raw.attributes)?;
 
     Ok(Fields {
         instance_id,
@@ -574,7 +630,6 @@ fn interpret(raw: &RawRequest<'_>) -> Result<Fields, Failure> {
         provider,
         not_before,
         expires_at,
-        attributes,
     })
 }
 
@@ -663,6 +718,7 @@ fn rout_point_field(value: Option<&RawValue>, mode: AnswerMode) -> Result<String
 
 fn timestamp_field(
     value: Option<&RawValue>,
+    now: Timestamp,
     reason: RejectReason,
     field: &str,
 ) -> Result<Option<Timestamp>, Failure> {
@@ -670,13 +726,30 @@ fn timestamp_field(
         return Ok(None);
     };
     let text = string_value(value).map_err(|p| invalid(reason, field, p))?;
-    parse_rfc3339(&text).map(Some).ok_or_else(|| {
+    let too_far = || {
         invalid(
             reason,
             field,
-            "expected an RFC 3339 timestamp with an offset, e.g. 2024-05-01T09:00:00+08:00",
+            format_args!("more than {} days ahead", SCHEDULE_HORIZON.as_hours() / 24),
         )
-    })
+    };
+    let at = match parse_rfc3339(&text) {
+        Ok(at) => at,
+        Err(BadTimestamp::BeyondRange) => return Err(too_far()),
+        Err(BadTimestamp::Malformed) => {
+            return Err(invalid(
+                reason,
+                field,
+                "expected an RFC 3339 timestamp with an offset, e.g. 2024-05-01T09:00:00+08:00",
+            ));
+        }
+    };
+    // A difference of two timestamps always fits a SignedDuration, so unlike `now + horizon`
+    // this cannot overflow whatever the date.
+    if now.duration_until(at) > SCHEDULE_HORIZON {
+        return Err(too_far());
+    }
+    Ok(Some(at))
 }
 
 fn attributes_field(value: Option<&RawValue>) -> Result<Option<Box<RawValue>>, Failure> {
@@ -779,12 +852,24 @@ fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a text is not an instant [`parse_rfc3339`] accepts.
+enum BadTimestamp {
+    /// Not RFC 3339, or not a real date and time of day.
+    Malformed,
+    /// A real RFC 3339 date-time in year 9999 past the last instant jiff represents (late on
+    /// 30 December 9999). Producers use such dates to mean "never", so they hear that it is
+    /// too far ahead rather than that it is not a timestamp.
+    BeyondRange,
+}
+
 /// Parses a strict RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`).
 ///
 /// jiff's own parser accepts the wider Temporal/RFC 9557 grammar (minute precision, basic
 /// format, bracketed time zone annotations), which the contract does not promise, so the
 /// shape is checked here and jiff only does the calendar arithmetic.
-fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+fn parse_rfc3339(text: &str) -> Result<Timestamp, BadTimestamp> {
+    use BadTimestamp::{BeyondRange, Malformed};
+
     let b = text.as_bytes();
     let digits = |from: usize, to: usize| {
         b.get(from..to)
@@ -803,15 +888,15 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         && at(16, b":")
         && digits(17, 19);
     if !shape {
-        return None;
+        return Err(Malformed);
     }
-    let mut rest = b.get(19..)?;
+    let mut rest = b.get(19..).ok_or(Malformed)?;
     if let Some(fraction) = rest.strip_prefix(b".") {
         let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
         if n == 0 {
-            return None;
+            return Err(Malformed);
         }
-        rest = fraction.get(n..)?;
+        rest = fraction.get(n..).ok_or(Malformed)?;
     }
     let offset_ok = match rest {
         [b'Z' | b'z'] => true,
@@ -819,9 +904,23 @@ fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         _ => false,
     };
     if !offset_ok {
-        return None;
+        return Err(Malformed);
     }
-    text.parse().ok()
+    text.parse().map_err(|_| {
+        // The shape is right, so jiff refused either the calendar (30 February, hour 24) or
+        // its range, which ends late on 30 December 9999: a real date-time in year 9999 can
+        // only be the latter.
+        let two_digits = |from: usize| {
+            text.get(from..from + 2)
+                .and_then(|d| d.parse::<i8>().ok())
+                .unwrap_or(-1)
+        };
+        let (month, day) = (two_digits(5), two_digits(8));
+        let (hour, minute, second) = (two_digits(11), two_digits(14), two_digits(17));
+        let real_in_9999 = text.starts_with("9999")
+            && jiff::civil::DateTime::new(9999, month, day, hour, minute, second, 0).is_ok();
+        if real_in_9999 { BeyondRange } else { Malformed }
+    })
 }
 
 /// A JSON number as the first pass accepted it: digits, sign, point or exponent only.
@@ -1017,6 +1116,16 @@ mod tests {
                 R::InvalidExpiresAt,
             ),
             (
+                "start far ahead",
+                set("not_before", json!("9999-12-31T00:00:00Z")),
+                R::InvalidNotBefore,
+            ),
+            (
+                "end far ahead",
+                set("expires_at", json!("9999-12-31T00:00:00Z")),
+                R::InvalidExpiresAt,
+            ),
+            (
                 "empty window",
                 set("expires_at", json!("2026-05-01T01:00:00Z")),
                 R::InvalidTimeWindow,
@@ -1109,6 +1218,165 @@ mod tests {
         assert!(debug.contains("req-0001"), "{debug}");
         let pretty = format!("{request:#?}");
         assert!(!pretty.contains(CALLEE), "{pretty}");
+    }
+
+    #[test]
+    fn a_rejection_echoes_the_attributes_when_another_field_is_wrong() {
+        let sent = r#"{ "ticket" : "T-1", "n": [1.50] }"#;
+        // Written by hand so the attributes reach the decoder byte for byte as above.
+        let body = |field: &str, value: &str| {
+            let mut fields = vec![
+                ("request_id", r#""r""#),
+                ("instance_id", r#""i""#),
+                ("caller", r#""95588""#),
+                ("callee", r#""95588""#),
+                ("answer_mode", "0"),
+                ("rout_point", r#""f""#),
+                ("attributes", sent),
+            ];
+            fields.retain(|(name, _)| *name != field);
+            fields.push((field, value));
+            let members: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!(r#""{k}":{v}"#))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        };
+        for (field, value, reason) in [
+            ("callee", r#""12345""#, RejectReason::InvalidCallee),
+            ("answer_mode", r#""fax""#, RejectReason::InvalidAnswerMode),
+            ("provider", "7", RejectReason::InvalidProvider),
+            (
+                "not_before",
+                r#""9999-12-31T00:00:00Z""#,
+                RejectReason::InvalidNotBefore,
+            ),
+            ("request_id", r#""a b""#, RejectReason::InvalidRequestId),
+        ] {
+            let r = rejection(body(field, value).as_bytes(), Some("m-1"));
+            assert_eq!(r.reason, reason, "{field}: {r}");
+            // Exactly as sent, spacing and number forms included, as accepted requests echo it.
+            assert_eq!(r.attributes.as_deref().map(RawValue::get), Some(sent));
+        }
+        // No request id at all: nothing to correlate, but the attributes were still readable.
+        let r = rejection(&without("request_id"), None);
+        assert_eq!(r.reason, RejectReason::MissingRequestId);
+        assert!(r.attributes.is_some());
+
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("spring"), "{debug}");
+        assert!(debug.contains("bytes>"), "{debug}");
+    }
+
+    #[test]
+    fn a_rejection_has_no_attributes_when_they_cannot_be_read() {
+        let broken_body_and_attributes = with(|m| {
+            m.insert("callee".into(), json!("12345"));
+            m.insert("attributes".into(), json!([1]));
+        });
+        let mut too_big = with(|_| {});
+        too_big.resize(MAX_BODY_BYTES + 1, b' ');
+        let nested = format!(
+            r#"{{"request_id":"r","instance_id":"i","caller":"95588","callee":"95588","answer_mode":0,"rout_point":"f","attributes":{{"k":{}{}}}}}"#,
+            "[".repeat(MAX_ATTRIBUTES_DEPTH),
+            "]".repeat(MAX_ATTRIBUTES_DEPTH)
+        );
+        let cases: [(&str, Vec<u8>, RejectReason); 7] = [
+            (
+                "not an object",
+                set("attributes", json!("ticket")),
+                RejectReason::InvalidAttributes,
+            ),
+            (
+                "too deep",
+                nested.into_bytes(),
+                RejectReason::InvalidAttributes,
+            ),
+            (
+                "too large",
+                set("attributes", oversized_attributes()),
+                RejectReason::AttributesTooLarge,
+            ),
+            // The first broken rule is reported, but unreadable attributes are not echoed.
+            (
+                "another field and the attributes",
+                broken_body_and_attributes,
+                RejectReason::InvalidCallee,
+            ),
+            (
+                "absent",
+                with(|m| {
+                    m.insert("callee".into(), json!("12345"));
+                    m.remove("attributes");
+                }),
+                RejectReason::InvalidCallee,
+            ),
+            (
+                "not JSON",
+                br#"{"request_id":"r","attributes":{"a":1},"#.to_vec(),
+                RejectReason::InvalidJson,
+            ),
+            ("body too large", too_big, RejectReason::BodyTooLarge),
+        ];
+        for (name, body, reason) in cases {
+            let r = rejection(&body, Some("m-1"));
+            assert_eq!(r.reason, reason, "{name}: {r}");
+            assert!(r.attributes.is_none(), "{name}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn dates_more_than_the_horizon_ahead_are_rejected() {
+        let now: Timestamp = "2026-12-06T20:00:00Z".parse().expect("timestamp");
+        let horizon = now + SCHEDULE_HORIZON;
+        assert_eq!(horizon.to_string(), "2028-01-10T20:00:00Z");
+        let decode_with = |field: &str, at: String| {
+            let body = with(|m| {
+                m.remove("not_before");
+                m.remove("expires_at");
+                m.insert(field.to_owned(), json!(at));
+            });
+            decode_at(&body, None, now)
+        };
+        for (field, reason) in [
+            ("not_before", RejectReason::InvalidNotBefore),
+            ("expires_at", RejectReason::InvalidExpiresAt),
+        ] {
+            // The horizon itself is still accepted, in any offset.
+            assert!(decode_with(field, horizon.to_string()).is_ok(), "{field}");
+            assert!(decode_with(field, "2028-01-11T04:00:00+08:00".into()).is_ok());
+            // Dates in the past are not this rule's business.
+            assert!(decode_with(field, "0001-01-01T00:00:00Z".into()).is_ok());
+            for beyond in [
+                "2028-01-10T20:00:00.000000001Z",
+                "2028-01-11T04:00:01+08:00",
+                "9999-12-30T00:00:00Z",
+                // Past the end of jiff's range, yet real dates: the usual "never" sentinels.
+                "9999-12-31T23:59:59Z",
+                "9999-12-31T23:59:59.999999999+00:00",
+                "9999-12-31T00:00:00-05:00",
+            ] {
+                let r = decode_with(field, beyond.into()).expect_err(beyond);
+                assert_eq!(r.reason, reason, "{field} = {beyond}");
+                assert_eq!(r.detail, format!("{field}: more than 400 days ahead"));
+                assert_detail_is_safe(&r);
+            }
+        }
+        // Unreal dates stay malformed, in year 9999 too.
+        for unreal in ["9999-02-30T00:00:00Z", "9999-12-31T24:00:00Z"] {
+            let r = decode_with("expires_at", unreal.into()).expect_err(unreal);
+            assert!(r.detail.contains("expected an RFC 3339"), "{unreal}: {r}");
+        }
+        // The horizon moves with the clock: what is too far today is fine a day later.
+        let r = decode_with("not_before", "2028-01-11T20:00:00Z".into()).expect_err("too far");
+        assert_eq!(r.reason, RejectReason::InvalidNotBefore);
+        let body = with(|m| {
+            m.insert("not_before".into(), json!("2028-01-11T20:00:00Z"));
+            m.remove("expires_at");
+        });
+        let tomorrow = now + SignedDuration::from_hours(24);
+        assert!(decode_at(&body, None, tomorrow).is_ok());
+        assert_eq!(SCHEDULE_HORIZON.as_hours(), 400 * 24);
     }
 
     #[test]

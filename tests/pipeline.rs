@@ -200,3 +200,111 @@ async fn the_requests_traceparent_travels_onto_its_outcome_event() {
     );
     h.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_request_echoes_its_attributes_when_only_another_field_is_wrong() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let event = helpers::only_outcome(&mut h, &request("bad-callee-ticket", "12345", "ivr")).await;
+    assert_eq!(event.status, Status::Rejected);
+    assert_eq!(event.code.as_deref(), Some("invalid_callee"));
+    let attributes: serde_json::Value = serde_json::from_str(
+        event
+            .attributes
+            .as_ref()
+            .expect("attributes echoed in the rejected event")
+            .get(),
+    )
+    .unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"ticket": "bad-callee-ticket"})
+    );
+    assert!(h.simulator.dials().is_empty());
+    h.cleanup().await.unwrap();
+}
+
+/// `body` with `field` set to `value`.
+fn with_field(body: &[u8], field: &str, value: serde_json::Value) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    json[field] = value;
+    json.to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialed_event_carries_every_field_of_the_simulators_answer() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    h.publish_request(&request("all-fields", &callee(70), "agent"), None)
+        .await
+        .unwrap();
+    // Read as a downstream consumer would: the JSON on the wire, not the worker's own type.
+    let delivery = h
+        .next_outcome_delivery(WAIT)
+        .await
+        .unwrap()
+        .expect("an outcome");
+    let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), 1, "dialed exactly once");
+    let dial = &dials[0];
+
+    assert_eq!(event["status"], "dialed");
+    assert_eq!(event["request_id"], "all-fields");
+    assert_eq!(event["task_id"], dial.task_id.as_str());
+    assert_eq!(event["aliyun_request_id"], dial.aliyun_request_id.as_str());
+    // The simulator answers as documented: Code OK, StatusCode 200 (a number, reported as the
+    // contract's string), StatusDesc Okay, HttpStatusCode 200, and an empty Message, which is
+    // no message at all.
+    assert_eq!(event["code"], "OK");
+    assert_eq!(event["status_code"], "200");
+    assert_eq!(event["status_desc"], "Okay");
+    assert_eq!(event["http_status_code"], 200);
+    assert!(event.get("message").is_none(), "{event}");
+    // TimeStamp is the dial's time in milliseconds, reported as RFC 3339.
+    let ccc_time: jiff::Timestamp = event["ccc_time"]
+        .as_str()
+        .expect("ccc_time is a string")
+        .parse()
+        .expect("ccc_time is RFC 3339");
+    assert_eq!(
+        ccc_time,
+        jiff::Timestamp::from_millisecond(dial.ended_at.as_millisecond()).unwrap()
+    );
+    assert_eq!(
+        event["attributes"],
+        serde_json::json!({"ticket": "all-fields"})
+    );
+    assert!(
+        !event.to_string().contains(&callee(70)),
+        "no phone number in the event: {event}"
+    );
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_provider_goes_out_as_the_dialex_provider_parameter() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let with_provider = with_field(
+        &request("with-provider", &callee(71), "ivr"),
+        "provider",
+        serde_json::json!("cmcc 专线"),
+    );
+    h.publish_request(&with_provider, None).await.unwrap();
+    h.publish_request(&request("without-provider", &callee(72), "ivr"), None)
+        .await
+        .unwrap();
+    let received = h.outcomes(2, WAIT).await.unwrap();
+    assert!(received.iter().all(|r| r.event.status == Status::Dialed));
+
+    let dials = h.simulator.dials();
+    assert_eq!(dials.len(), 2);
+    let provider_of = |callee: String| {
+        dials
+            .iter()
+            .find(|d| d.callee == callee)
+            .map(|d| d.provider.clone())
+            .expect("dialed")
+    };
+    assert_eq!(provider_of(callee(71)).as_deref(), Some("cmcc 专线"));
+    assert_eq!(provider_of(callee(72)), None);
+    h.cleanup().await.unwrap();
+}

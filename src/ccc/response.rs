@@ -131,6 +131,16 @@ pub struct DialAccepted {
     pub time_stamp: Option<String>,
 }
 
+impl DialAccepted {
+    /// [`Self::time_stamp`] as an instant, or `None` if the gateway sent none or something
+    /// that is not a whole number of milliseconds in jiff's range: it is informational, so
+    /// a strange value is dropped rather than failing a call that was placed.
+    pub fn ccc_time(&self) -> Option<jiff::Timestamp> {
+        let millis: i64 = self.time_stamp.as_deref()?.parse().ok()?;
+        jiff::Timestamp::from_millisecond(millis).ok()
+    }
+}
+
 /// An error answer from the gateway, or a `Success=false` body with HTTP 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -306,8 +316,37 @@ mod tests {
         assert_eq!(ok.status_desc.as_deref(), Some("Okay"));
         assert_eq!(ok.http_status_code, Some(200));
         assert_eq!(ok.time_stamp.as_deref(), Some("1554862236398"));
+        assert_eq!(
+            ok.ccc_time().map(|t| t.to_string()).as_deref(),
+            Some("2019-04-10T02:10:36.398Z")
+        );
         assert_eq!(ok.code, "OK");
         assert_eq!(ok.message, None);
+    }
+
+    #[test]
+    fn a_time_stamp_that_is_not_epoch_milliseconds_gives_no_ccc_time() {
+        let with_time_stamp = |time_stamp: &str| {
+            let body =
+                format!(r#"{{"RequestId":"R","TaskId":"1","Code":"OK","TimeStamp":{time_stamp}}}"#);
+            parse_answer(200, body.as_bytes()).unwrap()
+        };
+        assert_eq!(
+            with_time_stamp("1554862236398").ccc_time(),
+            Some(jiff::Timestamp::from_millisecond(1_554_862_236_398).unwrap())
+        );
+        for odd in [
+            "\"\"",
+            "\"soon\"",
+            "\"1554862236.398\"",
+            "1.5e12",
+            "\"99999999999999999999\"",
+            "\"253402300800000\"",
+        ] {
+            assert_eq!(with_time_stamp(odd).ccc_time(), None, "{odd}");
+        }
+        let body = br#"{"RequestId":"R","TaskId":"1","Code":"OK"}"#;
+        assert_eq!(parse_answer(200, body).unwrap().ccc_time(), None);
     }
 
     #[test]

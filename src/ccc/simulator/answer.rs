@@ -96,8 +96,14 @@ impl ApiError {
 }
 
 /// The `DialEx` success answer, shaped after the documentation's JSON example (note
-/// `StatusCode` is a number there, while `TimeStamp` and `TaskId` are strings).
-pub(crate) fn dial_ok(request_id: &str, task_id: &str) -> Response<Body> {
+/// `StatusCode` is a number there, while `TimeStamp` and `TaskId` are strings). `TimeStamp` is
+/// `placed_at`, the dial's time ("本次外呼的时间戳"), which is also the dial record's
+/// `ended_at`, so a test can tell the answer's timestamp from the dial log.
+pub(crate) fn dial_ok(
+    request_id: &str,
+    task_id: &str,
+    placed_at: jiff::Timestamp,
+) -> Response<Body> {
     #[derive(Serialize)]
     #[serde(rename_all = "PascalCase")]
     struct DialExBody<'a> {
@@ -112,7 +118,7 @@ pub(crate) fn dial_ok(request_id: &str, task_id: &str) -> Response<Body> {
         message: &'a str,
     }
     let body = DialExBody {
-        time_stamp: jiff::Timestamp::now().as_millisecond().to_string(),
+        time_stamp: placed_at.as_millisecond().to_string(),
         status_code: 200,
         status_desc: "Okay",
         http_status_code: 200,

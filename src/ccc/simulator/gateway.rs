@@ -235,7 +235,7 @@ impl Gateway {
             Some(Fault::Slow | Fault::ResetAfterExecute) | None => {}
         }
 
-        let Some(task_id) = self.place_call(&dial, &request_id).await else {
+        let Some((task_id, placed_at)) = self.place_call(&dial, &request_id).await else {
             // Shutting down mid-call: nothing sensible to answer.
             return Reply::Drop;
         };
@@ -244,18 +244,23 @@ impl Gateway {
             Some(Fault::Slow) => {
                 tokio::select! {
                     () = tokio::time::sleep(self.slow_delay) => {
-                        Reply::Answer(answer::dial_ok(&request_id, &task_id))
+                        Reply::Answer(answer::dial_ok(&request_id, &task_id, placed_at))
                     }
                     () = self.shutdown.cancelled() => Reply::Drop,
                 }
             }
-            _ => Reply::Answer(answer::dial_ok(&request_id, &task_id)),
+            _ => Reply::Answer(answer::dial_ok(&request_id, &task_id, placed_at)),
         }
     }
 
-    /// Places the call: logs it once it has taken `latency`. Returns the `TaskId`, or `None` if
-    /// the simulator shut down before the call finished.
-    async fn place_call(self: &Arc<Self>, dial: &DialEx<'_>, request_id: &str) -> Option<String> {
+    /// Places the call: logs it once it has taken `latency`. Returns the `TaskId` and when the
+    /// call finished (the record's `ended_at`), or `None` if the simulator shut down before
+    /// the call finished.
+    async fn place_call(
+        self: &Arc<Self>,
+        dial: &DialEx<'_>,
+        request_id: &str,
+    ) -> Option<(String, Timestamp)> {
         let started_at = Timestamp::now();
         let task_id = format!(
             "{}{:05}",
@@ -277,7 +282,7 @@ impl Gateway {
         };
         if self.latency.is_zero() {
             self.log.record(record);
-            return Some(task_id);
+            return Some((task_id, started_at));
         }
         // A call in progress does not stop because the HTTP client hung up, so the call runs in
         // its own task: if the connection goes away (client timeout) and hyper drops this
@@ -286,14 +291,15 @@ impl Gateway {
         let call = tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(this.latency) => {}
-                () = this.shutdown.cancelled() => return false,
+                () = this.shutdown.cancelled() => return None,
             }
-            record.ended_at = Timestamp::now();
+            let ended_at = Timestamp::now();
+            record.ended_at = ended_at;
             this.log.record(record);
-            true
+            Some(ended_at)
         });
         match call.await {
-            Ok(true) => Some(task_id),
+            Ok(Some(ended_at)) => Some((task_id, ended_at)),
             _ => None,
         }
     }

@@ -45,7 +45,7 @@
 //! `InvalidAction.NotFound`.
 //!
 //! Success is HTTP 200 with the body of the `DialEx` documentation's JSON example plus
-//! `StatusDesc` and `Message`: `{"TimeStamp":"<epoch ms>","StatusCode":200,"StatusDesc":"Okay",
+//! `StatusDesc` and `Message`: `{"TimeStamp":"<epoch ms of the dial>","StatusCode":200,"StatusDesc":"Okay",
 //! "HttpStatusCode":200,"RequestId":"<UUID, upper case>","TaskId":"<digits>","Success":true,
 //! "Code":"OK","Message":""}`. Every answer carries its `RequestId` in `x-acs-request-id` too.
 //!
@@ -176,6 +176,7 @@ pub struct DialRecord {
     pub aliyun_request_id: String,
     /// When the dial began executing.
     pub started_at: jiff::Timestamp,
-    /// When the simulated dial call finished (after [`SimConfig::latency`]).
+    /// When the simulated dial call finished (after [`SimConfig::latency`]); the success
+    /// answer's `TimeStamp` is this instant in milliseconds.
     pub ended_at: jiff::Timestamp,
 }

@@ -243,6 +243,7 @@ async fn post_dial_is_accepted_answered_as_documented_and_logged() {
     assert_eq!(dial.provider.as_deref(), Some("sim provider"));
     assert_eq!(dial.nonce, req.param("SignatureNonce").unwrap());
     assert!(dial.started_at <= dial.ended_at);
+    assert_eq!(time_stamp, dial.ended_at.as_millisecond());
 }
 
 #[tokio::test]
