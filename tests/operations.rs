@@ -238,15 +238,18 @@ async fn closing_the_workers_connections_under_load_loses_nothing_and_dials_noth
     let pids = worker_connections(&name);
     assert_eq!(pids.len(), 2, "consume and publish connections: {pids:?}");
     // Closing one makes the worker drop the other itself, which may then be gone already.
-    for pid in &pids {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: broker-side close"])
-            .status()
-            .unwrap();
-    }
+    // The closing runs beside the readiness watch: rabbitmqctl can take longer than the
+    // worker takes to reconnect.
+    let closing = tokio::task::spawn_blocking(move || {
+        for pid in &pids {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: broker-side close"])
+                .status();
+        }
+    });
     let closed_at = tally.terminal();
     // Not ready while disconnected (the supervisor waits a second before reconnecting).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (status, body) = h.readyz().await.unwrap();
         if status == 503 {
@@ -259,6 +262,7 @@ async fn closing_the_workers_connections_under_load_loses_nothing_and_dials_noth
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    closing.await.unwrap();
     collect(&mut h, &mut tally, REQUESTS).await;
     assert!(
         closed_at < REQUESTS / 2,
