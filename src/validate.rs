@@ -208,16 +208,20 @@ impl fmt::Debug for DialRequest {
             .field("provider", &self.provider)
             .field("not_before", &self.not_before)
             .field("expires_at", &self.expires_at)
-            .field(
-                "attributes",
-                &self.attributes.as_ref().map(|a| ByteCount(a.get().len())),
-            )
+            .field("attributes", &ByteCount::of(&self.attributes))
             .finish()
     }
 }
 
 /// Debug-prints as `<N bytes>`, standing in for content that should not be logged.
 struct ByteCount(usize);
+
+impl ByteCount {
+    /// The size of `attributes`, if any, for a `Debug` that must not show them.
+    fn of(attributes: &Option<Box<RawValue>>) -> Option<ByteCount> {
+        attributes.as_ref().map(|a| ByteCount(a.get().len()))
+    }
+}
 
 impl fmt::Debug for ByteCount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -355,10 +359,7 @@ impl fmt::Debug for Rejection {
             .field("request_id", &self.request_id)
             .field("reason", &self.reason)
             .field("detail", &self.detail)
-            .field(
-                "attributes",
-                &self.attributes.as_ref().map(|a| ByteCount(a.get().len())),
-            )
+            .field("attributes", &ByteCount::of(&self.attributes))
             .finish()
     }
 }

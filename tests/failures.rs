@@ -349,11 +349,7 @@ async fn a_refusal_for_one_instance_parks_that_request_and_never_pauses_the_work
         .unwrap();
     }
     let received = h.outcomes(6, WAIT).await.unwrap();
-    let event = &received
-        .iter()
-        .find(|r| r.event.request_id == "forbidden")
-        .expect("an outcome for the refused request")
-        .event;
+    let event = helpers::the_one_not_dialed(&received, "forbidden");
     assert_eq!(event.status, Status::Failed);
     assert_eq!(event.code.as_deref(), Some("Forbidden.RAM"));
     assert_eq!(h.simulator.dial_count(), 5);

@@ -148,6 +148,24 @@ pub async fn dead_letters_soon(harness: &Harness, count: usize) -> Vec<DeadLette
     dead
 }
 
+/// Among `received`, the outcome of `request_id`, asserting every other request was dialed.
+pub fn the_one_not_dialed<'a>(received: &'a [Received], request_id: &str) -> &'a OutcomeEvent {
+    let others: Vec<_> = received
+        .iter()
+        .filter(|r| r.event.request_id != request_id)
+        .map(|r| (r.event.request_id.as_str(), r.event.status))
+        .collect();
+    assert!(
+        others.iter().all(|(_, status)| *status == Status::Dialed),
+        "{others:?}"
+    );
+    &received
+        .iter()
+        .find(|r| r.event.request_id == request_id)
+        .unwrap_or_else(|| panic!("an outcome for {request_id}"))
+        .event
+}
+
 /// A valid request body.
 pub fn request(request_id: &str, callee: &str, answer_mode: &str) -> Vec<u8> {
     let rout_point = match answer_mode {
