@@ -263,6 +263,10 @@ pub enum RejectReason {
     InvalidAttributes,
     /// `attributes` is larger than [`MAX_ATTRIBUTES_BYTES`].
     AttributesTooLarge,
+    /// A valid request whose `request_id` the dial store already holds for a different request
+    /// (another instance, caller, callee, answer mode, rout point or provider). Decided at the
+    /// store's claim, not by [`decode`].
+    RequestIdReused,
 }
 
 impl RejectReason {
@@ -289,6 +293,7 @@ impl RejectReason {
         RejectReason::InvalidTimeWindow,
         RejectReason::InvalidAttributes,
         RejectReason::AttributesTooLarge,
+        RejectReason::RequestIdReused,
     ];
 
     /// The contract's snake_case code, as published in `rejected` events.
@@ -315,6 +320,7 @@ impl RejectReason {
             RejectReason::InvalidTimeWindow => "invalid_time_window",
             RejectReason::InvalidAttributes => "invalid_attributes",
             RejectReason::AttributesTooLarge => "attributes_too_large",
+            RejectReason::RequestIdReused => "request_id_reused",
         }
     }
 }
@@ -333,6 +339,21 @@ pub struct Rejection {
     pub reason: RejectReason,
     /// A short sentence for humans naming the field and the rule; never a phone number.
     pub detail: String,
+}
+
+impl Rejection {
+    /// `request_id` is already taken by a different request (the store said so at the claim).
+    /// Like every rejection, the request is never dialed; the first request keeps its record.
+    pub fn request_id_reused(request_id: &RequestId) -> Rejection {
+        Rejection {
+            request_id: Some(request_id.clone()),
+            reason: RejectReason::RequestIdReused,
+            detail: "request_id: already used for a different request (instance_id, caller, \
+                     callee, answer_mode, rout_point or provider differ); a new request needs \
+                     a new request_id"
+                .to_owned(),
+        }
+    }
 }
 
 /// A failed rule before the request id to attach is known.
@@ -1038,7 +1059,11 @@ mod tests {
             assert_eq!(rejection.reason, *want, "{name}: {rejection}");
             assert_detail_is_safe(&rejection);
         }
-        for reason in RejectReason::ALL {
+        // Reuse is found by the store's claim, not by decoding one body.
+        let decided_by_decode = RejectReason::ALL
+            .iter()
+            .filter(|r| **r != RejectReason::RequestIdReused);
+        for reason in decided_by_decode {
             assert!(
                 cases.iter().any(|(_, _, r)| r == reason),
                 "{reason:?} has no case in the table"
@@ -1048,7 +1073,7 @@ mod tests {
 
     #[test]
     fn reason_codes_are_unique_snake_case_names_of_the_variants() {
-        assert_eq!(RejectReason::ALL.len(), 21);
+        assert_eq!(RejectReason::ALL.len(), 22);
         let mut seen = std::collections::HashSet::new();
         for reason in RejectReason::ALL {
             let mut snake = String::new();
