@@ -160,8 +160,9 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
             return self.give_back(incoming).await;
         }
         let request_id = request.request_id().as_str();
+        let fingerprint = self.hasher.fingerprint(request);
         let started = Instant::now();
-        let claim = self.store.claim(request_id).await;
+        let claim = self.store.claim(request_id, &fingerprint).await;
         self.metrics.store_op(StoreOp::Claim, started.elapsed());
         let token = match claim {
             Ok(Claim::Acquired(token)) => {
@@ -188,6 +189,11 @@ impl<C: CccClient, S: DialStore> Pipeline<C, S> {
                 return self
                     .record_and_publish(request_id, &token, &event, incoming)
                     .await;
+            }
+            Ok(Claim::Reused) => {
+                // Another request owns this request_id; its record stays untouched.
+                let rejection = Rejection::request_id_reused(request.request_id());
+                return self.reject(incoming, &rejection).await;
             }
             Err(error) => return self.halt_on(HaltCause::Store(error), incoming).await,
         };
