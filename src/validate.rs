@@ -276,6 +276,10 @@ pub enum RejectReason {
     InvalidAttributes,
     /// `attributes` is larger than [`MAX_ATTRIBUTES_BYTES`].
     AttributesTooLarge,
+    /// A valid request whose `request_id` the dial store already holds for a different request
+    /// (another instance, caller, callee, answer mode, rout point or provider). Decided at the
+    /// store's claim, not by [`decode`].
+    RequestIdReused,
 }
 
 impl RejectReason {
@@ -302,6 +306,7 @@ impl RejectReason {
         RejectReason::InvalidTimeWindow,
         RejectReason::InvalidAttributes,
         RejectReason::AttributesTooLarge,
+        RejectReason::RequestIdReused,
     ];
 
     /// The contract's snake_case code, as published in `rejected` events.
@@ -328,6 +333,7 @@ impl RejectReason {
             RejectReason::InvalidTimeWindow => "invalid_time_window",
             RejectReason::InvalidAttributes => "invalid_attributes",
             RejectReason::AttributesTooLarge => "attributes_too_large",
+            RejectReason::RequestIdReused => "request_id_reused",
         }
     }
 }
@@ -361,6 +367,23 @@ impl fmt::Debug for Rejection {
             .field("detail", &self.detail)
             .field("attributes", &ByteCount::of(&self.attributes))
             .finish()
+    }
+}
+
+impl Rejection {
+    /// `request`'s `request_id` is already taken by a different request (the store said so
+    /// at the claim). Like every rejection, the request is never dialed; the first request
+    /// keeps its record. The event echoes this request's attributes.
+    pub fn request_id_reused(request: &DialRequest) -> Rejection {
+        Rejection {
+            request_id: Some(request.request_id().clone()),
+            attributes: request.attributes.clone(),
+            reason: RejectReason::RequestIdReused,
+            detail: "request_id: already used for a different request (instance_id, caller, \
+                     callee, answer_mode, rout_point or provider differ); a new request needs \
+                     a new request_id"
+                .to_owned(),
+        }
     }
 }
 
@@ -1148,7 +1171,11 @@ mod tests {
             assert_eq!(rejection.reason, *want, "{name}: {rejection}");
             assert_detail_is_safe(&rejection);
         }
-        for reason in RejectReason::ALL {
+        // Reuse is found by the store's claim, not by decoding one body.
+        let decided_by_decode = RejectReason::ALL
+            .iter()
+            .filter(|r| **r != RejectReason::RequestIdReused);
+        for reason in decided_by_decode {
             assert!(
                 cases.iter().any(|(_, _, r)| r == reason),
                 "{reason:?} has no case in the table"
@@ -1158,7 +1185,7 @@ mod tests {
 
     #[test]
     fn reason_codes_are_unique_snake_case_names_of_the_variants() {
-        assert_eq!(RejectReason::ALL.len(), 21);
+        assert_eq!(RejectReason::ALL.len(), 22);
         let mut seen = std::collections::HashSet::new();
         for reason in RejectReason::ALL {
             let mut snake = String::new();

@@ -12,7 +12,9 @@ use dialex_worker::harness::{Harness, Received};
 use dialex_worker::metrics::DedupKind;
 use dialex_worker::outcome::Status;
 use dialex_worker::outcome::SuppressReason;
-use helpers::{WAIT, callee, outcomes_until, request, settings_with, started};
+use helpers::{
+    WAIT, assert_dialed_once, callee, only_outcome, outcomes_until, request, settings_with, started,
+};
 
 /// Request ids that have at least one event, and every event id seen per request.
 fn event_ids(received: &[Received]) -> HashMap<String, HashSet<uuid::Uuid>> {
@@ -85,6 +87,64 @@ async fn duplicates_are_dialed_once_with_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_dialed_once_with_the_redis_store() {
     duplicates_are_dialed_once(StoreBackend::Redis).await;
+}
+
+/// r-1 is dialed; r-1 again for another callee is rejected (`request_id_reused`), parked and not
+/// dialed; the original r-1 delivered a third time still gets its own `dialed` event.
+async fn reused_request_id_is_rejected_and_the_original_kept(backend: StoreBackend) {
+    let mut h = started(settings_with(backend), SimConfig::default()).await;
+    let original = request("r-1", &callee(1), "ivr");
+    let dialed = only_outcome(&mut h, &original).await;
+    assert_dialed_once(&dialed, &h.simulator);
+
+    let reused = request("r-1", &callee(2), "ivr");
+    let rejected = only_outcome(&mut h, &reused).await;
+    assert_eq!(rejected.request_id, "r-1", "{backend:?}");
+    assert_eq!(rejected.status, Status::Rejected, "{backend:?}");
+    assert_eq!(rejected.code.as_deref(), Some("request_id_reused"));
+    assert_eq!(rejected.task_id, None);
+    let message = rejected.message.as_deref().unwrap_or_default();
+    assert!(
+        !message.contains(&callee(2)) && !message.contains(&callee(1)),
+        "{message}"
+    );
+    assert_eq!(
+        h.simulator.dial_count(),
+        1,
+        "a reused request_id was dialed"
+    );
+
+    // Parked on the dead-letter queue with its reason (the event is published first, so wait).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let dead = h.dead_letters().await.unwrap();
+        if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1, "{backend:?}");
+    assert_eq!(dead[0].reason.as_deref(), Some("request_id_reused"));
+    assert_eq!(dead[0].body, reused);
+
+    // The first request's record was left intact: a redelivery gets its outcome again.
+    let again = only_outcome(&mut h, &original).await;
+    assert_dialed_once(&again, &h.simulator);
+    assert_eq!(again.task_id, dialed.task_id);
+    assert_eq!(again.event_id, dialed.event_id);
+    assert_eq!(h.metrics.dedup_count(DedupKind::Recorded), 1);
+    helpers::assert_request_queue_drains(&h).await;
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_is_rejected_and_the_original_kept_with_the_embedded_store() {
+    reused_request_id_is_rejected_and_the_original_kept(StoreBackend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_is_rejected_and_the_original_kept_with_the_redis_store() {
+    reused_request_id_is_rejected_and_the_original_kept(StoreBackend::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use crate::config::CooldownSettings;
 use crate::validate::DialRequest;
 
 /// Keyed hashes of phone numbers (HMAC-SHA1 under `cooldown.hash_key`, hex): what shared
-/// stores hold instead of numbers.
+/// stores hold instead of numbers, in callee keys and in the dial store's request fingerprints.
 #[derive(Clone)]
 pub struct NumberHasher {
     mac: Hmac<Sha1>,
@@ -42,14 +42,53 @@ impl NumberHasher {
             }
             mac.update(part.as_bytes());
         }
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(digest.len() * 2);
-        for byte in digest {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{byte:02x}");
-        }
-        out
+        hex(mac)
     }
+
+    /// The request's fingerprint for the dial store: hex HMAC (40 digits, like [`Self::hash`])
+    /// of the fields that decide what is dialed (instance, caller, callee, answer mode, rout
+    /// point, provider), after validation normalised them. A `request_id` stored with another
+    /// fingerprint was used for a different request. The numbers cannot be read back from it.
+    ///
+    /// Each field goes in with its length in front, and the provider with a mark for present
+    /// or absent, so no two different requests feed the HMAC the same bytes; a leading label
+    /// keeps fingerprints apart from the [`Self::hash`] keys made under the same secret.
+    pub fn fingerprint(&self, request: &DialRequest) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"dial-request-v1\n");
+        let fields = [
+            request.instance_id(),
+            request.caller().as_str(),
+            request.callee().as_str(),
+            request.answer_mode().as_str(),
+            request.rout_point(),
+        ];
+        let length = |text: &str| u64::try_from(text.len()).unwrap_or(u64::MAX).to_be_bytes();
+        for field in fields {
+            mac.update(&length(field));
+            mac.update(field.as_bytes());
+        }
+        match request.provider() {
+            Some(provider) => {
+                mac.update(b"+");
+                mac.update(&length(provider));
+                mac.update(provider.as_bytes());
+            }
+            None => mac.update(b"-"),
+        }
+        hex(mac)
+    }
+}
+
+/// The finished HMAC as lowercase hex.
+fn hex(mac: Hmac<Sha1>) -> String {
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(digest.len() * 2);
+    for byte in digest {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
 }
 
 /// The callee gate's configuration, ready to derive keys and day labels.
@@ -136,6 +175,86 @@ mod tests {
                 .unwrap()
                 .key(&request("i1", "15732036617"))
         );
+    }
+
+    /// A request with every dial-relevant field set; `change` edits the JSON body first.
+    fn full_request(change: impl FnOnce(&mut serde_json::Value)) -> DialRequest {
+        let mut body = serde_json::json!({
+            "request_id": "r-1", "instance_id": "i1", "caller": "02285196281",
+            "callee": "15732036617", "answer_mode": "agent", "rout_point": "agent@Domain",
+            "provider": "cmcc", "attributes": {"ticket": 1},
+        });
+        change(&mut body);
+        crate::validate::decode(body.to_string().as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn a_fingerprint_covers_every_dial_field_and_nothing_else() {
+        let settings = Settings::load_from(None, Vec::new()).unwrap();
+        let hasher = NumberHasher::new(&settings.cooldown);
+        let fingerprint =
+            |change: fn(&mut serde_json::Value)| hasher.fingerprint(&full_request(change));
+        let base = fingerprint(|_| {});
+        assert_eq!(base.len(), 40);
+        assert!(base.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!base.contains("15732036617") && !base.contains("02285196281"));
+
+        // The same request, however it is spelled or whatever else it carries: same fingerprint.
+        let same: [fn(&mut serde_json::Value); 5] = [
+            |b| b["callee"] = "+86 157-3203-6617".into(),
+            |b| b["answer_mode"] = 1.into(),
+            |b| b["request_id"] = "r-2".into(),
+            |b| b["attributes"] = serde_json::json!({"ticket": 2}),
+            |b| b["expires_at"] = "2026-01-01T00:00:00Z".into(),
+        ];
+        for change in same {
+            assert_eq!(fingerprint(change), base);
+        }
+
+        // Any dial-relevant field changed: another request.
+        let different: [fn(&mut serde_json::Value); 7] = [
+            |b| b["instance_id"] = "i2".into(),
+            |b| b["caller"] = "02285196282".into(),
+            |b| b["callee"] = "15732036618".into(),
+            |b| {
+                b["answer_mode"] = "skill_group".into();
+            },
+            |b| b["rout_point"] = "agent@domain".into(),
+            |b| b["provider"] = "cucc".into(),
+            |b| b["provider"] = serde_json::Value::Null,
+        ];
+        let mut seen = std::collections::HashSet::from([base.clone()]);
+        for change in different {
+            assert!(
+                seen.insert(fingerprint(change)),
+                "a change left the fingerprint as it was"
+            );
+        }
+
+        // Under another secret, another fingerprint; and never a callee key.
+        let mut other = settings.clone();
+        other.cooldown.hash_key = secrecy::SecretString::from("another-secret");
+        assert_ne!(
+            NumberHasher::new(&other.cooldown).fingerprint(&full_request(|_| {})),
+            base
+        );
+        assert_ne!(base, hasher.hash(&["i1", "15732036617"]));
+    }
+
+    #[test]
+    fn fingerprint_fields_cannot_run_into_each_other() {
+        let settings = Settings::load_from(None, Vec::new()).unwrap();
+        let hasher = NumberHasher::new(&settings.cooldown);
+        let split = |rout_point: &str, provider: &str| {
+            hasher.fingerprint(&full_request(|b| {
+                b["answer_mode"] = "ivr".into();
+                b["rout_point"] = rout_point.into();
+                b["provider"] = provider.into();
+            }))
+        };
+        // The same bytes in a row, cut at another place.
+        assert_ne!(split("flow-ab", "c"), split("flow-a", "bc"));
+        assert_ne!(split("flow a", "b"), split("flow", "a b"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::ccc::CccClient;
 use crate::metrics::{DedupKind, StoreOp};
 use crate::outcome::{DeferReason, OutcomeEvent};
 use crate::store::{Claim, DialStore};
-use crate::validate::DialRequest;
+use crate::validate::{DialRequest, Rejection};
 
 impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
     /// Claims the request for this worker. Anything else ends its path here: it is being
@@ -22,8 +22,12 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
         request: &DialRequest,
         incoming: &Incoming,
     ) -> Result<Held, Step> {
+        let fingerprint = self.hasher.fingerprint(request);
         let started = Instant::now();
-        let claim = self.store.claim(request.request_id().as_str()).await;
+        let claim = self
+            .store
+            .claim(request.request_id().as_str(), &fingerprint)
+            .await;
         self.metrics.store_op(StoreOp::Claim, started.elapsed());
         match claim {
             Ok(Claim::Acquired(token)) => {
@@ -59,6 +63,11 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
                 Err(self
                     .conclude(request, incoming, Held::new(token), Verdict::Resolve(event))
                     .await)
+            }
+            Ok(Claim::Reused) => {
+                // Another request owns this request_id; its record stays untouched.
+                let rejection = Rejection::request_id_reused(request);
+                Err(self.rejected(incoming, &rejection))
             }
             Err(error) => Err(self
                 .store_failed(error, Some(request), incoming, false)

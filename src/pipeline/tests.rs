@@ -136,9 +136,9 @@ impl Faulty {
 }
 
 impl DialStore for Faulty {
-    async fn claim(&self, request_id: &str) -> Result<Claim, StoreError> {
+    async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         self.fault("claim")?;
-        self.inner.claim(request_id).await
+        self.inner.claim(request_id, fingerprint).await
     }
     async fn record(
         &self,
@@ -422,9 +422,22 @@ async fn decide(f: &Fixture, incoming: &Incoming) -> Step {
     f.process(&request(&incoming.body), incoming).await
 }
 
+/// The fingerprint of the request `body(request_id, {})` builds (the one every claim of
+/// these tests is for).
+fn fp(f: &Fixture, request_id: &str) -> String {
+    f.hasher
+        .fingerprint(&request(&body(request_id, serde_json::json!({}))))
+}
+
 /// Whether the request's claim is free: a new claim is granted (and then given back).
 async fn claim_is_free(f: &Fixture, request_id: &str) -> bool {
-    match f.store.inner.claim(request_id).await.unwrap() {
+    match f
+        .store
+        .inner
+        .claim(request_id, &fp(f, request_id))
+        .await
+        .unwrap()
+    {
         Claim::Acquired(token) => {
             f.store.inner.release(request_id, &token).await.unwrap();
             true
@@ -525,7 +538,7 @@ async fn a_new_request_is_dialed_recorded_and_finished_with_its_task_id() {
     );
     // Recorded: the claim now answers with the result, and the callee's slot is kept.
     assert!(matches!(
-        f.store.inner.claim("r-1").await.unwrap(),
+        f.store.inner.claim("r-1", &fp(&f, "r-1")).await.unwrap(),
         Claim::Recorded { .. }
     ));
     assert!(!cooldown_is_free(&f, &delivery.body).await);
@@ -536,7 +549,9 @@ async fn a_recorded_request_is_published_again_byte_for_byte_and_not_dialed() {
     let f = fixture(|_| {}).await;
     let first = incoming(body("r-2", serde_json::json!({})));
     f.handle(&first).await;
-    let Claim::Recorded { event: stored } = f.store.inner.claim("r-2").await.unwrap() else {
+    let Claim::Recorded { event: stored } =
+        f.store.inner.claim("r-2", &fp(&f, "r-2")).await.unwrap()
+    else {
         panic!("recorded");
     };
     let again = incoming(body("r-2", serde_json::json!({})));
@@ -552,7 +567,7 @@ async fn a_recorded_request_is_published_again_byte_for_byte_and_not_dialed() {
 #[tokio::test]
 async fn a_request_claimed_elsewhere_waits_quietly_until_the_lease_ends() {
     let f = fixture(|_| {}).await;
-    let Claim::Acquired(_) = f.store.inner.claim("r-3").await.unwrap() else {
+    let Claim::Acquired(_) = f.store.inner.claim("r-3", &fp(&f, "r-3")).await.unwrap() else {
         panic!("acquired")
     };
     let step = decide(&f, &incoming(body("r-3", serde_json::json!({})))).await;
@@ -567,7 +582,7 @@ async fn a_request_claimed_elsewhere_waits_quietly_until_the_lease_ends() {
 #[tokio::test]
 async fn an_abandoned_claim_becomes_unknown_interrupted_and_is_never_dialed() {
     let f = fixture(|s| s.store.lease_ms = 30).await;
-    let Claim::Acquired(_) = f.store.inner.claim("r-4").await.unwrap() else {
+    let Claim::Acquired(_) = f.store.inner.claim("r-4", &fp(&f, "r-4")).await.unwrap() else {
         panic!("acquired")
     };
     tokio::time::sleep(Duration::from_millis(60)).await;
@@ -578,10 +593,39 @@ async fn an_abandoned_claim_becomes_unknown_interrupted_and_is_never_dialed() {
     assert_eq!(event.code.as_deref(), Some("interrupted"));
     assert!(delivery.is_claimed());
     assert!(matches!(
-        f.store.inner.claim("r-4").await.unwrap(),
+        f.store.inner.claim("r-4", &fp(&f, "r-4")).await.unwrap(),
         Claim::Recorded { .. }
     ));
     assert_eq!(f.client.sends(), 0);
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_request_is_rejected_and_the_first_kept() {
+    let f = fixture(|_| {}).await;
+    f.handle(&incoming(body("r-reuse", serde_json::json!({}))))
+        .await;
+    let other = incoming(body(
+        "r-reuse",
+        serde_json::json!({"callee": "13800000002"}),
+    ));
+    let step = decide(&f, &other).await;
+    let parking = parked(&step);
+    assert_eq!(parking.reason, "request_id_reused");
+    let event = parking.event.as_ref().expect("a rejected event");
+    assert_eq!(
+        (event.status, event.code.as_deref()),
+        (Status::Rejected, Some("request_id_reused"))
+    );
+    assert!(event.attributes.is_some(), "the attributes are echoed");
+    assert!(matches!(
+        f.store
+            .inner
+            .claim("r-reuse", &fp(&f, "r-reuse"))
+            .await
+            .unwrap(),
+        Claim::Recorded { .. }
+    ));
+    assert_eq!(f.client.sends(), 1);
 }
 
 #[tokio::test]
@@ -648,7 +692,7 @@ async fn a_store_error_for_one_key_while_the_store_answers_does_not_pause() {
 #[tokio::test]
 async fn an_unreadable_stored_result_is_parked() {
     let f = fixture(|_| {}).await;
-    let Claim::Acquired(token) = f.store.inner.claim("r-8").await.unwrap() else {
+    let Claim::Acquired(token) = f.store.inner.claim("r-8", &fp(&f, "r-8")).await.unwrap() else {
         panic!("acquired")
     };
     f.store
@@ -675,7 +719,7 @@ async fn a_request_past_expires_at_is_expired_and_recorded() {
     let step = decide(&f, &delivery).await;
     assert_eq!(finished(&step).status, Status::Expired);
     assert!(matches!(
-        f.store.inner.claim("r-9").await.unwrap(),
+        f.store.inner.claim("r-9", &fp(&f, "r-9")).await.unwrap(),
         Claim::Recorded { .. }
     ));
     assert_eq!(f.client.sends(), 0);
@@ -957,7 +1001,7 @@ async fn a_placed_call_is_published_only_once_recorded() {
     let event = finished(&step);
     assert_eq!(event.task_id.as_deref(), Some("task-1"));
     assert!(matches!(
-        f.store.inner.claim("r-24").await.unwrap(),
+        f.store.inner.claim("r-24", &fp(&f, "r-24")).await.unwrap(),
         Claim::Recorded { .. }
     ));
     assert_eq!(f.client.sends(), 1);

@@ -89,6 +89,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
+    check_fingerprint,
 };
 use crate::config::StoreSettings;
 
@@ -415,39 +416,30 @@ enum Changed {
 }
 
 impl DialStore for EmbeddedStore {
-    async fn claim(&self, request_id: &str) -> Result<Claim, StoreError> {
+    async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
+        check_fingerprint(fingerprint)?;
         let id = request_id.to_owned();
+        let fingerprint = fingerprint.to_owned();
         let worker = self.inner.worker_id.clone();
         let (lease_ms, record_ttl_ms) = (self.inner.lease_ms, self.inner.record_ttl_ms);
         self.write(Durability::Immediate, move |txn, now| {
             let mut records = txn.open_table(RECORDS).or_backend()?;
             let mut index = txn.open_table(RECORDS_BY_EXPIRY).or_backend()?;
-            let current = read_record(&records, &id)?;
-            if let Some((expires, bytes)) = &current
-                && *expires > now
-            {
-                let answer = match Record::decode(bytes)? {
-                    Record::Claimed {
-                        worker,
-                        lease_until_ms,
-                    } if lease_until_ms > now => Claim::Held {
-                        worker,
-                        remaining: Duration::from_millis(lease_until_ms - now),
-                    },
-                    // The lease ran out without a result: the holder died, perhaps mid-call.
-                    // Leave the claim as it is; whoever resolves it records with this token.
-                    Record::Claimed { .. } => Claim::Abandoned(ClaimToken(bytes.clone())),
-                    Record::Recorded { event } => Claim::Recorded { event },
-                };
-                return Ok((answer, Changed::No));
-            }
-            // Absent, or expired past the duplicate-detection horizon: ours.
+            let old_expiry = match read_record(&records, &id)? {
+                // Held, abandoned, recorded or reused: reported, never changed. An abandoned
+                // claim stays as it is; whoever resolves it records with its token.
+                Some((expires, bytes)) if expires > now => {
+                    return Ok((Claim::found(bytes, now, &fingerprint)?, Changed::No));
+                }
+                // Absent, or expired past the duplicate-detection horizon: ours.
+                current => current.map(|(expires, _)| expires),
+            };
             let claim = Record::Claimed {
                 worker: worker.clone(),
                 lease_until_ms: now.saturating_add(lease_ms),
+                fingerprint: Some(fingerprint.clone()),
             }
             .encode();
-            let old_expiry = current.map(|(expires, _)| expires);
             let expires = now.saturating_add(record_ttl_ms);
             put_record(&mut records, &mut index, &id, old_expiry, expires, &claim)?;
             Ok((Claim::Acquired(ClaimToken(claim)), Changed::Yes))
@@ -462,11 +454,8 @@ impl DialStore for EmbeddedStore {
         event: &[u8],
     ) -> Result<Recorded, StoreError> {
         let id = request_id.to_owned();
+        let value = token.result(event)?;
         let token = token.0.clone();
-        let value = Record::Recorded {
-            event: event.to_vec(),
-        }
-        .encode();
         let record_ttl_ms = self.inner.record_ttl_ms;
         self.write(Durability::Immediate, move |txn, now| {
             let mut records = txn.open_table(RECORDS).or_backend()?;
@@ -1136,13 +1125,17 @@ mod tests {
     }
 
     async fn acquire(store: &EmbeddedStore, id: &str) -> ClaimToken {
-        match store.claim(id).await.unwrap() {
+        match store.claim(id, FP).await.unwrap() {
             Claim::Acquired(token) => token,
             other => panic!("expected Acquired for {id}, got {other:?}"),
         }
     }
 
     const EVENT: &[u8] = br#"{"status":"dialed"}"#;
+
+    /// The fingerprint of the request every test claims for, and of a different request.
+    const FP: &str = "f1f1f1";
+    const OTHER_FP: &str = "0b0b0b";
 
     #[tokio::test]
     async fn a_live_claim_is_held_even_for_the_same_worker() {
@@ -1156,13 +1149,15 @@ mod tests {
             Record::Claimed {
                 worker,
                 lease_until_ms,
+                fingerprint,
             } => {
                 assert_eq!(worker, "worker-a");
                 assert!(lease_until_ms > now && lease_until_ms <= now + lease);
+                assert_eq!(fingerprint.as_deref(), Some(FP));
             }
             other => panic!("token is not a claim: {other:?}"),
         }
-        match store.claim("r1").await.unwrap() {
+        match store.claim("r1", FP).await.unwrap() {
             Claim::Held { worker, remaining } => {
                 assert_eq!(worker, "worker-a");
                 assert!(remaining <= Duration::from_millis(lease), "{remaining:?}");
@@ -1189,7 +1184,7 @@ mod tests {
         // Every later claim (a redelivery) is told the result, and changes nothing.
         for _ in 0..2 {
             assert_eq!(
-                store.claim("r1").await.unwrap(),
+                store.claim("r1", FP).await.unwrap(),
                 Claim::Recorded {
                     event: EVENT.to_vec()
                 }
@@ -1209,14 +1204,14 @@ mod tests {
         let store = open(&settings_with(&dir, 50, 60_000, 60_000));
         let token = acquire(&store, "r1").await;
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let abandoned = match store.claim("r1").await.unwrap() {
+        let abandoned = match store.claim("r1", FP).await.unwrap() {
             Claim::Abandoned(t) => t,
             other => panic!("expected Abandoned, got {other:?}"),
         };
         assert_eq!(abandoned, token, "the token is the stored claim");
         // Claiming again does not take it over: still abandoned.
         assert_eq!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Abandoned(token.clone())
         );
         let unknown = br#"{"status":"unknown"}"#;
@@ -1229,11 +1224,184 @@ mod tests {
             Recorded::Earlier(unknown.to_vec())
         );
         assert_eq!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Recorded {
                 event: unknown.to_vec(),
             }
         );
+    }
+
+    /// The stored row of `id`, exactly: `(expires_at_ms, encoded Record)`.
+    fn raw_record(store: &EmbeddedStore, id: &str) -> Option<(u64, Vec<u8>)> {
+        use redb::ReadableDatabase;
+        let txn = store.inner.db.begin_read().unwrap();
+        let records = txn.open_table(RECORDS).unwrap();
+        records.get(id).unwrap().map(|row| {
+            let (expires, bytes) = row.value();
+            (expires, bytes.to_vec())
+        })
+    }
+
+    /// Writes `value` as the row of `id` as it is, living for a minute, the way an earlier
+    /// version of the worker would have left it.
+    async fn put_raw(store: &EmbeddedStore, id: &str, value: &[u8]) {
+        let (id, value) = (id.to_owned(), value.to_vec());
+        store
+            .write(Durability::Immediate, move |txn, now| {
+                let mut records = txn.open_table(RECORDS).or_backend()?;
+                let mut index = txn.open_table(RECORDS_BY_EXPIRY).or_backend()?;
+                let old = read_record(&records, &id)?.map(|(expires, _)| expires);
+                put_record(&mut records, &mut index, &id, old, now + 60_000, &value)?;
+                Ok(((), Changed::Yes))
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_and_its_result_carry_the_requests_fingerprint() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        let token = acquire(&store, "r1").await;
+        assert!(token.0.starts_with(b"C#f1f1f1|worker-a|"));
+        assert_eq!(raw_record(&store, "r1").unwrap().1, token.0);
+        store.record("r1", &token, EVENT).await.unwrap();
+        let mut want = b"R#f1f1f1|".to_vec();
+        want.extend_from_slice(EVENT);
+        assert_eq!(raw_record(&store, "r1").unwrap().1, want);
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_on_a_live_claim_is_reported_and_changes_nothing() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        let token = acquire(&store, "r1").await;
+        let before = raw_record(&store, "r1");
+        assert_eq!(store.claim("r1", OTHER_FP).await.unwrap(), Claim::Reused);
+        assert_eq!(raw_record(&store, "r1"), before);
+        // The first request's redelivery is still told its claim is held, and its holder
+        // records as usual.
+        assert!(matches!(
+            store.claim("r1", FP).await.unwrap(),
+            Claim::Held { worker, .. } if worker == "worker-a"
+        ));
+        assert_eq!(
+            store.record("r1", &token, EVENT).await.unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(store.row_counts().unwrap()[..2], [1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_on_an_abandoned_claim_is_reported_and_changes_nothing() {
+        let dir = TempDir::new();
+        let store = open(&settings_with(&dir, 50, 60_000, 60_000));
+        let token = acquire(&store, "r1").await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let before = raw_record(&store, "r1");
+        assert_eq!(store.claim("r1", OTHER_FP).await.unwrap(), Claim::Reused);
+        assert_eq!(raw_record(&store, "r1"), before);
+        // Still the first request's to resolve, with the very same token.
+        assert_eq!(
+            store.claim("r1", FP).await.unwrap(),
+            Claim::Abandoned(token.clone())
+        );
+        let unknown = br#"{"status":"unknown"}"#;
+        assert_eq!(
+            store.record("r1", &token, unknown).await.unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(store.claim("r1", OTHER_FP).await.unwrap(), Claim::Reused);
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_on_a_result_is_reported_and_the_result_kept() {
+        let dir = TempDir::new();
+        let settings = settings(&dir);
+        let store = open(&settings);
+        let token = acquire(&store, "r1").await;
+        store.record("r1", &token, EVENT).await.unwrap();
+        let before = raw_record(&store, "r1");
+        for _ in 0..2 {
+            assert_eq!(store.claim("r1", OTHER_FP).await.unwrap(), Claim::Reused);
+        }
+        assert_eq!(raw_record(&store, "r1"), before);
+        let original = Claim::Recorded {
+            event: EVENT.to_vec(),
+        };
+        assert_eq!(store.claim("r1", FP).await.unwrap(), original);
+        // And so it stays across a restart.
+        drop(store);
+        let store = open(&settings);
+        assert_eq!(store.claim("r1", OTHER_FP).await.unwrap(), Claim::Reused);
+        assert_eq!(store.claim("r1", FP).await.unwrap(), original);
+    }
+
+    #[tokio::test]
+    async fn records_written_before_fingerprints_match_any_request() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        let live = format!("C|worker-b|{}", now_ms().unwrap() + 60_000);
+        put_raw(&store, "live", live.as_bytes()).await;
+        put_raw(&store, "dead", b"C|worker-b|1").await;
+        put_raw(&store, "recorded", br#"R|{"status":"dialed"}"#).await;
+        put_raw(&store, "published", br#"P|{"status":"dialed"}"#).await;
+
+        for fingerprint in [FP, OTHER_FP] {
+            assert!(matches!(
+                store.claim("live", fingerprint).await.unwrap(),
+                Claim::Held { worker, .. } if worker == "worker-b"
+            ));
+            assert_eq!(
+                store.claim("dead", fingerprint).await.unwrap(),
+                Claim::Abandoned(ClaimToken(b"C|worker-b|1".to_vec()))
+            );
+            for id in ["recorded", "published"] {
+                assert_eq!(
+                    store.claim(id, fingerprint).await.unwrap(),
+                    Claim::Recorded {
+                        event: br#"{"status":"dialed"}"#.to_vec()
+                    }
+                );
+            }
+        }
+        // The old claim is resolved with its old token into a result without a fingerprint,
+        // which, like its claim, answers any request.
+        let stale = ClaimToken(b"C|worker-b|1".to_vec());
+        let unknown = br#"{"status":"unknown"}"#;
+        assert_eq!(
+            store.record("dead", &stale, unknown).await.unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(
+            raw_record(&store, "dead").unwrap().1,
+            br#"R|{"status":"unknown"}"#
+        );
+        assert_eq!(
+            store.claim("dead", OTHER_FP).await.unwrap(),
+            Claim::Recorded {
+                event: unknown.to_vec()
+            }
+        );
+        // And an old live claim is released by its token as before.
+        store
+            .release("live", &ClaimToken(live.into_bytes()))
+            .await
+            .unwrap();
+        assert!(raw_record(&store, "live").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_fingerprint_the_encoding_cannot_hold_is_refused_before_anything_is_written() {
+        let dir = TempDir::new();
+        let store = open(&settings(&dir));
+        for bad in ["", "a|b", "a#b"] {
+            assert!(matches!(
+                store.claim("r1", bad).await,
+                Err(StoreError::InvalidFingerprint)
+            ));
+        }
+        assert_eq!(store.row_counts().unwrap()[..2], [0, 0]);
     }
 
     #[tokio::test]
@@ -1245,6 +1413,7 @@ mod tests {
             Record::Claimed {
                 worker: "worker-b".into(),
                 lease_until_ms: 1,
+                fingerprint: Some(FP.into()),
             }
             .encode(),
         );
@@ -1254,7 +1423,7 @@ mod tests {
         ));
         // Nothing changed: the claim is still ours and still live.
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Held { .. }
         ));
         assert_eq!(
@@ -1274,7 +1443,7 @@ mod tests {
             Recorded::Stored
         );
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Recorded { .. }
         ));
         assert_eq!(store.row_counts().unwrap()[..2], [1, 1]);
@@ -1290,7 +1459,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Held { .. }
         ));
         store.release("r1", &token).await.unwrap();
@@ -1300,7 +1469,7 @@ mod tests {
         store.record("r1", &again, EVENT).await.unwrap();
         store.release("r1", &again).await.unwrap();
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Recorded { .. }
         ));
         // Releasing an unknown id is a no-op.
@@ -1314,7 +1483,7 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.claim("same").await })
+                tokio::spawn(async move { store.claim("same", FP).await })
             })
             .collect();
         let mut acquired = 0;
@@ -1352,12 +1521,12 @@ mod tests {
         drop(clone);
 
         let store = EmbeddedStore::open(&settings, "worker-b".into()).expect("reopens");
-        match store.claim("claimed").await.unwrap() {
+        match store.claim("claimed", FP).await.unwrap() {
             Claim::Held { worker, .. } => assert_eq!(worker, "worker-a"),
             other => panic!("expected Held, got {other:?}"),
         }
         assert_eq!(
-            store.claim("recorded").await.unwrap(),
+            store.claim("recorded", FP).await.unwrap(),
             Claim::Recorded {
                 event: EVENT.to_vec(),
             }
@@ -1439,7 +1608,7 @@ mod tests {
         // Reopening repairs the file; every acknowledged claim and result is there.
         let store = open(&settings(&dir));
         for (state, id) in &acknowledged {
-            let claim = store.claim(id).await.unwrap();
+            let claim = store.claim(id, FP).await.unwrap();
             match (state.as_str(), &claim) {
                 ("claimed", Claim::Held { worker, .. }) => assert_eq!(worker, "doomed"),
                 ("recorded", Claim::Recorded { event, .. }) => assert_eq!(event, EVENT),
@@ -1467,7 +1636,7 @@ mod tests {
             Recorded::Stored
         );
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Recorded { .. }
         ));
         assert_eq!(store.row_counts().unwrap()[..2], [1, 1]);
@@ -1867,12 +2036,12 @@ mod tests {
         let release = hold_writer(&store);
         // All queued, in this order, while the writer is held: they form its next batch.
         let recorded = queued(store.record("r1", &unrelated, EVENT));
-        let seen_recorded = queued(store.claim("r1"));
+        let seen_recorded = queued(store.claim("r1", FP));
         // A non-durable operation (it changes nothing) amid the durable ones.
         let checked = queued(store.check());
         let earlier = queued(store.record("r1", &unrelated, b"{}"));
-        let claimed = queued(store.claim("r2"));
-        let held = queued(store.claim("r2"));
+        let claimed = queued(store.claim("r2", FP));
+        let held = queued(store.claim("r2", FP));
         let free = queued(store.cooldown_acquire("k", "a", minute));
         let taken = queued(store.cooldown_acquire("k", "b", minute));
         let reserved = [
@@ -1932,12 +2101,12 @@ mod tests {
         let stale = ClaimToken(b"C|worker-b|1".to_vec());
 
         let release = hold_writer(&store);
-        let claimed = queued(store.claim("r1"));
+        let claimed = queued(store.claim("r1", FP));
         // Sees the claim just made, which is not its token: fails alone.
         let conflict = queued(store.record("r1", &stale, EVENT));
-        let held = queued(store.claim("r1"));
+        let held = queued(store.claim("r1", FP));
         let other = queued(store.record("r2", &stale, EVENT));
-        let other_seen = queued(store.claim("r2"));
+        let other_seen = queued(store.claim("r2", FP));
         drop(release);
 
         assert!(matches!(claimed.await.unwrap(), Claim::Acquired(_)));
@@ -1954,11 +2123,11 @@ mod tests {
 
         let store = open(&settings);
         assert!(matches!(
-            store.claim("r1").await.unwrap(),
+            store.claim("r1", FP).await.unwrap(),
             Claim::Held { .. }
         ));
         assert!(matches!(
-            store.claim("r2").await.unwrap(),
+            store.claim("r2", FP).await.unwrap(),
             Claim::Recorded { .. }
         ));
     }
@@ -1988,7 +2157,7 @@ mod tests {
         let store = open(&settings);
         for i in 0..200 {
             assert_eq!(
-                store.claim(&format!("r{i}")).await.unwrap(),
+                store.claim(&format!("r{i}"), FP).await.unwrap(),
                 Claim::Recorded { event: event(i) },
                 "r{i}"
             );

@@ -25,8 +25,9 @@
 //! # Keys
 //!
 //! - `<prefix>:req:<request_id>`: a string holding the shared [`Record`] encoding
-//!   (`C|worker|lease_until_ms`, `R|event`; `P|event`, left by earlier versions, reads as
-//!   `R|event`), expiring `record_ttl` after the claim.
+//!   (`C#fingerprint|worker|lease_until_ms`, `R#fingerprint|event`; `C|…`, `R|…` and `P|event`,
+//!   left by earlier versions, read as the same states without a fingerprint), expiring
+//!   `record_ttl` after the claim.
 //! - `<prefix>:cd:<key>`: a hash with field `r` (the holding `request_id`) and, once dialed,
 //!   `t` (the CCC task id), expiring `window` after it was taken or dialed. The key is already a
 //!   keyed hash of instance and callee: no phone number is ever stored.
@@ -50,6 +51,7 @@ use redis::{RedisError, Script};
 
 use super::{
     Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
+    check_fingerprint,
 };
 use crate::config::StoreSettings;
 use crate::redis_conn::{self, Redactor, Timeouts};
@@ -61,11 +63,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// effect unknown; short enough that a stalled Redis fails the request instead of hanging it.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Claims the request if nothing is there; otherwise returns what is there, with the server's
-/// time so the caller can tell a live lease from a dead one on the server's clock.
+/// Claims the request if nothing is there; otherwise returns what is there, unchanged, with
+/// the server's time so the caller can tell a live lease from a dead one on the server's clock
+/// (and a different request's fingerprint from its own).
 ///
-/// KEYS[1] record key; ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] record TTL ms.
-/// Returns `{1, claim, now_ms}` (acquired) or `{0, stored value, now_ms}`.
+/// KEYS[1] record key; ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] record TTL ms,
+/// ARGV[4] fingerprint. Returns `{1, claim, now_ms}` (acquired) or `{0, stored value, now_ms}`.
 const CLAIM_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,7 +77,7 @@ if current then
   return {0, current, now}
 end
 -- %.0f, not tostring: tostring switches to exponent notation for large numbers.
-local claim = 'C|' .. ARGV[1] .. '|' .. string.format('%.0f', now + tonumber(ARGV[2]))
+local claim = 'C#' .. ARGV[4] .. '|' .. ARGV[1] .. '|' .. string.format('%.0f', now + tonumber(ARGV[2]))
 redis.call('SET', KEYS[1], claim, 'PX', ARGV[3])
 return {1, claim, now}
 ";
@@ -84,18 +87,18 @@ return {1, claim, now}
 /// claim value, lease end included, means a claim taken over by anyone (even the same worker
 /// id, later) is never overwritten with a stale result.
 ///
-/// KEYS[1] record key; ARGV[1] token, ARGV[2] event, ARGV[3] record TTL ms.
-/// Returns `{1, ''}` (stored) or `{0, stored value}`.
+/// KEYS[1] record key; ARGV[1] token, ARGV[2] the encoded result (it carries the token's
+/// fingerprint), ARGV[3] record TTL ms. Returns `{1, ''}` (stored) or `{0, stored value}`.
 const RECORD_LUA: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   -- Keep the claim's expiry: the record lives record_ttl from the claim, not longer.
-  redis.call('SET', KEYS[1], 'R|' .. ARGV[2], 'KEEPTTL')
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
   return {1, ''}
 end
 if not current then
   -- The claim is gone (expired or swept) but this result is still the only one: keep it.
-  redis.call('SET', KEYS[1], 'R|' .. ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return {1, ''}
 end
 return {0, current}
@@ -326,7 +329,8 @@ impl RedisStore {
 }
 
 impl DialStore for RedisStore {
-    async fn claim(&self, request_id: &str) -> Result<Claim, StoreError> {
+    async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
+        check_fingerprint(fingerprint)?;
         let mut conn = self.conn.clone();
         let (acquired, value, now_ms): (i64, Vec<u8>, u64) = self
             .inner
@@ -336,25 +340,15 @@ impl DialStore for RedisStore {
             .arg(&self.inner.worker_id)
             .arg(self.inner.lease_ms)
             .arg(self.inner.record_ttl_ms)
+            .arg(fingerprint)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error("claim", &e))?;
         if acquired == 1 {
             return Ok(Claim::Acquired(ClaimToken(value)));
         }
-        Ok(match Record::decode(&value)? {
-            Record::Claimed {
-                worker,
-                lease_until_ms,
-            } if lease_until_ms > now_ms => Claim::Held {
-                worker,
-                remaining: Duration::from_millis(lease_until_ms - now_ms),
-            },
-            // The token is the stored value itself, so resolving the abandoned claim only
-            // succeeds while nobody else has resolved or replaced it.
-            Record::Claimed { .. } => Claim::Abandoned(ClaimToken(value)),
-            Record::Recorded { event } => Claim::Recorded { event },
-        })
+        // The script changed nothing: whatever is there is only classified, here.
+        Claim::found(value, now_ms, fingerprint)
     }
 
     async fn record(
@@ -363,6 +357,7 @@ impl DialStore for RedisStore {
         token: &ClaimToken,
         event: &[u8],
     ) -> Result<Recorded, StoreError> {
+        let result = token.result(event)?;
         let mut conn = self.conn.clone();
         let (stored, current): (i64, Vec<u8>) = self
             .inner
@@ -370,7 +365,7 @@ impl DialStore for RedisStore {
             .record
             .key(self.record_key(request_id))
             .arg(token.0.as_slice())
-            .arg(event)
+            .arg(result)
             .arg(self.inner.record_ttl_ms)
             .invoke_async(&mut conn)
             .await
@@ -586,6 +581,10 @@ mod tests {
         uuid::Uuid::new_v4().to_string()
     }
 
+    /// The fingerprint of the request every test claims for, and of a different request.
+    const FP: &str = "f1f1f1";
+    const OTHER_FP: &str = "0b0b0b";
+
     #[tokio::test]
     async fn claim_record_lifecycle() {
         let settings = settings(60_000);
@@ -593,7 +592,7 @@ mod tests {
         let b = connect(&settings, "worker-b").await;
         let request = id();
 
-        let Claim::Acquired(token) = a.claim(&request).await.unwrap() else {
+        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
             panic!("first claim must acquire");
         };
         // The token is exactly what is stored, and names us with a lease on Redis's clock.
@@ -602,11 +601,13 @@ mod tests {
         let Record::Claimed {
             worker,
             lease_until_ms,
+            fingerprint,
         } = Record::decode(&token.0).unwrap()
         else {
             panic!("token must be a claim");
         };
         assert_eq!(worker, "worker-a");
+        assert_eq!(fingerprint.as_deref(), Some(FP));
         let mut conn = a.conn.clone();
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
         let server_now = secs * 1000 + micros / 1000;
@@ -619,7 +620,7 @@ mod tests {
 
         // Another worker, and a second delivery in the same worker, both see a live claim.
         for store in [&b, &a] {
-            match store.claim(&request).await.unwrap() {
+            match store.claim(&request, FP).await.unwrap() {
                 Claim::Held { worker, remaining } => {
                     assert_eq!(worker, "worker-a");
                     assert!(remaining > Duration::ZERO && remaining <= Duration::from_secs(60));
@@ -639,7 +640,7 @@ mod tests {
             "record keeps the claim's TTL: {ttl_after} vs {ttl}"
         );
         assert_eq!(
-            b.claim(&request).await.unwrap(),
+            b.claim(&request, FP).await.unwrap(),
             Claim::Recorded {
                 event: event.to_vec()
             }
@@ -669,7 +670,7 @@ mod tests {
             .expect("PSETEX");
 
         assert_eq!(
-            a.claim(&request).await.unwrap(),
+            a.claim(&request, FP).await.unwrap(),
             Claim::Recorded {
                 event: event.to_vec()
             }
@@ -686,18 +687,194 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claim_and_its_result_carry_the_requests_fingerprint() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let request = id();
+        let key = a.record_key(&request);
+        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
+            panic!("first claim must acquire");
+        };
+        assert!(token.0.starts_with(b"C#f1f1f1|worker-a|"));
+        a.record(&request, &token, b"{}").await.unwrap();
+        assert_eq!(get(&a, &key).await.as_deref(), Some(&b"R#f1f1f1|{}"[..]));
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_is_reported_and_changes_nothing() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let b = connect(&settings, "worker-b").await;
+        let request = id();
+        let key = a.record_key(&request);
+
+        // On a live claim: the claim and its lease stay, its holder goes on.
+        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
+            panic!("first claim must acquire");
+        };
+        let ttl = pttl(&a, &key).await;
+        assert_eq!(b.claim(&request, OTHER_FP).await.unwrap(), Claim::Reused);
+        assert_eq!(get(&a, &key).await.as_deref(), Some(token.0.as_slice()));
+        let ttl_after = pttl(&a, &key).await;
+        assert!(
+            ttl_after > 0 && ttl_after <= ttl,
+            "TTL {ttl_after} vs {ttl}"
+        );
+        assert!(matches!(
+            b.claim(&request, FP).await.unwrap(),
+            Claim::Held { worker, .. } if worker == "worker-a"
+        ));
+
+        // On a result: the result stays, and is still the first request's answer.
+        let event = br#"{"status":"dialed","task_id":"t-1"}"#;
+        assert_eq!(
+            a.record(&request, &token, event).await.unwrap(),
+            Recorded::Stored
+        );
+        let stored = get(&a, &key).await;
+        for _ in 0..2 {
+            assert_eq!(b.claim(&request, OTHER_FP).await.unwrap(), Claim::Reused);
+        }
+        assert_eq!(get(&a, &key).await, stored);
+        assert_eq!(
+            b.claim(&request, FP).await.unwrap(),
+            Claim::Recorded {
+                event: event.to_vec()
+            }
+        );
+
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_on_an_abandoned_claim_leaves_it_to_be_resolved() {
+        let settings = settings(50);
+        let dead = connect(&settings, "worker-dead").await;
+        let other = connect(&settings, "worker-other").await;
+        let request = id();
+        let key = other.record_key(&request);
+
+        let Claim::Acquired(original) = dead.claim(&request, FP).await.unwrap() else {
+            panic!("first claim must acquire");
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            other.claim(&request, OTHER_FP).await.unwrap(),
+            Claim::Reused
+        );
+        assert_eq!(
+            get(&other, &key).await.as_deref(),
+            Some(original.0.as_slice())
+        );
+        // The first request's redelivery still finds it abandoned, with the same token.
+        assert_eq!(
+            other.claim(&request, FP).await.unwrap(),
+            Claim::Abandoned(original.clone())
+        );
+        let unknown = br#"{"status":"unknown","code":"interrupted"}"#;
+        assert_eq!(
+            other.record(&request, &original, unknown).await.unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(
+            other.claim(&request, OTHER_FP).await.unwrap(),
+            Claim::Reused
+        );
+
+        cleanup(&other).await;
+    }
+
+    #[tokio::test]
+    async fn records_written_before_fingerprints_match_any_request() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let mut conn = a.conn.clone();
+        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        let live = format!("C|worker-b|{}", (secs + 60) * 1000);
+        let [live_id, dead_id, recorded_id] = [id(), id(), id()];
+        let event = br#"{"status":"dialed"}"#;
+        let mut recorded = b"R|".to_vec();
+        recorded.extend_from_slice(event);
+        for (request, value) in [
+            (&live_id, live.as_bytes()),
+            (&dead_id, &b"C|worker-b|1"[..]),
+            (&recorded_id, recorded.as_slice()),
+        ] {
+            let _: () = conn
+                .pset_ex(a.record_key(request), value, 60_000)
+                .await
+                .expect("PSETEX");
+        }
+
+        for fingerprint in [FP, OTHER_FP] {
+            assert!(matches!(
+                a.claim(&live_id, fingerprint).await.unwrap(),
+                Claim::Held { worker, .. } if worker == "worker-b"
+            ));
+            assert_eq!(
+                a.claim(&dead_id, fingerprint).await.unwrap(),
+                Claim::Abandoned(ClaimToken(b"C|worker-b|1".to_vec()))
+            );
+            assert_eq!(
+                a.claim(&recorded_id, fingerprint).await.unwrap(),
+                Claim::Recorded {
+                    event: event.to_vec()
+                }
+            );
+        }
+        // Resolved with its old token, the old claim leaves a result without a fingerprint.
+        let stale = ClaimToken(b"C|worker-b|1".to_vec());
+        assert_eq!(
+            a.record(&dead_id, &stale, b"{}").await.unwrap(),
+            Recorded::Stored
+        );
+        assert_eq!(
+            get(&a, &a.record_key(&dead_id)).await.as_deref(),
+            Some(&b"R|{}"[..])
+        );
+        assert_eq!(
+            a.claim(&dead_id, OTHER_FP).await.unwrap(),
+            Claim::Recorded {
+                event: b"{}".to_vec()
+            }
+        );
+        a.release(&live_id, &ClaimToken(live.into_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(get(&a, &a.record_key(&live_id)).await, None);
+
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
+    async fn a_fingerprint_the_encoding_cannot_hold_is_refused_before_redis_is_asked() {
+        let settings = settings(60_000);
+        let a = connect(&settings, "worker-a").await;
+        let request = id();
+        for bad in ["", "a|b", "a#b"] {
+            assert!(matches!(
+                a.claim(&request, bad).await,
+                Err(StoreError::InvalidFingerprint)
+            ));
+        }
+        assert_eq!(get(&a, &a.record_key(&request)).await, None);
+        cleanup(&a).await;
+    }
+
+    #[tokio::test]
     async fn an_expired_lease_is_abandoned_and_resolved_once() {
         let settings = settings(50);
         let dead = connect(&settings, "worker-dead").await;
         let other = connect(&settings, "worker-other").await;
         let request = id();
 
-        let Claim::Acquired(original) = dead.claim(&request).await.unwrap() else {
+        let Claim::Acquired(original) = dead.claim(&request, FP).await.unwrap() else {
             panic!("first claim must acquire");
         };
         tokio::time::sleep(Duration::from_millis(150)).await;
 
-        let Claim::Abandoned(stale) = other.claim(&request).await.unwrap() else {
+        let Claim::Abandoned(stale) = other.claim(&request, FP).await.unwrap() else {
             panic!("an expired lease must be reported abandoned");
         };
         assert_eq!(stale, original, "the abandoned token is the stored claim");
@@ -730,7 +907,7 @@ mod tests {
         let a = connect(&settings, "worker-a").await;
         let request = id();
 
-        let Claim::Acquired(token) = a.claim(&request).await.unwrap() else {
+        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
             panic!("first claim must acquire");
         };
         let wrong = ClaimToken(b"C|worker-b|1".to_vec());
@@ -747,6 +924,7 @@ mod tests {
         let Record::Claimed {
             worker,
             lease_until_ms,
+            fingerprint,
         } = Record::decode(&token.0).unwrap()
         else {
             panic!("token must be a claim");
@@ -755,6 +933,7 @@ mod tests {
             Record::Claimed {
                 worker,
                 lease_until_ms: lease_until_ms - 1,
+                fingerprint,
             }
             .encode(),
         );
@@ -787,26 +966,26 @@ mod tests {
         let a = connect(&settings, "worker-a").await;
         let request = id();
 
-        let Claim::Acquired(token) = a.claim(&request).await.unwrap() else {
+        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
             panic!("first claim must acquire");
         };
         a.release(&request, &ClaimToken(b"C|worker-b|1".to_vec()))
             .await
             .unwrap();
         assert!(matches!(
-            a.claim(&request).await.unwrap(),
+            a.claim(&request, FP).await.unwrap(),
             Claim::Held { .. }
         ));
 
         a.release(&request, &token).await.unwrap();
         assert_eq!(get(&a, &a.record_key(&request)).await, None);
         assert!(matches!(
-            a.claim(&request).await.unwrap(),
+            a.claim(&request, FP).await.unwrap(),
             Claim::Acquired(_)
         ));
 
         // A result is never released, whatever token is offered.
-        let Claim::Held { .. } = a.claim(&request).await.unwrap() else {
+        let Claim::Held { .. } = a.claim(&request, FP).await.unwrap() else {
             panic!("still claimed");
         };
         let value = get(&a, &a.record_key(&request)).await.unwrap();
@@ -814,7 +993,7 @@ mod tests {
         a.record(&request, &current, b"{}").await.unwrap();
         a.release(&request, &current).await.unwrap();
         assert!(matches!(
-            a.claim(&request).await.unwrap(),
+            a.claim(&request, FP).await.unwrap(),
             Claim::Recorded { .. }
         ));
 
@@ -838,7 +1017,7 @@ mod tests {
                 let barrier = barrier.clone();
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    store.claim(&request).await
+                    store.claim(&request, FP).await
                 })
             })
             .collect();
@@ -866,7 +1045,7 @@ mod tests {
             .await
             .expect("SET");
         assert!(matches!(
-            a.claim(&request).await,
+            a.claim(&request, FP).await,
             Err(StoreError::Corrupt(_))
         ));
         cleanup(&a).await;
