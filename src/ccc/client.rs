@@ -41,6 +41,9 @@ impl HttpCccClient {
             .timeout(settings.request_timeout())
             .pool_idle_timeout(std::time::Duration::from_secs(50))
             .user_agent(concat!("dialex-worker/", env!("CARGO_PKG_VERSION")))
+            // A redirect would re-send the form body (the callee with it) wherever it points,
+            // perhaps over plain HTTP: the gateway never redirects, so none is followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(HttpCccClient {
             http,
@@ -140,17 +143,27 @@ impl HttpCccClient {
             .await
             .map_err(transport_failure)?;
         let status = response.status().as_u16();
+        let oversized = || DialFailure::Transport {
+            class: ErrorClass::Ambiguous,
+            code: "oversized_answer",
+            detail: format!("HTTP {status} with an oversized body"),
+        };
         if response
             .content_length()
             .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
         {
-            return Err(DialFailure::Transport {
-                class: ErrorClass::Ambiguous,
-                code: "oversized_answer",
-                detail: format!("HTTP {status} with an oversized body"),
-            });
+            return Err(oversized());
         }
-        let bytes = response.bytes().await.map_err(transport_failure)?;
+        // Read chunk by chunk: a chunked answer announces no length, and is cut off at the
+        // same limit rather than read whole.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(oversized());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         parse_answer(status, &bytes)
     }
 }
@@ -213,6 +226,65 @@ fn transport_failure(error: reqwest::Error) -> DialFailure {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-connection HTTP server on loopback that reads a request and answers `answer`;
+    /// returns its address and whether anyone connected.
+    async fn answering(answer: Vec<u8>) -> (std::net::SocketAddr, tokio::task::JoinHandle<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let accepted =
+                tokio::time::timeout(std::time::Duration::from_secs(2), listener.accept()).await;
+            let Ok(Ok((mut socket, _))) = accepted else {
+                return false;
+            };
+            let mut request = vec![0u8; 16 * 1024];
+            let _ = socket.read(&mut request).await;
+            let _ = socket.write_all(&answer).await;
+            let _ = socket.shutdown().await;
+            true
+        });
+        (addr, served)
+    }
+
+    fn client_for(addr: std::net::SocketAddr) -> HttpCccClient {
+        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
+        settings.ccc.endpoint = format!("http://{addr}");
+        HttpCccClient::new(&settings.ccc, Credentials::new("test-id", "test-secret")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_never_followed_and_pauses_the_worker() {
+        // Where the redirect points: it must never see the form body.
+        let (elsewhere, reached) =
+            answering(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec()).await;
+        let redirect = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{elsewhere}/\r\ncontent-length: 0\r\n\r\n"
+        );
+        let (gateway, _) = answering(redirect.into_bytes()).await;
+        let client = client_for(gateway);
+        let failure = client.send(&client.sign(&PARAMS)).await.unwrap_err();
+        assert_eq!(failure.code(), "http_redirect");
+        assert_eq!(failure.class(), ErrorClass::Systemic);
+        assert!(!reached.await.unwrap(), "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_cut_off_at_the_limit() {
+        let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..8 {
+            answer.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            answer.extend_from_slice(&chunk);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        let (gateway, _) = answering(answer).await;
+        let client = client_for(gateway);
+        let failure = client.send(&client.sign(&PARAMS)).await.unwrap_err();
+        assert_eq!(failure.code(), "oversized_answer");
+    }
 
     fn client(token: Option<&str>) -> HttpCccClient {
         let settings = Settings::load_from(None, Vec::new()).unwrap();

@@ -109,6 +109,9 @@ impl Classifier {
 pub fn class_of_bare_status(status: u16) -> ErrorClass {
     match status {
         429 | 500 | 503 => ErrorClass::Retryable,
+        // The gateway never redirects, and the client follows no redirect: `ccc.endpoint`
+        // points somewhere else, for every request alike. Nothing was executed.
+        300..=399 => ErrorClass::Systemic,
         // A proxy in front of the gateway gave up waiting: the gateway may have executed it.
         502 | 504 => ErrorClass::Ambiguous,
         // Anything else without a body is a gateway we do not understand; the call may or
@@ -283,6 +286,7 @@ fn bare_status_failure(http_status: u16, body: &[u8]) -> DialFailure {
         502 => "http_502",
         503 => "http_503",
         504 => "http_504",
+        300..=399 => "http_redirect",
         200..=299 => "unparseable_body",
         _ => "http_error",
     };

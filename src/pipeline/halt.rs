@@ -30,6 +30,8 @@ fn remedy(code: &str) -> &'static str {
         "check ALIBABA_CLOUD_ACCESS_KEY_SECRET"
     } else if code.starts_with("InvalidTimeStamp") {
         "check the clock of this machine (NTP); CCC accepts requests within 15 minutes of its time"
+    } else if code == "http_redirect" {
+        "ccc.endpoint answers with a redirect, which is never followed: set it to the gateway itself"
     } else if code.starts_with("Forbidden") {
         "check the RAM permissions of the AccessKey (ccc:DialEx) and the account's status"
     } else {
