@@ -192,18 +192,63 @@ impl Default for Metrics {
     }
 }
 
-/// A DialEx code as a label value: codes are the gateway's own vocabulary (a bounded set,
-/// never request data), but anything that does not look like one becomes `other`.
+/// Codes the `code` label takes as they are: the gateway's documented answers and the
+/// worker's own transport codes. Any other code is counted under its family (`Throttling.other`
+/// for an unknown `Throttling.*` sub-code), or as `other`: an endpoint that answers with ever
+/// new codes cannot grow the series without bound.
+const KNOWN_CODES: &[&str] = &[
+    "Throttling",
+    "Throttling.User",
+    "Throttling.Api",
+    "Throttling.Tenant",
+    "ServiceUnavailable",
+    "InternalError",
+    "InvalidAccessKeyId",
+    "InvalidAccessKeyId.NotFound",
+    "InvalidAccessKeyId.Inactive",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidTimeStamp.Expired",
+    "InvalidTimeStamp.Format",
+    "InvalidSecurityToken.Expired",
+    "InvalidSecurityToken.Malformed",
+    "InvalidSecurityToken.MismatchWithAccessKey",
+    "Forbidden",
+    "Forbidden.RAM",
+    "Forbidden.AccessKeyDisabled",
+    "SignatureNonceUsed",
+    "InvalidParameter",
+    "MissingParameter",
+    // The worker's own codes for answers that carry none.
+    "connect",
+    "timeout",
+    "connection_lost",
+    "request_build",
+    "ambiguous",
+    "oversized_answer",
+    "missing_task_id",
+    "unparseable_body",
+    "http_429",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_redirect",
+    "http_error",
+];
+
+/// The `code` label for a failed attempt: one of a fixed set (see [`KNOWN_CODES`]).
 fn code_label(code: &str) -> Cow<'static, str> {
-    let looks_like_a_code = (1..=64).contains(&code.len())
-        && code.starts_with(|c: char| c.is_ascii_alphabetic())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
-    if looks_like_a_code {
-        Cow::Owned(code.to_owned())
-    } else {
-        Cow::Borrowed("other")
+    if let Some(known) = KNOWN_CODES.iter().copied().find(|known| *known == code) {
+        return Cow::Borrowed(known);
+    }
+    let family = code.split('.').next().unwrap_or(code);
+    match crate::ccc::response::CODE_CLASSES
+        .iter()
+        .find_map(|(pattern, _)| pattern.strip_suffix(".*").filter(|f| *f == family))
+    {
+        Some(family) => Cow::Owned(format!("{family}.other")),
+        None => Cow::Borrowed("other"),
     }
 }
 
@@ -400,6 +445,34 @@ mod tests {
         );
         assert_eq!(metrics.dedup_count(DedupKind::Recorded), 2);
         assert_eq!(metrics.dedup_count(DedupKind::Claimed), 0);
+    }
+
+    #[test]
+    fn the_code_label_takes_a_fixed_set_of_values() {
+        assert_eq!(code_label("Throttling.User"), "Throttling.User");
+        assert_eq!(code_label("http_redirect"), "http_redirect");
+        // Unknown sub-codes of a known family, and anything else, are folded.
+        assert_eq!(code_label("Throttling.Made.Up.7"), "Throttling.other");
+        assert_eq!(code_label("Forbidden.Something"), "Forbidden.other");
+        assert_eq!(code_label("NewCode"), "other");
+        assert_eq!(code_label("13800000000"), "other");
+        // A thousand distinct codes from a misbehaving endpoint make at most a few series.
+        let metrics = Metrics::default();
+        for i in 0..1_000 {
+            let code = format!("Made.Up{i}");
+            metrics.ccc_attempt(Some((ErrorClass::Permanent, code.as_str())), Duration::ZERO);
+            let code = format!("Throttling.Made{i}");
+            metrics.ccc_attempt(Some((ErrorClass::Retryable, code.as_str())), Duration::ZERO);
+        }
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("dialex_ccc_attempts_total{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
     }
 
     #[test]
