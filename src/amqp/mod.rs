@@ -128,8 +128,7 @@ impl Incoming {
             prior_attempts: header(publisher::ATTEMPTS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
-            // A W3C traceparent is 55 characters; anything far longer is not one.
-            traceparent: header("traceparent").filter(|s| s.len() <= 128),
+            traceparent: header("traceparent").filter(|s| is_traceparent(s)),
             message_id: properties
                 .message_id()
                 .as_ref()
@@ -147,5 +146,94 @@ impl Incoming {
 
     pub fn is_claimed(&self) -> bool {
         self.claimed.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `value` is a W3C Trace Context `traceparent`: `version-trace_id-parent_id-flags`
+/// in lowercase hex (2, 32, 16 and 2 digits), version not `ff`, neither id all zeros. A
+/// version 00 header is exactly that; a later version may append `-` and more, which is kept.
+/// Anything else is dropped rather than copied onto the outcome event.
+fn is_traceparent(value: &str) -> bool {
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |part: &str| part.bytes().any(|b| b != b'0');
+    if value.len() > 256 || !value.is_char_boundary(55.min(value.len())) {
+        return false;
+    }
+    let (head, rest) = value.split_at(55.min(value.len()));
+    let mut parts = head.split('-');
+    let (Some(version), Some(trace_id), Some(parent_id), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && nonzero(trace_id)
+        && hex(parent_id, 16)
+        && nonzero(parent_id)
+        && hex(flags, 2)
+        && (rest.is_empty() || (version != "00" && rest.starts_with('-')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    #[test]
+    fn only_w3c_traceparents_are_kept() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_traceparent(good));
+        assert!(is_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        ));
+        for bad in [
+            "",
+            "hello",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-+86 157 3203 6617 and some more text to reach fifty-five",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
+        }
+        let long = format!(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+            "x".repeat(300)
+        );
+        assert!(!is_traceparent(&long));
+        // Multi-byte text never splits inside a character.
+        assert!(!is_traceparent(&"é".repeat(40)));
+    }
+
+    #[test]
+    fn an_invalid_traceparent_header_is_dropped_from_the_delivery() {
+        let with = |value: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(value.as_bytes().to_vec().into()),
+            );
+            Incoming::new(
+                Vec::new(),
+                BasicProperties::default().with_headers(headers),
+                false,
+            )
+            .traceparent
+        };
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(with(good).as_deref(), Some(good));
+        assert_eq!(with("call 13800000000"), None);
     }
 }
