@@ -362,3 +362,101 @@ async fn logs_are_json_carry_the_request_span_and_never_a_number_or_secret() {
     let _ = std::fs::remove_file(&log_path);
     h.cleanup().await.unwrap();
 }
+
+/// An STS token the worker is given: it appears in CCC's string to sign.
+const STS_TOKEN: &str = "CAIS-sts-token-never-to-be-seen";
+/// The callee of the request CCC refuses: it appears in CCC's string to sign.
+const REFUSED_CALLEE: &str = "13712345678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_ccc_echoes_never_reaches_a_log_the_probes_the_metrics_or_an_event() {
+    // A wrong secret: CCC answers SignatureDoesNotMatch with its whole string to sign, which
+    // holds the callee, the caller, the AccessKeyId and the STS token.
+    for format in ["json", "pretty"] {
+        let h = Harness::start(settings(), SimConfig::default())
+            .await
+            .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log_path =
+            std::env::temp_dir().join(format!("{}-echo.{format}", h.settings.store.key_prefix));
+        let log = std::fs::File::create(&log_path).expect("worker log file");
+        let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_dialex-worker"))
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(h.worker_env())
+            .env("DIALEX_AMQP__URL", h.settings.amqp.url.expose_secret())
+            .env("DIALEX_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("DIALEX_LOG__FORMAT", format)
+            .env("RUST_LOG", "info,dialex_worker=debug")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "not-the-secret")
+            .env("ALIBABA_CLOUD_SECURITY_TOKEN", STS_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker binary starts");
+        h.publish_request(
+            &body("echoed", REFUSED_CALLEE, LANDLINE_CALLER, "ivr"),
+            None,
+        )
+        .await
+        .unwrap();
+
+        let get = |path: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let request =
+                format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok()?;
+            Some(answer)
+        };
+        // Paused, saying why, with the probe failing behind it.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let readyz = loop {
+            if let Some(answer) = get("/readyz").await
+                && answer.contains("SignatureDoesNotMatch")
+            {
+                break answer;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never paused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // At least one probe has failed and been logged.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let metrics = get("/metrics").await.expect("the metrics page");
+        terminate(worker).await;
+        let log = std::fs::read_to_string(&log_path).expect("the worker's log");
+        assert!(
+            log.contains("SignatureDoesNotMatch"),
+            "the cause is logged:\n{log}"
+        );
+        let mut dead = h.dead_letters().await.unwrap();
+        dead.retain(|d| !d.body.is_empty());
+        let caller_digits = LANDLINE_CALLER.replace('-', "");
+        for (place, text) in [("readyz", &readyz), ("metrics", &metrics), ("log", &log)] {
+            for secret in [
+                REFUSED_CALLEE,
+                caller_digits.as_str(),
+                STS_TOKEN,
+                "not-the-secret",
+                dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
+            ] {
+                assert!(
+                    !text.contains(secret),
+                    "{secret} in the {place} ({format} logs):\n{text}"
+                );
+            }
+        }
+        assert!(dead.is_empty(), "nothing is parked while paused");
+        let _ = std::fs::remove_file(&log_path);
+        h.cleanup().await.unwrap();
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod response;
+pub mod scrub;
 pub mod sign;
 pub mod simulator;
 

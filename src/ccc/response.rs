@@ -3,6 +3,7 @@
 //! The classification decides whether a customer might be rung twice, so it is data: one table
 //! from error code to class, read top to bottom, plus the transport cases that have no code.
 
+use super::scrub::scrub;
 use serde::Deserialize;
 
 /// What a failure means for the request that caused it.
@@ -238,7 +239,8 @@ impl StringOrNumber {
     }
 }
 
-/// Interprets one HTTP answer (status and body) from the gateway.
+/// Interprets one HTTP answer (status and body) from the gateway. Messages and body snippets
+/// are scrubbed here (see [`super::scrub`]), before anything can copy them.
 pub fn parse_answer(http_status: u16, body: &[u8]) -> Result<DialAccepted, DialFailure> {
     let parsed: Option<Body> = serde_json::from_slice(body).ok();
     let Some(body) = parsed.filter(|b| b.code.is_some() || b.request_id.is_some()) else {
@@ -253,7 +255,7 @@ pub fn parse_answer(http_status: u16, body: &[u8]) -> Result<DialAccepted, DialF
                 task_id,
                 request_id: body.request_id.unwrap_or_default(),
                 code: body.code.unwrap_or_else(|| "OK".to_owned()),
-                message: body.message.filter(|m| !m.is_empty()),
+                message: body.message.filter(|m| !m.is_empty()).map(|m| scrub(&m)),
                 status_code: body.status_code.map(StringOrNumber::into_string),
                 status_desc: body.status_desc,
                 http_status_code: body.http_status_code,
@@ -272,7 +274,7 @@ pub fn parse_answer(http_status: u16, body: &[u8]) -> Result<DialAccepted, DialF
         request_id: body.request_id,
         host_id: body.host_id,
         code: body.code.unwrap_or_else(|| format!("HTTP{http_status}")),
-        message: body.message,
+        message: body.message.map(|m| scrub(&m)),
         recommend: body.recommend,
         status_code: body.status_code.map(StringOrNumber::into_string),
         status_desc: body.status_desc,
@@ -296,7 +298,7 @@ fn bare_status_failure(http_status: u16, body: &[u8]) -> DialFailure {
     } else {
         class_of_bare_status(http_status)
     };
-    let snippet: String = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    let snippet = scrub(&String::from_utf8_lossy(&body[..body.len().min(200)]));
     DialFailure::Transport {
         class,
         code,
