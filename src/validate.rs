@@ -803,6 +803,16 @@ fn attributes_field(value: Option<&RawValue>) -> Result<Option<Box<RawValue>>, F
             format_args!("nested deeper than {MAX_ATTRIBUTES_DEPTH} levels"),
         ));
     }
+    // The raw text is echoed into every outcome event, so it must be JSON that strict parsers
+    // accept: no lone UTF-16 surrogate in a string, no number outside f64's range. Skipped as a
+    // raw value, neither is checked; parsed as values, both are refused.
+    if serde_json::from_str::<serde_json::Value>(value.get()).is_err() {
+        return Err(invalid(
+            RejectReason::InvalidAttributes,
+            "attributes",
+            "not valid JSON throughout (a lone surrogate escape, or a number out of range)",
+        ));
+    }
     Ok(Some(value.to_owned()))
 }
 
@@ -1074,6 +1084,29 @@ mod tests {
 
     fn oversized_attributes() -> Value {
         json!({ "blob": "x".repeat(MAX_ATTRIBUTES_BYTES) })
+    }
+
+    #[test]
+    fn attributes_that_strict_parsers_refuse_are_rejected() {
+        for attributes in [
+            r#"{"a":"\ud800"}"#,
+            r#"{"n":1e400}"#,
+            r#"{"x":[1,{"s":"\udc00"}]}"#,
+        ] {
+            let body = format!(
+                r#"{{"request_id":"r-1","instance_id":"i","caller":"02285196281","callee":"13800138000","answer_mode":"ivr","rout_point":"f","attributes":{attributes}}}"#
+            );
+            let rejection = decode(body.as_bytes(), None).unwrap_err();
+            assert_eq!(
+                rejection.reason,
+                RejectReason::InvalidAttributes,
+                "{attributes}"
+            );
+            assert!(rejection.attributes.is_none());
+        }
+        // A surrogate pair is a real character, and a large but finite number is fine.
+        let body = r#"{"request_id":"r-1","instance_id":"i","caller":"02285196281","callee":"13800138000","answer_mode":"ivr","rout_point":"f","attributes":{"e":"\ud83d\ude00","n":1e300}}"#;
+        assert!(decode(body.as_bytes(), None).is_ok());
     }
 
     #[test]
