@@ -228,6 +228,7 @@ const KNOWN_CODES: &[&str] = &[
     "oversized_answer",
     "missing_task_id",
     "unparseable_body",
+    "contradictory_answer",
     "http_429",
     "http_500",
     "http_502",

@@ -241,10 +241,10 @@ impl StringOrNumber {
 
 /// Interprets one HTTP answer (status and body) from the gateway. Messages and body snippets
 /// are scrubbed here (see [`super::scrub`]), before anything can copy them.
-pub fn parse_answer(http_status: u16, body: &[u8]) -> Result<DialAccepted, DialFailure> {
-    let parsed: Option<Body> = serde_json::from_slice(body).ok();
+pub fn parse_answer(http_status: u16, raw: &[u8]) -> Result<DialAccepted, DialFailure> {
+    let parsed: Option<Body> = serde_json::from_slice(raw).ok();
     let Some(body) = parsed.filter(|b| b.code.is_some() || b.request_id.is_some()) else {
-        return Err(bare_status_failure(http_status, body));
+        return Err(bare_status_failure(http_status, raw));
     };
     let succeeded = (200..300).contains(&http_status)
         && body.success != Some(false)
@@ -269,11 +269,25 @@ pub fn parse_answer(http_status: u16, body: &[u8]) -> Result<DialAccepted, DialF
             detail: "CCC reported success without a TaskId".to_owned(),
         });
     }
+    if body.task_id.as_deref().is_some_and(|t| !t.is_empty()) {
+        // A TaskId in an answer that is not a success (a 5xx saying OK, say): the call may
+        // well have been placed. Never "certainly not placed".
+        return Err(DialFailure::Transport {
+            class: ErrorClass::Ambiguous,
+            code: "contradictory_answer",
+            detail: format!("HTTP {http_status} with a TaskId but not a success"),
+        });
+    }
+    let Some(code) = body.code.filter(|c| c != "OK" && c != "200") else {
+        // No error code to classify by: the status alone decides, as for a body we cannot
+        // read (a 5xx whose meaning is unclear is ambiguous, never permanent).
+        return Err(bare_status_failure(http_status, raw));
+    };
     Err(DialFailure::Api(Box::new(ApiError {
         http_status,
         request_id: body.request_id,
         host_id: body.host_id,
-        code: body.code.unwrap_or_else(|| format!("HTTP{http_status}")),
+        code,
         message: body.message.map(|m| scrub(&m)),
         recommend: body.recommend,
         status_code: body.status_code.map(StringOrNumber::into_string),
@@ -488,5 +502,27 @@ mod tests {
             let err = parse_answer(status, body.as_bytes()).unwrap_err();
             assert_eq!(err.class(), ErrorClass::Retryable, "{code}");
         }
+    }
+
+    #[test]
+    fn a_server_error_without_a_code_is_never_certainly_not_placed() {
+        // No Code at all: the status decides, and an unclear 5xx is ambiguous.
+        let err = parse_answer(504, br#"{"RequestId":"R"}"#).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Ambiguous);
+        let err = parse_answer(599, br#"{"RequestId":"R","Message":"?"}"#).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Ambiguous);
+        // 500 and 503 without a code stay retryable, as their bare statuses are.
+        let err = parse_answer(503, br#"{"RequestId":"R"}"#).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Retryable);
+        // Code OK and a TaskId on a 5xx: the call may well have been placed.
+        let body = br#"{"RequestId":"R","Code":"OK","TaskId":"T-1"}"#;
+        let err = parse_answer(500, body).unwrap_err();
+        assert_eq!(
+            (err.class(), err.code()),
+            (ErrorClass::Ambiguous, "contradictory_answer")
+        );
+        // Code OK without a TaskId on a 5xx: the status decides.
+        let err = parse_answer(502, br#"{"RequestId":"R","Code":"OK"}"#).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Ambiguous);
     }
 }
