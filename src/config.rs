@@ -320,8 +320,9 @@ impl Settings {
     /// store, so it asks [`Settings::public_hash_key`] itself.)
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.store.backend == StoreBackend::Redis {
-            warnings.extend(self.public_hash_key());
+        match self.store.backend {
+            StoreBackend::Redis => warnings.extend(self.public_hash_key()),
+            StoreBackend::Embedded => warnings.extend(self.public_hash_key_on_disk()),
         }
         warnings.extend(self.wait_cut_by_lease());
         warnings
@@ -345,6 +346,18 @@ impl Settings {
                 self.store.lease_ms,
                 self.ccc.longest_dial_ms()
             )
+        })
+    }
+
+    /// A warning when the embedded store would keep callee numbers as hashes under the public
+    /// default key: whoever can read the store file could reverse them by trying every number.
+    pub fn public_hash_key_on_disk(&self) -> Option<String> {
+        (self.cooldown.hash_key.expose_secret() == DEFAULT_HASH_KEY).then(|| {
+            "cooldown.hash_key is the public default, and the embedded store keeps callee \
+             numbers (cooldowns, daily counts, request fingerprints) as hashes under it in \
+             store.data_dir: anyone who can read that file can reverse them by trying every \
+             number. Set DIALEX_COOLDOWN__HASH_KEY to a secret"
+                .to_owned()
         })
     }
 
@@ -976,13 +989,21 @@ weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
     }
 
     #[test]
-    fn the_public_hash_key_is_warned_about_only_when_hashes_are_shared() {
+    fn the_public_hash_key_is_warned_about_with_either_store() {
         let defaults = Settings::load_from(None, Vec::new()).unwrap();
         assert_eq!(defaults.cooldown.hash_key.expose_secret(), DEFAULT_HASH_KEY);
-        assert!(
-            defaults.warnings().is_empty(),
-            "embedded store: one machine"
-        );
+        let warnings = defaults.warnings();
+        assert_eq!(warnings.len(), 1, "embedded store: the file on disk");
+        assert!(warnings[0].contains("store.data_dir"));
+        let keyed = Settings::load_from(
+            None,
+            vec![(
+                "DIALEX_COOLDOWN__HASH_KEY".to_owned(),
+                "a-real-secret".to_owned(),
+            )],
+        )
+        .unwrap();
+        assert!(keyed.warnings().is_empty());
 
         let redis = Settings::load_from(
             None,

@@ -93,6 +93,7 @@ fn missing_credentials_are_reported_without_failing() {
             ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ak-id-value"),
             ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "ak-secret-value"),
             ("ALIBABA_CLOUD_SECURITY_TOKEN", "sts-token-value"),
+            ("DIALEX_COOLDOWN__HASH_KEY", "a-real-secret"),
         ],
     );
     let out = stdout(&output);
@@ -178,6 +179,20 @@ fn printed_configuration_loads_back_to_the_same_values() {
         expected.to_redacted_toml().expect("renders")
     );
     std::fs::remove_dir_all(dir).expect("clean up");
+}
+
+#[test]
+fn the_public_hash_key_with_the_embedded_store_is_warned_about() {
+    let local = check_config(&[], &[]);
+    assert!(local.status.success(), "{}", stderr(&local));
+    assert!(
+        stdout(&local)
+            .contains("# warning: cooldown.hash_key is the public default, and the embedded store"),
+        "{}",
+        stdout(&local)
+    );
+    let keyed = check_config(&[], &[("DIALEX_COOLDOWN__HASH_KEY", "a-real-secret")]);
+    assert!(!stdout(&keyed).contains("hash_key is the public default"));
 }
 
 #[test]
