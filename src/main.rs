@@ -109,9 +109,44 @@ enum Command {
 #[derive(Subcommand)]
 enum DncAction {
     /// Never call these numbers (any format the worker accepts, e.g. "+86 157-3203-6617").
-    Add { numbers: Vec<String> },
+    Add(Numbers),
     /// Take these numbers off the shared list.
-    Remove { numbers: Vec<String> },
+    Remove(Numbers),
+}
+
+/// Numbers for `dnc`: on the command line, or (kept out of shell history and `ps`) read from
+/// a file or standard input.
+#[derive(clap::Args)]
+struct Numbers {
+    /// Numbers as arguments. They show in shell history and `ps`: prefer --from.
+    numbers: Vec<String>,
+    /// Read numbers from FILE, one per line, `-` for standard input; blank lines and lines
+    /// starting with `#` are skipped.
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+}
+
+impl Numbers {
+    /// Every number given, the arguments first.
+    fn all(&self) -> anyhow::Result<Vec<String>> {
+        let mut numbers = self.numbers.clone();
+        let Some(from) = &self.from else {
+            return Ok(numbers);
+        };
+        let text = if from.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading numbers from stdin")?
+        } else {
+            std::fs::read_to_string(from)
+                .with_context(|| format!("reading numbers from {}", from.display()))?
+        };
+        numbers.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned),
+        );
+        Ok(numbers)
+    }
 }
 
 #[tokio::main]
@@ -196,8 +231,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             })
             .await?;
             let (numbers, add) = match &action {
-                DncAction::Add { numbers } => (numbers, true),
-                DncAction::Remove { numbers } => (numbers, false),
+                DncAction::Add(numbers) => (numbers.all()?, true),
+                DncAction::Remove(numbers) => (numbers.all()?, false),
             };
             for (i, raw) in numbers.iter().enumerate() {
                 // The message names the argument, not the number: it may be someone's phone.

@@ -12,6 +12,7 @@ use dialex_worker::harness::{Harness, Received};
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, outcomes_until, request, settings, settings_with, started};
 use jiff::{Timestamp, ToSpan as _};
+use secrecy::ExposeSecret as _;
 
 fn request_with(id: &str, number: &str, extra: serde_json::Value) -> Vec<u8> {
     let mut body: serde_json::Value = serde_json::from_slice(&request(id, number, "ivr")).unwrap();
@@ -233,6 +234,50 @@ async fn numbers_on_the_shared_redis_list_are_never_dialed() {
         assert_eq!(r.event.status, expected, "{}", r.event.request_id);
     }
     assert_eq!(h.simulator.dial_count(), 1);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dnc_command_reads_numbers_from_standard_input_and_the_worker_honours_them() {
+    // Numbers kept off the command line (shell history, `ps`): piped in, one per line.
+    use std::io::Write as _;
+    let mut s = settings_with(StoreBackend::Redis);
+    s.dnc.shared = true;
+    let mut h = started(s, SimConfig::default()).await;
+    let (listed, spelled) = (callee(8), "+86 138-0000-0009");
+    let mut dnc = std::process::Command::new(env!("CARGO_BIN_EXE_dialex-worker"))
+        .args(["dnc", "add", "--from", "-"])
+        .env("DIALEX_STORE__URL", h.settings.store.url.expose_secret())
+        .env("DIALEX_STORE__KEY_PREFIX", &h.settings.store.key_prefix)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the dnc command starts");
+    dnc.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("# opted out today\n{listed}\n\n{spelled}\n").as_bytes())
+        .unwrap();
+    let out = dnc.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    for (id, number) in [
+        ("stdin-listed", listed.as_str()),
+        ("stdin-spelled", "13800000009"),
+    ] {
+        h.publish_request(&request(id, number, "ivr"), None)
+            .await
+            .unwrap();
+    }
+    let received = h.outcomes(2, WAIT).await.unwrap();
+    assert!(
+        received
+            .iter()
+            .all(|r| r.event.status == Status::Suppressed),
+        "{received:?}"
+    );
+    assert_eq!(h.simulator.dial_count(), 0);
     h.cleanup().await.unwrap();
 }
 
