@@ -191,6 +191,16 @@ impl OutcomeEvent {
         }
     }
 
+    /// An event about a decoded request: its id and attributes.
+    fn for_request(request: &DialRequest, status: Status, received_at: Timestamp) -> Self {
+        Self::new(
+            request.request_id().as_str(),
+            status,
+            received_at,
+            request.attributes(),
+        )
+    }
+
     /// The call was placed; `task_id` correlates it with CCC's records.
     pub fn dialed(
         request: &DialRequest,
@@ -198,12 +208,7 @@ impl OutcomeEvent {
         accepted: &DialAccepted,
         attempts: u32,
     ) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            Status::Dialed,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, Status::Dialed, received_at);
         event.task_id = Some(accepted.task_id.clone());
         event.code = Some(accepted.code.clone());
         event.message = accepted.message.clone();
@@ -224,12 +229,7 @@ impl OutcomeEvent {
         failure: &DialFailure,
         attempts: u32,
     ) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            status,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, status, received_at);
         event.code = Some(failure.code().to_owned());
         event.message = failure.message().map(ToOwned::to_owned);
         if let Some(api) = failure.api() {
@@ -245,12 +245,7 @@ impl OutcomeEvent {
     /// A worker claimed the request and stopped before recording a result: it may have been
     /// dialed, so it never is again.
     pub fn interrupted(request: &DialRequest, received_at: Timestamp) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            Status::Unknown,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, Status::Unknown, received_at);
         event.code = Some("interrupted".to_owned());
         event.message = Some(
             "a worker took this request and stopped before recording a result; the call may have been placed"
@@ -268,12 +263,7 @@ impl OutcomeEvent {
         reason: SuppressReason,
         earlier: Option<(&str, Option<&str>)>,
     ) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            Status::Suppressed,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, Status::Suppressed, received_at);
         event.code = Some(reason.as_str().to_owned());
         event.message = Some(match (reason, earlier) {
             (SuppressReason::Cooldown, Some((earlier_id, _))) => {
@@ -291,12 +281,7 @@ impl OutcomeEvent {
 
     /// Not dialed: the request's `expires_at` passed before it could be.
     pub fn expired(request: &DialRequest, received_at: Timestamp, attempts: u32) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            Status::Expired,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, Status::Expired, received_at);
         event.code = Some("expired".to_owned());
         event.message = Some("expires_at passed before the call could be placed".to_owned());
         event.attempts = attempts;
@@ -310,12 +295,7 @@ impl OutcomeEvent {
         reason: &str,
         next_attempt_at: Timestamp,
     ) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            Status::Deferred,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, Status::Deferred, received_at);
         event.code = Some(reason.to_owned());
         event.next_attempt_at = Some(next_attempt_at);
         event
@@ -331,12 +311,7 @@ impl OutcomeEvent {
         code: &str,
         detail: &str,
     ) -> Self {
-        let mut event = Self::new(
-            request.request_id().as_str(),
-            status,
-            received_at,
-            request.attributes(),
-        );
+        let mut event = Self::for_request(request, status, received_at);
         event.code = Some(code.to_owned());
         event.message = Some(detail.to_owned());
         event
