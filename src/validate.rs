@@ -932,9 +932,18 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, BadTimestamp> {
         }
         rest = fraction.get(n..).ok_or(Malformed)?;
     }
+    // RFC 3339 offsets: hours 00-23, minutes 00-59 (jiff alone would take up to ±25:59).
     let offset_ok = match rest {
         [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            let hours = (h1.wrapping_sub(b'0'), h2.wrapping_sub(b'0'));
+            let minutes = (m1.wrapping_sub(b'0'), m2.wrapping_sub(b'0'));
+            hours.0 <= 2
+                && hours.1 <= 9
+                && hours.0 * 10 + hours.1 <= 23
+                && minutes.0 <= 5
+                && minutes.1 <= 9
+        }
         _ => false,
     };
     if !offset_ok {
@@ -981,9 +990,10 @@ fn kind_of_first_byte(first: Option<u8>) -> &'static str {
 }
 
 /// True when a value holds enough digits to possibly be a phone number, which details must
-/// never contain, even if it came in through a field that is not meant to hold one.
+/// never contain, even if it came in through a field that is not meant to hold one. Any
+/// script's digits count (full-width `１５７…` is a number to whoever reads it).
 fn may_be_phone_number(text: &str) -> bool {
-    text.bytes().filter(u8::is_ascii_digit).count() >= 5
+    text.chars().filter(|c| c.is_numeric()).count() >= 5
 }
 
 /// Quotes at most [`MAX_QUOTED_CHARS`] of a producer's string, escaped for a log line.
@@ -1685,6 +1695,8 @@ mod tests {
             json!(CALLEE),
             json!("call 157 3203 6617"),
             json!(15732036617_u64),
+            // Full-width digits are a number to whoever reads them.
+            json!("１５７３２０３６６１７"),
         ] {
             let r = rejection(&set("answer_mode", value), None);
             assert_detail_is_safe(&r);
@@ -1986,6 +1998,7 @@ mod tests {
                 at("2026-05-01T01:00:00.123456789Z"),
             ),
             ("2026-04-30T20:00:00-05:00", at("2026-05-01T01:00:00Z")),
+            ("2026-05-01T00:59:00-23:59", at("2026-05-02T00:58:00Z")),
         ];
         for (text, want) in accepted_forms {
             let request = accepted(
@@ -2021,6 +2034,10 @@ mod tests {
             "",
             "tomorrow",
             "2026-05-01T09:00:00.1234567890Z",
+            // RFC 3339 offsets go to 23:59.
+            "2026-05-01T09:00:00+24:00",
+            "2026-05-01T09:00:00-25:59",
+            "2026-05-01T09:00:00+08:60",
         ];
         for text in rejected_forms {
             let r = rejection(&set("not_before", json!(text)), None);
