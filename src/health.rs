@@ -31,6 +31,12 @@ use tokio_util::sync::CancellationToken;
 /// half-open probe connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections served at once: kubelet's probes and a few scrapers need a handful.
+const MAX_CONNECTIONS: usize = 32;
+
+/// The longest one connection is kept, keep-alive included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const OPENMETRICS: HeaderValue =
     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
@@ -113,9 +119,20 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "health endpoint listening");
     }
-    crate::accept::accept_until(listener, shutdown, "health endpoint", |stream| {
-        serve_connection(stream, Arc::clone(&registry), Arc::clone(&health))
-    })
+    crate::accept::accept_until(
+        listener,
+        shutdown,
+        "health endpoint",
+        MAX_CONNECTIONS,
+        |stream| {
+            let served = serve_connection(stream, Arc::clone(&registry), Arc::clone(&health));
+            // Probes and scrapes are short: a connection kept open longer is dropped, so idle
+            // keep-alive connections cannot hold the few places there are.
+            async move {
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+            }
+        },
+    )
     .await;
 }
 

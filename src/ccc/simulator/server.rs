@@ -139,7 +139,8 @@ impl Simulator {
 }
 
 async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
-    crate::accept::accept_until(listener, shutdown, "CCC simulator", |stream| {
+    // As many connections as the benchmark's clients open, and then some.
+    crate::accept::accept_until(listener, shutdown, "CCC simulator", 4096, |stream| {
         serve_connection(stream, Arc::clone(&gateway))
     })
     .await;
