@@ -17,8 +17,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::ccc::ErrorClass;
+pub use crate::gates::cooldown::CooldownSettings;
 pub use crate::gates::hours::BusinessHoursSettings;
 use crate::gates::hours::CalendarSettings;
+pub use crate::gates::limits::LimitsSettings;
 
 /// The defaults, also shipped as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -80,18 +82,6 @@ impl ShutdownSettings {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSettings {
-    pub max_in_flight: u32,
-    pub calls_per_second: f64,
-    pub burst: u32,
-    pub per_caller_calls_per_second: f64,
-    pub max_wait_ms: u64,
-    pub throttle_factor: f64,
-    pub throttle_cooldown_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,21 +228,6 @@ impl StoreSettings {
     }
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CooldownSettings {
-    pub window_ms: u64,
-    #[serde(serialize_with = "serialize_key")]
-    pub hash_key: SecretString,
-    pub max_per_day: u32,
-}
-
-impl CooldownSettings {
-    pub fn window(&self) -> Duration {
-        Duration::from_millis(self.window_ms)
     }
 }
 
@@ -581,16 +556,6 @@ fn redacted_url(url: &SecretString) -> String {
 
 fn serialize_url<S: Serializer>(url: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redacted_url(url))
-}
-
-/// A key shows only whether it is set.
-fn serialize_key<S: Serializer>(key: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
-    let shown = if key.expose_secret().is_empty() {
-        ""
-    } else {
-        REDACTED
-    };
-    serializer.serialize_str(shown)
 }
 
 fn serialize_error_classes<S: Serializer>(

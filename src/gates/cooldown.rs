@@ -13,11 +13,36 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 use sha1::Sha1;
 
-use crate::config::CooldownSettings;
 use crate::validate::DialRequest;
+
+/// `[cooldown]`: the per-callee cooldown, the daily cap, and the key numbers are hashed under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CooldownSettings {
+    pub window_ms: u64,
+    #[serde(serialize_with = "serialize_key")]
+    pub hash_key: SecretString,
+    pub max_per_day: u32,
+}
+
+impl CooldownSettings {
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+}
+
+/// The key prints only as whether it is set (`***` or empty), never its value.
+fn serialize_key<S: Serializer>(key: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if key.expose_secret().is_empty() {
+        ""
+    } else {
+        "***"
+    })
+}
 
 /// Keyed hashes of phone numbers (HMAC-SHA1 under `cooldown.hash_key`, hex): what shared
 /// stores hold instead of numbers, in callee keys and in the dial store's request fingerprints.
@@ -138,7 +163,15 @@ impl CalleeGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+
+    /// The `[cooldown]` defaults of `config/default.toml`.
+    fn defaults() -> CooldownSettings {
+        CooldownSettings {
+            window_ms: 60_000,
+            hash_key: SecretString::from("dialex-default-cooldown-key"),
+            max_per_day: 0,
+        }
+    }
 
     fn request(instance: &str, callee: &str) -> DialRequest {
         let body = serde_json::json!({
@@ -148,8 +181,8 @@ mod tests {
         crate::validate::decode(body.to_string().as_bytes(), None).unwrap()
     }
 
-    fn gate(settings: &Settings) -> Option<CalleeGate> {
-        CalleeGate::new(&settings.cooldown, &shanghai())
+    fn gate(settings: &CooldownSettings) -> Option<CalleeGate> {
+        CalleeGate::new(settings, &shanghai())
     }
 
     fn shanghai() -> TimeZone {
@@ -158,7 +191,7 @@ mod tests {
 
     #[test]
     fn keys_depend_on_instance_callee_and_secret_but_not_formatting() {
-        let settings = Settings::load_from(None, Vec::new()).unwrap();
+        let settings = defaults();
         let gate = gate(&settings).unwrap();
         let a = gate.key(&request("i1", "15732036617"));
         assert_eq!(a, gate.key(&request("i1", "+86 157-3203-6617")));
@@ -168,10 +201,10 @@ mod tests {
         assert!(!a.contains("15732036617"));
 
         let mut other = settings.clone();
-        other.cooldown.hash_key = secrecy::SecretString::from("another-secret");
+        other.hash_key = secrecy::SecretString::from("another-secret");
         assert_ne!(
             a,
-            CalleeGate::new(&other.cooldown, &shanghai())
+            CalleeGate::new(&other, &shanghai())
                 .unwrap()
                 .key(&request("i1", "15732036617"))
         );
@@ -190,8 +223,8 @@ mod tests {
 
     #[test]
     fn a_fingerprint_covers_every_dial_field_and_nothing_else() {
-        let settings = Settings::load_from(None, Vec::new()).unwrap();
-        let hasher = NumberHasher::new(&settings.cooldown);
+        let settings = defaults();
+        let hasher = NumberHasher::new(&settings);
         let fingerprint =
             |change: fn(&mut serde_json::Value)| hasher.fingerprint(&full_request(change));
         let base = fingerprint(|_| {});
@@ -233,9 +266,9 @@ mod tests {
 
         // Under another secret, another fingerprint; and never a callee key.
         let mut other = settings.clone();
-        other.cooldown.hash_key = secrecy::SecretString::from("another-secret");
+        other.hash_key = secrecy::SecretString::from("another-secret");
         assert_ne!(
-            NumberHasher::new(&other.cooldown).fingerprint(&full_request(|_| {})),
+            NumberHasher::new(&other).fingerprint(&full_request(|_| {})),
             base
         );
         assert_ne!(base, hasher.hash(&["i1", "15732036617"]));
@@ -243,8 +276,8 @@ mod tests {
 
     #[test]
     fn fingerprint_fields_cannot_run_into_each_other() {
-        let settings = Settings::load_from(None, Vec::new()).unwrap();
-        let hasher = NumberHasher::new(&settings.cooldown);
+        let settings = defaults();
+        let hasher = NumberHasher::new(&settings);
         let split = |rout_point: &str, provider: &str| {
             hasher.fingerprint(&full_request(|b| {
                 b["answer_mode"] = "ivr".into();
@@ -259,10 +292,10 @@ mod tests {
 
     #[test]
     fn the_gate_is_off_only_when_both_checks_are() {
-        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
-        settings.cooldown.window_ms = 0;
+        let mut settings = defaults();
+        settings.window_ms = 0;
         assert!(gate(&settings).is_none());
-        settings.cooldown.max_per_day = 3;
+        settings.max_per_day = 3;
         let g = gate(&settings).unwrap();
         assert!(g.window().is_none());
         assert_eq!(g.daily_cap(Timestamp::UNIX_EPOCH).map(|(m, _)| m), Some(3));
@@ -270,8 +303,8 @@ mod tests {
 
     #[test]
     fn the_day_turns_at_midnight_in_the_call_centres_timezone() {
-        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
-        settings.cooldown.max_per_day = 1;
+        let mut settings = defaults();
+        settings.max_per_day = 1;
         let g = gate(&settings).unwrap();
         // 15:59:59 UTC is 23:59:59 in Shanghai; a second later it is the next day there.
         let before: Timestamp = "2026-11-25T15:59:59Z".parse().unwrap();

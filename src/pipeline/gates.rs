@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::held::{CalleeHold, Held};
-use super::{Broker, Pipeline, Verdict, wait_budget};
+use super::{Broker, Pipeline, Verdict};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
+use crate::config::LEASE_MARGIN_MS;
 use crate::gates::limits::{CallKey, Limiter};
 use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
@@ -210,8 +211,13 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
         }
     }
 
+    /// How long the request may still wait for its slot: what its claim's lease leaves after
+    /// the longest dial, less a margin for the record and the clocks of worker and store.
     fn wait_budget(&self, held: &Held) -> Duration {
-        wait_budget(self.lease, self.policy.longest_dial, held.claimed_at())
+        self.lease
+            .saturating_sub(self.policy.longest_dial)
+            .saturating_sub(Duration::from_millis(LEASE_MARGIN_MS))
+            .saturating_sub(held.claimed_at().elapsed())
     }
 
     /// Keeps or gives back what the callee gate took, for a request whose outcome is `placed`:

@@ -31,7 +31,7 @@ pub use halt::{Halt, HaltCause};
 pub use step::{Deferral, Finish, Parking, Step, Verdict};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use tracing::Instrument as _;
@@ -74,9 +74,6 @@ pub struct Pipeline<C, S, B = Publisher> {
     /// Claims the store could not take back when they were released (it was down).
     pub unreleased: std::sync::Mutex<Vec<(String, ClaimToken)>>,
 }
-
-/// Kept between the end of the longest dial and the end of the claim's lease.
-const LEASE_MARGIN: Duration = Duration::from_millis(crate::config::LEASE_MARGIN_MS);
 
 impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
     /// Takes one delivery through every stage and returns how to settle it.
@@ -480,13 +477,4 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
             event,
         })
     }
-}
-
-/// How long is left of a claim taken at `claimed_at` with `lease`, for a dial that may take
-/// `longest_dial`: the longest the request may still wait for its turn to dial.
-fn wait_budget(lease: Duration, longest_dial: Duration, claimed_at: Instant) -> Duration {
-    lease
-        .saturating_sub(longest_dial)
-        .saturating_sub(LEASE_MARGIN)
-        .saturating_sub(claimed_at.elapsed())
 }

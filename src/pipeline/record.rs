@@ -37,7 +37,6 @@ impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
         let task_id = event.task_id.as_deref();
         self.settle_callee(request_id, &mut held, placed.then_some(task_id))
             .await;
-        held.release_permit().await;
         let json = event.to_json();
         let mut pause = RECORD_RETRY_MIN;
         loop {

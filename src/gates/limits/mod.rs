@@ -70,12 +70,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 pub use self::local::LocalLimiter;
 pub use self::redis::RedisLimiter;
-use crate::config::LimitsSettings;
 
 /// The same caller and callee are never dialed twice within this time.
 pub const PAIR_SPACING: Duration = Duration::from_secs(1);
@@ -96,6 +96,19 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// running out).
 const POLL_START: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// `[limits]` as configured; see [`LimitSettings`] for what each rule means.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    pub max_in_flight: u32,
+    pub calls_per_second: f64,
+    pub burst: u32,
+    pub per_caller_calls_per_second: f64,
+    pub max_wait_ms: u64,
+    pub throttle_factor: f64,
+    pub throttle_cooldown_ms: u64,
+}
 
 /// How fast and how many `DialEx` calls may run per instance.
 #[derive(Debug, Clone)]
