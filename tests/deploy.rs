@@ -1320,3 +1320,58 @@ fn an_expression_s_selectors_and_groupings_are_read() {
     assert_eq!(read.labels, ["namespace", "namespace", "op"]);
     assert!(reads("sum by (namespace (dialex_b)").is_err());
 }
+
+/// A `key = value` setting of the shipped `rabbitmq.conf`.
+fn rabbitmq_conf_setting(key: &str) -> String {
+    let conf = read("deploy/rabbitmq/rabbitmq.conf");
+    let values: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+        .collect();
+    assert_eq!(values.len(), 1, "one {key} in rabbitmq.conf");
+    values[0].to_owned()
+}
+
+/// `256Mi` and the like, in bytes.
+fn quantity_bytes(quantity: &str) -> u64 {
+    let (number, unit) = quantity.split_at(quantity.trim_end_matches(char::is_alphabetic).len());
+    let scale = match unit {
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => panic!("unexpected unit {other:?} in {quantity}"),
+    };
+    number.parse::<u64>().expect("a whole number") * scale
+}
+
+#[test]
+fn the_broker_admits_every_valid_request_and_a_full_window_of_the_largest_fits_the_pod() {
+    let max_message_size: u64 = rabbitmq_conf_setting("max_message_size")
+        .parse()
+        .expect("max_message_size is a number of bytes");
+    // A valid body, with room for the properties and the headers the worker adds when it
+    // parks or defers one (reason, detail, attempts, times) and the broker's x-death.
+    let headroom = 16 * 1024;
+    assert!(
+        max_message_size >= dialex_worker::validate::MAX_BODY_BYTES as u64 + headroom,
+        "max_message_size {max_message_size} would refuse valid requests"
+    );
+    let settings = production_settings();
+    let limit = quantity_bytes(str_of(
+        &worker_container(&deployment())["resources"]["limits"]["memory"],
+        "memory limit",
+    ));
+    // The README's measured peak under load (37 MB) rounded up, plus a prefetch window of
+    // the largest messages, each copied once when it is parked.
+    let baseline = 64 << 20;
+    let window = u64::from(settings.amqp.prefetch) * max_message_size * 2;
+    assert!(
+        baseline + window <= limit,
+        "amqp.prefetch {} x max_message_size {max_message_size} does not fit the {limit}-byte limit",
+        settings.amqp.prefetch
+    );
+}
