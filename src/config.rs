@@ -99,6 +99,9 @@ pub struct AmqpSettings {
     /// Broker URL; may carry a password, so it never prints.
     #[serde(serialize_with = "serialize_url")]
     pub url: SecretString,
+    /// With `amqps://`: a PEM file of CA certificates trusted beside the system's; empty for
+    /// the system's alone.
+    pub tls_ca_file: std::path::PathBuf,
     pub prefetch: u16,
     pub delivery_limit: u32,
     pub publish_attempts: u32,
@@ -213,6 +216,9 @@ pub struct StoreSettings {
     /// May carry a password, so it never prints.
     #[serde(serialize_with = "serialize_url")]
     pub url: SecretString,
+    /// With `rediss://`: a PEM file of CA certificates trusted instead of the system's; empty
+    /// for the system's.
+    pub tls_ca_file: std::path::PathBuf,
     pub key_prefix: String,
     pub lease_ms: u64,
     pub record_ttl_ms: u64,
@@ -362,6 +368,12 @@ impl Settings {
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
         }
+        if !url.starts_with("amqps://") && !amqp.tls_ca_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "amqp.tls_ca_file",
+                "is set but amqp.url is not amqps://: the connection would not use TLS",
+            ));
+        }
         if amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1"));
         }
@@ -472,10 +484,16 @@ impl Settings {
         }
         if store.backend == StoreBackend::Redis {
             let url = store.url.expose_secret();
-            if !url.starts_with("redis://") {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid(
                     "store.url",
-                    "must start with redis:// (TLS to Redis is not supported yet)",
+                    "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+            if !url.starts_with("rediss://") && !store.tls_ca_file.as_os_str().is_empty() {
+                return Err(invalid(
+                    "store.tls_ca_file",
+                    "is set but store.url is not rediss://: the connection would not use TLS",
                 ));
             }
         }
@@ -873,6 +891,32 @@ mod tests {
             .to_string();
         assert!(err.contains("drain_timeout"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url() {
+        let mut s = Settings::load_from(None, Vec::new()).unwrap();
+        s.amqp.tls_ca_file = "ca.pem".into();
+        let error = s
+            .validate()
+            .expect_err("amqp:// with a CA file")
+            .to_string();
+        assert!(error.contains("amqp.tls_ca_file"), "{error}");
+        s.amqp.url = SecretString::from("amqps://u:p@broker:5671/%2f");
+        s.validate().expect("amqps:// with a CA file");
+
+        s.store.backend = StoreBackend::Redis;
+        s.store.tls_ca_file = "ca.pem".into();
+        let error = s
+            .validate()
+            .expect_err("redis:// with a CA file")
+            .to_string();
+        assert!(error.contains("store.tls_ca_file"), "{error}");
+        s.store.url = SecretString::from("rediss://:p@redis:6380/0");
+        s.validate().expect("rediss:// with a CA file");
+        s.store.url = SecretString::from("http://redis:6379/0");
+        let error = s.validate().expect_err("not a Redis URL").to_string();
+        assert!(error.contains("store.url"), "{error}");
     }
 
     #[test]

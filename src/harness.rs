@@ -108,7 +108,7 @@ impl Harness {
             name.push_str(".test-");
             name.push_str(suffix);
         }
-        let connection = amqp::connect(&base.amqp.url, "dialex-worker harness")
+        let connection = amqp::connect(&base.amqp, "dialex-worker harness")
             .await
             .context("connecting to RabbitMQ")?;
         let channel = connection.create_channel().await?;
@@ -543,8 +543,13 @@ impl Harness {
 
 /// Deletes every Redis key under the harness's prefix.
 async fn delete_redis_keys(settings: &Settings) -> anyhow::Result<()> {
-    use secrecy::ExposeSecret as _;
-    let client = redis::Client::open(settings.store.url.expose_secret())?;
+    let store = &settings.store;
+    let (client, _) = crate::redis_conn::open(
+        &store.url,
+        &store.tls_ca_file,
+        anyhow::Error::msg,
+        "store.url",
+    )?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     crate::redis_conn::delete_prefixed(&mut connection, &settings.store.key_prefix).await?;
     Ok(())

@@ -35,4 +35,5 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
+mod tls;
 pub mod validate;

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
 use dialex_worker::config::{Credentials, Settings, StoreBackend};
-use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
+use dialex_worker::gates::dnc::{DncList, DncSettings};
 use dialex_worker::health::{self, Health};
 use dialex_worker::metrics::Metrics;
 use dialex_worker::phone::PhoneNumber;
@@ -223,11 +223,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let list = DncList::start(DncSettings {
                 file: None,
                 reload_interval: Duration::from_secs(60),
-                redis: Some(RedisDnc {
-                    url: settings.store.url.clone(),
-                    key_prefix: settings.store.key_prefix.clone(),
-                    hash_key: settings.cooldown.hash_key.clone(),
-                }),
+                redis: Some(startup::shared_dnc(&settings)),
             })
             .await?;
             let (numbers, add) = match &action {

@@ -6,10 +6,11 @@
 //! future version (or a server echoing input) cannot leak them into logs either.
 
 use std::fmt::Display;
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::{AsyncConnectionConfig, Client, TlsCertificates};
 use secrecy::{ExposeSecret, SecretString};
 
 /// A Redis user's time limits: to connect, and for each answer.
@@ -20,15 +21,28 @@ pub(crate) struct Timeouts {
 }
 
 /// The client for `url`, and the redactor for its errors. `what` names the setting in the
-/// error when the URL is unusable.
+/// error when the URL is unusable. A `rediss://` URL connects over TLS, verifying the server
+/// against `tls_ca_file` (`store.tls_ca_file`) when it is set and the system's roots when not.
 pub(crate) fn open<E>(
     url: &SecretString,
+    tls_ca_file: &Path,
     wrap: fn(String) -> E,
     what: &str,
 ) -> Result<(Client, Redactor<E>), E> {
     let url = url.expose_secret();
     let redactor = Redactor::new(url, wrap);
-    let client = Client::open(url).map_err(|e| redactor.error(what, &e))?;
+    let ca = crate::tls::ca_pem(tls_ca_file, "store.tls_ca_file").map_err(wrap)?;
+    let client = match ca {
+        None => Client::open(url),
+        Some(pem) => Client::build_with_tls(
+            url,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.into_bytes()),
+            },
+        ),
+    }
+    .map_err(|e| redactor.error(what, &e))?;
     Ok((client, redactor))
 }
 

@@ -37,16 +37,23 @@ pub enum RunError {
     Gate(String),
 }
 
+/// The shared do-not-call set in the store's Redis, as the worker and `dialex-worker dnc`
+/// reach it.
+pub fn shared_dnc(settings: &Settings) -> RedisDnc {
+    RedisDnc {
+        url: settings.store.url.clone(),
+        tls_ca_file: settings.store.tls_ca_file.clone(),
+        key_prefix: settings.store.key_prefix.clone(),
+        hash_key: settings.cooldown.hash_key.clone(),
+    }
+}
+
 fn dnc_settings(settings: &Settings) -> DncSettings {
     let file = &settings.dnc.file;
     DncSettings {
         file: (!file.as_os_str().is_empty()).then(|| file.clone()),
         reload_interval: Duration::from_millis(settings.dnc.reload_interval_ms),
-        redis: settings.dnc.shared.then(|| RedisDnc {
-            url: settings.store.url.clone(),
-            key_prefix: settings.store.key_prefix.clone(),
-            hash_key: settings.cooldown.hash_key.clone(),
-        }),
+        redis: settings.dnc.shared.then(|| shared_dnc(settings)),
     }
 }
 
@@ -81,9 +88,14 @@ pub async fn run_with_configured_store<C: CccClient>(
         StoreBackend::Redis => {
             let store = RedisStore::connect(&settings.store, worker).await?;
             let limiter = AnyLimiter::Redis(
-                RedisLimiter::connect(&settings.store.url, &settings.store.key_prefix, limits)
-                    .await
-                    .map_err(|e| RunError::Gate(e.to_string()))?,
+                RedisLimiter::connect(
+                    &settings.store.url,
+                    &settings.store.tls_ca_file,
+                    &settings.store.key_prefix,
+                    limits,
+                )
+                .await
+                .map_err(|e| RunError::Gate(e.to_string()))?,
             );
             run(settings, client, store, limiter, metrics, health, shutdown).await
         }
@@ -212,7 +224,7 @@ impl Session {
         let connect = |role: &'static str| {
             let name = format!("{} {role} {host}", amqp_settings.connection_name);
             async move {
-                tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(&amqp_settings.url, &name))
+                tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(amqp_settings, &name))
                     .await
                     .unwrap_or_else(|_| Err(timed_out("connect")))
             }

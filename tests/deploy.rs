@@ -1097,10 +1097,11 @@ async fn rabbitmq_definitions_are_what_the_worker_declares() {
     let vhost = ScratchVhost::create();
     let mut url = url::Url::parse(settings.amqp.url.expose_secret()).expect("amqp.url");
     url.set_path(&format!("/{}", vhost.0));
-    let connection =
-        dialex_worker::amqp::connect(&SecretString::from(url.to_string()), "dialex-deploy-test")
-            .await
-            .expect("RabbitMQ on amqp.url's host (scripts/services.sh starts it)");
+    let mut in_vhost = settings.amqp.clone();
+    in_vhost.url = SecretString::from(url.to_string());
+    let connection = dialex_worker::amqp::connect(&in_vhost, "dialex-deploy-test")
+        .await
+        .expect("RabbitMQ on amqp.url's host (scripts/services.sh starts it)");
     let channel = connection.create_channel().await.expect("channel");
     let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
     topology::declare(&channel, &settings.amqp, &tiers)

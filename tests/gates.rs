@@ -199,18 +199,14 @@ async fn numbers_on_the_do_not_call_list_are_never_dialed_and_the_list_reloads()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_on_the_shared_redis_list_are_never_dialed() {
-    use dialex_worker::gates::dnc::{DncList, DncSettings, RedisDnc};
+    use dialex_worker::gates::dnc::{DncList, DncSettings};
     let mut s = settings_with(StoreBackend::Redis);
     s.dnc.shared = true;
     let mut h = started(s, SimConfig::default()).await;
     let list = DncList::start(DncSettings {
         file: None,
         reload_interval: Duration::from_secs(60),
-        redis: Some(RedisDnc {
-            url: h.settings.store.url.clone(),
-            key_prefix: h.settings.store.key_prefix.clone(),
-            hash_key: h.settings.cooldown.hash_key.clone(),
-        }),
+        redis: Some(dialex_worker::startup::shared_dnc(&h.settings)),
     })
     .await
     .unwrap();

@@ -307,7 +307,7 @@ async fn outcomes_the_broker_refuses_are_never_dead_lettered_and_keep_their_task
     }
     // A queue of its own, bound to every outcome, that holds one message and refuses the
     // rest: the broker nacks a publish that any of its queues refuses.
-    let connection = dialex_worker::amqp::connect(&h.settings.amqp.url, "test: full queue")
+    let connection = dialex_worker::amqp::connect(&h.settings.amqp, "test: full queue")
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();

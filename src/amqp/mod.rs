@@ -11,11 +11,13 @@ pub use publisher::{PublishError, Publisher};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::Timestamp;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::AMQPValue;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
+use crate::config::AmqpSettings;
 use crate::outcome::DeferReason;
 
 /// Set by quorum queues on a redelivery: how often the message was delivered before.
@@ -56,10 +58,15 @@ pub(crate) fn op(what: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
 /// bytes (64 KiB at most, sent in several frames), so 16 KiB frames cost nothing in speed.
 const FRAME_MAX: u32 = 16 * 1024;
 
-/// Opens a connection named `name` (shown in the management UI as the connection name).
-pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, AmqpError> {
+/// Opens a connection to `amqp.url` named `name` (shown in the management UI as the
+/// connection name); over TLS for `amqps://`, trusting `amqp.tls_ca_file` too.
+pub async fn connect(amqp: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let mut uri: AMQPUri = url
+    let ca = crate::tls::ca_pem(&amqp.tls_ca_file, "amqp.tls_ca_file").map_err(|message| {
+        AmqpError::local("connect", std::io::ErrorKind::InvalidInput, message)
+    })?;
+    let mut uri: AMQPUri = amqp
+        .url
         .expose_secret()
         .parse()
         // The parser's message may quote the URL, password included.
@@ -71,7 +78,12 @@ pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, AmqpE
             )
         })?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Connection::connect_uri(uri, properties)
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca,
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(op("connect"))?;
+    Connection::connect_uri_with_config(uri, properties, tls, runtime)
         .await
         .map_err(op("connect"))
 }

@@ -41,8 +41,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let amqp_settings = &settings.amqp;
     let names = &amqp_settings.names;
-    let consume = amqp::connect(&amqp_settings.url, "dialex-worker floor consume").await?;
-    let publish = amqp::connect(&amqp_settings.url, "dialex-worker floor publish").await?;
+    let consume = amqp::connect(amqp_settings, "dialex-worker floor consume").await?;
+    let publish = amqp::connect(amqp_settings, "dialex-worker floor publish").await?;
     let out = publish.create_channel().await?;
     out.confirm_select(ConfirmSelectOptions::default()).await?;
     let channel = consume.create_channel().await?;

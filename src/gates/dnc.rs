@@ -89,6 +89,8 @@ pub struct DncSettings {
 pub struct RedisDnc {
     /// Redis URL (`redis://…`); may carry a password, so it is secret.
     pub url: SecretString,
+    /// With `rediss://`: the CA file (`store.tls_ca_file`); empty for the system's roots.
+    pub tls_ca_file: PathBuf,
     /// Key prefix; the set is `<key_prefix>:dnc`.
     pub key_prefix: String,
     /// HMAC key the set's members are hashed under. Every writer and reader of the set must
@@ -589,8 +591,12 @@ impl SharedSet {
         }
         let mac = Hmac::<Sha1>::new_from_slice(hash_key.as_bytes())
             .map_err(|_| DncError::Settings("the hash key is not usable for HMAC"))?;
-        let (client, redactor) =
-            redis_conn::open(&settings.url, DncError::Redis, "not a usable Redis URL")?;
+        let (client, redactor) = redis_conn::open(
+            &settings.url,
+            &settings.tls_ca_file,
+            DncError::Redis,
+            "not a usable Redis URL",
+        )?;
         let key = format!("{}:dnc", settings.key_prefix);
 
         let timeouts = Timeouts {
@@ -745,6 +751,7 @@ mod tests {
     fn redis_settings(prefix: &str, hash_key: &str) -> RedisDnc {
         RedisDnc {
             url: SecretString::from(REDIS_URL.to_owned()),
+            tls_ca_file: PathBuf::new(),
             key_prefix: prefix.to_owned(),
             hash_key: SecretString::from(hash_key.to_owned()),
         }
@@ -1163,6 +1170,7 @@ mod tests {
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {
                 url: SecretString::from(stalling_redis().await),
+                tls_ca_file: PathBuf::new(),
                 key_prefix: "p".to_owned(),
                 hash_key: SecretString::from("k".to_owned()),
             }),
@@ -1190,6 +1198,7 @@ mod tests {
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {
                 url: SecretString::from("redis://user:s3cr%40t@127.0.0.1:1/0".to_owned()),
+                tls_ca_file: PathBuf::new(),
                 key_prefix: "p".to_owned(),
                 hash_key: SecretString::from("k".to_owned()),
             }),
@@ -1207,6 +1216,7 @@ mod tests {
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {
                 url: SecretString::from(REDIS_URL.to_owned()),
+                tls_ca_file: PathBuf::new(),
                 key_prefix: "p".to_owned(),
                 hash_key: SecretString::from(String::new()),
             }),

@@ -283,6 +283,7 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let (client, redactor) = redis_conn::open(
             &settings.url,
+            &settings.tls_ca_file,
             backend,
             "store.url is not a usable Redis URL",
         )?;

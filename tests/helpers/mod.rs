@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::time::Duration;
 
 use dialex_worker::ccc::simulator::{SimConfig, Simulator};

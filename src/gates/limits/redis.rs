@@ -42,6 +42,7 @@
 //! not dialed (the caller defers it) and the slot comes back.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,11 +196,13 @@ impl RedisLimiter {
     /// password.
     pub async fn connect(
         url: &SecretString,
+        tls_ca_file: &Path,
         key_prefix: &str,
         settings: LimitSettings,
     ) -> Result<Self, LimitError> {
         let (client, redactor) = redis_conn::open(
             url,
+            tls_ca_file,
             LimitError::Backend,
             "the URL is not a usable Redis URL",
         )?;

@@ -2,6 +2,7 @@
 //! never skipped) without one; each uses its own key prefix and deletes its keys at the end.
 //! Timing assertions are deliberately generous: they check the rule, not the machine's speed.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -37,7 +38,14 @@ fn prefix() -> String {
 }
 
 async fn redis_limiter(prefix: &str, settings: LimitSettings) -> RedisLimiter {
-    match RedisLimiter::connect(&SecretString::from(REDIS_URL), prefix, settings).await {
+    match RedisLimiter::connect(
+        &SecretString::from(REDIS_URL),
+        Path::new(""),
+        prefix,
+        settings,
+    )
+    .await
+    {
         Ok(limiter) => limiter,
         Err(e) => panic!(
             "these tests need a real Redis 7 at {REDIS_URL}; start one \
@@ -737,7 +745,7 @@ async fn redis_a_foreign_value_is_reported_corrupt() {
 async fn redis_connection_errors_never_show_the_password() {
     // Nothing listens on port 1: the connection is refused.
     let url = SecretString::from("redis://user:hunter2@127.0.0.1:1/0");
-    let err = RedisLimiter::connect(&url, "p", settings())
+    let err = RedisLimiter::connect(&url, Path::new(""), "p", settings())
         .await
         .expect_err("port 1 must refuse");
     let message = err.to_string();
