@@ -21,14 +21,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, topology};
-use crate::ccc::HttpCccClient;
+use crate::app::App;
 use crate::ccc::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use crate::config::{Credentials, Settings};
 use crate::defer::Tiers;
-use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outcome::OutcomeEvent;
-use crate::startup::{self, RunError};
+use crate::startup::RunError;
 
 /// Consumes `queue` without acknowledgements, the way a test or load tool reads outcomes.
 pub async fn read_queue(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
@@ -136,23 +135,13 @@ impl Harness {
     /// Starts a worker in this process with `credentials`. Call it again for more replicas
     /// (with the Redis store: the embedded store belongs to one worker).
     pub async fn start_worker(&mut self, credentials: Credentials) -> anyhow::Result<()> {
-        let client = HttpCccClient::new(&self.settings.ccc, credentials)?;
-        let settings = self.settings.clone();
+        let mut settings = self.settings.clone();
+        // Several workers may run at once: each picks a free port.
+        settings.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let app = App::build(settings, credentials, Arc::clone(&self.metrics)).await?;
+        let endpoint = app.health_endpoint();
         let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let metrics = Arc::clone(&self.metrics);
-        let health = Arc::new(Health::default());
-        let endpoint = crate::health::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &metrics,
-            Arc::clone(&health),
-            shutdown.child_token(),
-        )
-        .await
-        .context("starting the health endpoint")?;
-        let handle = tokio::spawn(async move {
-            startup::run_with_configured_store(&settings, client, metrics, health, token).await
-        });
+        let handle = tokio::spawn(app.run(shutdown.clone()));
         self.workers.push(Worker {
             shutdown,
             handle,

@@ -14,6 +14,7 @@
 
 mod accept;
 pub mod amqp;
+pub mod app;
 pub mod bench;
 pub mod ccc;
 pub mod config;

@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,10 +13,8 @@ use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::ccc::simulator::{self, SimConfig, Simulator};
 use dialex_worker::config::{Credentials, Settings, StoreBackend};
 use dialex_worker::gates::dnc::{DncList, DncSettings};
-use dialex_worker::health::{self, Health};
-use dialex_worker::metrics::Metrics;
 use dialex_worker::phone::PhoneNumber;
-use dialex_worker::{bench, demo, startup, telemetry};
+use dialex_worker::{app, bench, demo, startup, telemetry};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -163,31 +160,7 @@ async fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => {
-            let settings = Settings::load(config.as_deref())?;
-            telemetry::init(&settings.log);
-            let credentials = Credentials::from_env()?;
-            let client = HttpCccClient::new(&settings.ccc, credentials)?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let metrics = Arc::new(Metrics::default());
-            let health = Arc::new(Health::default());
-            let endpoint = CancellationToken::new();
-            health::start(
-                settings.http.listen,
-                &metrics,
-                Arc::clone(&health),
-                endpoint.clone(),
-            )
-            .await
-            .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
-            let result =
-                startup::run_with_configured_store(&settings, client, metrics, health, shutdown)
-                    .await;
-            endpoint.cancel();
-            result?;
-            Ok(())
-        }
+        Command::Run { config } => Ok(app::serve(config.as_deref()).await?),
         Command::Sim {
             listen,
             dial_log,
@@ -208,7 +181,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {listen}"))?;
             println!("CCC simulator listening on {}", sim.endpoint());
             let shutdown = CancellationToken::new();
-            cancel_on_signal(shutdown.clone()).await;
+            app::cancel_on_signal(shutdown.clone()).await;
             shutdown.cancelled().await;
             sim.shutdown().await;
             Ok(())
@@ -284,7 +257,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             telemetry::init(&settings.log);
             let client = HttpCccClient::new(&settings.ccc, Credentials::from_env()?)?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(app::cancel_on_signal(shutdown.clone()));
             bench::floor::run(&settings, client, shutdown).await
         }
     }
@@ -326,30 +299,4 @@ fn check_config(file: Option<&Path>) -> anyhow::Result<()> {
         .lock()
         .write_all(report.as_bytes())
         .context("writing to stdout")
-}
-
-/// Cancels `token` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn cancel_on_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
-    token.cancel();
 }

@@ -10,7 +10,7 @@ pub mod scrub;
 pub mod sign;
 pub mod simulator;
 
-pub use client::HttpCccClient;
+pub use client::{ClientBuildError, HttpCccClient};
 pub use response::{ApiError, Classifier, DialAccepted, DialFailure, ErrorClass};
 
 use std::future::Future;
