@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks deploy/ the way a cluster and an image build would, without either:
-#   1. deploy/Dockerfile: hadolint, and the exact `cargo build` it runs, run here;
+#   1. deploy/Dockerfile: hadolint, and the exact `cargo build` it runs, run here, whose
+#      binary must hold only the worker's commands and none of the devkit;
 #   2. every kustomization (base and overlays) renders with kustomize (`kubectl kustomize`);
 #   3. the rendered manifests validate against the Kubernetes schemas (kubernetes-validate,
 #      strict), the KEDA and Prometheus Operator resources against deploy/schemas/;
@@ -88,6 +89,22 @@ grep -qF "$BUILD_COMMAND" deploy/Dockerfile ||
   fail "deploy/Dockerfile no longer runs '$BUILD_COMMAND'; change BUILD_COMMAND here and in tests/deploy.rs with it"
 $BUILD_COMMAND || fail "'$BUILD_COMMAND' (the image's build) failed"
 [ -x target/release/dialex-worker ] || fail "target/release/dialex-worker was not built"
+
+step "the shipped binary holds only the worker"
+commands=$(target/release/dialex-worker --help |
+  awk '/^Commands:/ { listing = 1; next } listing && NF == 0 { exit } listing { print $1 }' |
+  tr '\n' ' ')
+[ "$commands" = "run dnc check-config help " ] ||
+  fail "dialex-worker --help lists '$commands'; the simulator, demo and bench belong in devkit/"
+# The devkit and the crates only tests use must not reach the shipped package's build.
+shipped=$(cargo tree --locked -p dialex-worker -e normal,build --prefix none --format '{p}')
+for dev_only in dialex-devkit rcgen promql-parser yaml_serde prometheus-parse; do
+  if grep -q "^$dev_only " <<<"$shipped"; then
+    fail "$dev_only is in the shipped package's dependencies"
+  fi
+done
+echo "commands: $commands"
+echo "size: $(du -m target/release/dialex-worker | cut -f1) MB"
 
 step "yamllint"
 "$VENV/bin/yamllint" --strict -c .yamllint deploy .yamllint .hadolint.yaml ||

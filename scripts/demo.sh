@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-cargo run --quiet -- demo "$@"
+cargo run --quiet -p dialex-devkit -- demo "$@"

@@ -14,7 +14,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// `shutdown`; then closes the listener and drops the connections still open. `what` names
 /// the server in the log. At most `max_connections` are served at once: more wait in the
 /// kernel's backlog until one ends, so a flood of idle connections cannot grow the process.
-pub(crate) async fn accept_until<F, Fut>(
+pub async fn accept_until<F, Fut>(
     listener: TcpListener,
     shutdown: CancellationToken,
     what: &'static str,

@@ -9,20 +9,17 @@
 //!
 //! [`pipeline`] wires the stages for one request; [`startup`] builds the whole worker from
 //! [`config::Settings`]. Adapters sit at the edges: [`amqp`] (connections, topology, confirmed
-//! publisher) and [`ccc`] (signing, client, answers, simulator). The stages in the middle speak
+//! publisher) and [`ccc`] (signing, client, answers). The stages in the middle speak
 //! domain types ([`validate::DialRequest`], [`outcome::OutcomeEvent`], [`dial::DialResult`]).
 
-mod accept;
+pub mod accept;
 pub mod amqp;
 pub mod app;
-pub mod bench;
 pub mod ccc;
 pub mod config;
 pub mod defer;
-pub mod demo;
 pub mod dial;
 pub mod gates;
-pub mod harness;
 pub mod health;
 pub mod intake;
 pub mod metrics;

@@ -7,8 +7,8 @@ mod helpers;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
-use dialex_worker::harness::Harness;
+use dialex_devkit::harness::Harness;
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
 use dialex_worker::validate::MAX_BODY_BYTES;
 use helpers::{WAIT, callee, request, settings, spawn_worker_process};

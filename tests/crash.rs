@@ -6,9 +6,9 @@ mod helpers;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::{Fault, SimConfig};
+use dialex_devkit::harness::Harness;
+use dialex_devkit::simulator::{Fault, SimConfig};
 use dialex_worker::config::StoreBackend;
-use dialex_worker::harness::Harness;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings_with, spawn_worker_process};
 

@@ -6,9 +6,9 @@ mod helpers;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_devkit::harness::{Harness, Received};
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
-use dialex_worker::harness::{Harness, Received};
 use dialex_worker::metrics::DedupKind;
 use dialex_worker::outcome::Status;
 use dialex_worker::outcome::SuppressReason;
@@ -232,11 +232,8 @@ async fn the_daily_cap_stops_calls_beyond_the_limit_and_counts_failed_calls_back
         let mut h = started(settings, SimConfig::default()).await;
         let number = callee(88);
         // A call that certainly was not placed does not count against the cap.
-        h.simulator.inject(
-            &number,
-            dialex_worker::ccc::simulator::Fault::Unavailable,
-            3,
-        );
+        h.simulator
+            .inject(&number, dialex_devkit::simulator::Fault::Unavailable, 3);
         let mut statuses = Vec::new();
         for n in 0..4 {
             h.publish_request(&request(&format!("cap-{n}"), &number, "ivr"), None)

@@ -5,9 +5,9 @@ mod helpers;
 
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::{Fault, SimConfig, Simulator};
+use dialex_devkit::harness::Harness;
+use dialex_devkit::simulator::{Fault, SimConfig, Simulator};
 use dialex_worker::config::Credentials;
-use dialex_worker::harness::Harness;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, assert_dialed_once, callee, only_outcome, request, settings, started};
 
@@ -157,7 +157,7 @@ async fn connection_refused_is_retried_until_ccc_is_back() {
     let mut s = settings();
     // Room for a few hops while the endpoint is down.
     s.ccc.max_total_attempts = 15;
-    let mut h = dialex_worker::harness::Harness::start(s, SimConfig::default())
+    let mut h = dialex_devkit::harness::Harness::start(s, SimConfig::default())
         .await
         .expect("RabbitMQ must be reachable");
     // An address nothing listens on, for now.
@@ -166,7 +166,7 @@ async fn connection_refused_is_retried_until_ccc_is_back() {
         .local_addr()
         .unwrap();
     h.settings.ccc.endpoint = format!("http://{addr}");
-    h.start_worker(dialex_worker::harness::Harness::demo_credentials())
+    h.start_worker(dialex_devkit::harness::Harness::demo_credentials())
         .await
         .unwrap();
     h.publish_request(&request("refused", &callee(52), "ivr"), None)
@@ -319,7 +319,7 @@ async fn a_wrong_secret_pauses_the_worker_keeping_every_request_until_ccc_accept
     // The account side is fixed (the key now matches what the worker signs with): the worker
     // notices on its next probe and dials every request it kept, once.
     h.simulator.set_credentials(
-        dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
+        dialex_devkit::simulator::DEMO_ACCESS_KEY_ID,
         "not-the-secret",
     );
     let received = h.outcomes(REQUESTS, WAIT).await.unwrap();

@@ -6,9 +6,9 @@ mod helpers;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_devkit::harness::{Harness, Received};
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
-use dialex_worker::harness::{Harness, Received};
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, outcomes_until, request, settings, settings_with, started};
 use jiff::{Timestamp, ToSpan as _};

@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::{DEMO_ACCESS_KEY_SECRET, Fault, SimConfig};
-use dialex_worker::harness::{Harness, Received};
+use dialex_devkit::harness::{Harness, Received};
+use dialex_devkit::simulator::{DEMO_ACCESS_KEY_SECRET, Fault, SimConfig};
 use dialex_worker::outcome::Status;
 use dialex_worker::phone::PhoneNumber;
 use helpers::{WAIT, outcomes_until, settings};
@@ -447,7 +447,7 @@ async fn what_ccc_echoes_never_reaches_a_log_the_probes_the_metrics_or_an_event(
                 caller_digits.as_str(),
                 STS_TOKEN,
                 "not-the-secret",
-                dialex_worker::ccc::simulator::DEMO_ACCESS_KEY_ID,
+                dialex_devkit::simulator::DEMO_ACCESS_KEY_ID,
             ] {
                 assert!(
                     !text.contains(secret),

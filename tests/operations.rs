@@ -8,9 +8,9 @@ mod helpers;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_devkit::harness::{Harness, Received};
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
-use dialex_worker::harness::{Harness, Received};
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, settings_with, spawn_worker_process, started};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};

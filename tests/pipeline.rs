@@ -5,7 +5,7 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, request, settings, started};
 

@@ -6,8 +6,8 @@ mod helpers;
 
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::SimConfig;
-use dialex_worker::harness::Harness;
+use dialex_devkit::harness::Harness;
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, callee, outcomes_until, request, settings, spawn_worker_process, started};
 use lapin::BasicProperties;

@@ -6,7 +6,7 @@ mod helpers;
 
 use std::net::SocketAddr;
 
-use dialex_worker::ccc::simulator::SimConfig;
+use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::{Settings, StoreBackend};
 use dialex_worker::store::redis::RedisStore;
 use helpers::tls::TlsProxy;

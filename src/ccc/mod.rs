@@ -1,5 +1,5 @@
 //! The Alibaba Cloud Call Center edge: request signing, the `DialEx` client, the typed answers
-//! and their classification, and a simulator of the gateway for tests, the demo and benchmarks.
+//! and their classification. (The gateway's simulator is the devkit's.)
 //!
 //! The pipeline sees only [`CccClient`], [`DialParams`], [`DialAccepted`] and [`DialFailure`]:
 //! nothing of HTTP leaks past this module.
@@ -8,7 +8,6 @@ pub mod client;
 pub mod response;
 pub mod scrub;
 pub mod sign;
-pub mod simulator;
 
 pub use client::{ClientBuildError, HttpCccClient};
 pub use response::{ApiError, Classifier, DialAccepted, DialFailure, ErrorClass};

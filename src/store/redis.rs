@@ -307,6 +307,16 @@ impl RedisStore {
         })
     }
 
+    /// Deletes every key under `store.key_prefix`: dial records, cooldowns and counters, the
+    /// limiter's state and the shared do-not-call set. Everything the deployment remembers is
+    /// gone: for tearing down a test deployment, never a live one.
+    pub async fn delete_everything(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis_conn::delete_prefixed(&mut conn, &self.inner.key_prefix)
+            .await
+            .map_err(|e| self.inner.redactor.error("cannot delete keys", &e))
+    }
+
     /// The worker id this store's claims carry.
     pub fn worker_id(&self) -> &str {
         &self.inner.worker_id
@@ -562,10 +572,7 @@ mod tests {
 
     /// Deletes every key under the store's prefix.
     async fn cleanup(store: &RedisStore) {
-        let mut conn = store.conn.clone();
-        crate::redis_conn::delete_prefixed(&mut conn, &store.inner.key_prefix)
-            .await
-            .expect("delete test keys");
+        store.delete_everything().await.expect("delete test keys");
     }
 
     async fn pttl(store: &RedisStore, key: &str) -> i64 {

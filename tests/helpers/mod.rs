@@ -7,9 +7,9 @@ pub mod tls;
 
 use std::time::Duration;
 
-use dialex_worker::ccc::simulator::{SimConfig, Simulator};
+use dialex_devkit::harness::{DeadLetter, Harness, Received};
+use dialex_devkit::simulator::{SimConfig, Simulator};
 use dialex_worker::config::{Settings, StoreBackend};
-use dialex_worker::harness::{DeadLetter, Harness, Received};
 use dialex_worker::outcome::{OutcomeEvent, Status};
 
 /// Generous: the broker and the worker share two cores with other tests.

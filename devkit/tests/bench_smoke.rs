@@ -2,7 +2,7 @@
 
 #[test]
 fn the_bench_command_runs_floor_and_worker_and_reports_a_ratio() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialex-worker"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialex-devkit"))
         .args([
             "bench",
             "--requests",

@@ -1,4 +1,4 @@
-//! `dialex-worker bench`: pushes N requests through the full worker (a `run` process) against
+//! `dialex-devkit bench`: pushes N requests through the full worker (a `run` process) against
 //! the real RabbitMQ and the CCC simulator, and through the bare floor (a `bench-floor`
 //! process: consume, sign, call, publish, ack, nothing else) seconds before, on the same
 //! machine, and prints both with the worker's throughput as a ratio of the floor's.
@@ -16,9 +16,9 @@ use jiff::Timestamp;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::ccc::simulator::SimConfig;
-use crate::config::{Settings, StoreBackend};
 use crate::harness::Harness;
+use crate::simulator::SimConfig;
+use dialex_worker::config::{Settings, StoreBackend};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -526,10 +526,16 @@ y_bucket{le=\"+Inf\",op=\"record\"} 100
     fn the_worker_s_own_metrics_page_is_read() {
         // The worker's encoder, not a hand-written page: a change in how it orders labels
         // would otherwise make the bench print zeros without failing.
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = dialex_worker::metrics::Metrics::default();
         for _ in 0..100 {
-            metrics.store_op(crate::metrics::StoreOp::Claim, Duration::from_micros(600));
-            metrics.store_op(crate::metrics::StoreOp::Record, Duration::from_millis(3));
+            metrics.store_op(
+                dialex_worker::metrics::StoreOp::Claim,
+                Duration::from_micros(600),
+            );
+            metrics.store_op(
+                dialex_worker::metrics::StoreOp::Record,
+                Duration::from_millis(3),
+            );
         }
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);

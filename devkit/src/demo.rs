@@ -1,4 +1,4 @@
-//! `dialex-worker demo`: the whole product in one command, against the built-in simulator.
+//! `dialex-devkit demo`: the whole product in one command, against the built-in simulator.
 //!
 //! Starts a simulator and a worker in this process, publishes a handful of sample requests
 //! (one per answer mode, a `+86` number, a throttled-then-retried call, an invalid callee and
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::ccc::simulator::{Fault, SimConfig};
-use crate::config::Settings;
 use crate::harness::Harness;
+use crate::simulator::{Fault, SimConfig};
+use dialex_worker::config::Settings;
 
 struct Sample {
     what: &'static str,

@@ -20,14 +20,15 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, topology};
-use crate::app::App;
-use crate::ccc::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
-use crate::config::{Credentials, Settings};
-use crate::defer::Tiers;
-use crate::metrics::Metrics;
-use crate::outcome::OutcomeEvent;
-use crate::startup::RunError;
+use crate::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Simulator};
+use dialex_worker::amqp::{self, topology};
+use dialex_worker::app::App;
+use dialex_worker::config::{Credentials, Settings};
+use dialex_worker::defer::Tiers;
+use dialex_worker::metrics::Metrics;
+use dialex_worker::outcome::OutcomeEvent;
+use dialex_worker::startup::RunError;
+use dialex_worker::store::redis::RedisStore;
 
 /// Consumes `queue` without acknowledgements, the way a test or load tool reads outcomes.
 pub async fn read_queue(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
@@ -202,8 +203,8 @@ impl Harness {
         let s = &self.settings;
         let n = &s.amqp.names;
         let backend = match s.store.backend {
-            crate::config::StoreBackend::Embedded => "embedded",
-            crate::config::StoreBackend::Redis => "redis",
+            dialex_worker::config::StoreBackend::Embedded => "embedded",
+            dialex_worker::config::StoreBackend::Redis => "redis",
         };
         [
             ("AMQP__PREFETCH", s.amqp.prefetch.to_string()),
@@ -523,7 +524,7 @@ impl Harness {
         let _ = self.connection.close(200, "bye".into()).await;
         self.simulator.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.settings.store.data_dir);
-        if self.settings.store.backend == crate::config::StoreBackend::Redis {
+        if self.settings.store.backend == dialex_worker::config::StoreBackend::Redis {
             delete_redis_keys(&self.settings).await?;
         }
         Ok(())
@@ -532,14 +533,7 @@ impl Harness {
 
 /// Deletes every Redis key under the harness's prefix.
 async fn delete_redis_keys(settings: &Settings) -> anyhow::Result<()> {
-    let store = &settings.store;
-    let (client, _) = crate::redis_conn::open(
-        &store.url,
-        &store.tls_ca_file,
-        anyhow::Error::msg,
-        "store.url",
-    )?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    crate::redis_conn::delete_prefixed(&mut connection, &settings.store.key_prefix).await?;
+    let store = RedisStore::connect(&settings.store, "harness".to_owned()).await?;
+    store.delete_everything().await?;
     Ok(())
 }

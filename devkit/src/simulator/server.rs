@@ -140,7 +140,7 @@ impl Simulator {
 
 async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
     // As many connections as the benchmark's clients open, and then some.
-    crate::accept::accept_until(listener, shutdown, "CCC simulator", 4096, |stream| {
+    dialex_worker::accept::accept_until(listener, shutdown, "CCC simulator", 4096, |stream| {
         serve_connection(stream, Arc::clone(&gateway))
     })
     .await;

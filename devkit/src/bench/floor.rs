@@ -2,7 +2,7 @@
 //! manual acks and the same prefetch, read the fields DialEx needs, sign, call CCC, publish
 //! an outcome with a confirm, ack. No validation, no store, no gates, no retries.
 //!
-//! It runs as `dialex-worker bench-floor`, a process of its own like `run`, so the two are
+//! It runs as `dialex-devkit bench-floor`, a process of its own like `run`, so the two are
 //! measured the same way. It prints `ready` once consuming, and on SIGTERM the DialEx round
 //! trips it saw (`rtt_us <p50> <p99>`).
 
@@ -20,9 +20,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp;
-use crate::ccc::{CccClient, DialParams, HttpCccClient};
-use crate::config::Settings;
+use dialex_worker::amqp;
+use dialex_worker::ccc::{CccClient, DialParams, HttpCccClient};
+use dialex_worker::config::Settings;
 
 #[derive(Deserialize)]
 struct Fields<'a> {
