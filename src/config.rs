@@ -42,6 +42,36 @@ pub enum ConfigError {
     MissingEnv(&'static str),
     #[error("configuration could not be written as TOML: {0}")]
     Render(#[from] toml::ser::Error),
+    /// Several keys are wrong: all of them, so one run shows everything to fix.
+    #[error("{} configuration problems:{}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
+}
+
+/// `problems`, one per line.
+fn list(problems: &[ConfigError]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+/// What [`Settings::validate`] found wrong, in the order it checked.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn invalid(&mut self, key: &'static str, reason: impl Into<String>) {
+        self.0.push(ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        });
+    }
+
+    /// Nothing, the one problem, or all of them.
+    fn into_result(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +85,7 @@ pub struct Settings {
     #[serde(serialize_with = "serialize_business_hours")]
     pub business_hours: BusinessHoursSettings,
     pub limits: LimitsSettings,
-    pub dnc: DncFileSettings,
+    pub dnc: DncSettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
@@ -86,7 +116,7 @@ impl ShutdownSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DncFileSettings {
+pub struct DncSettings {
     /// Empty: no file.
     pub file: std::path::PathBuf,
     pub reload_interval_ms: u64,
@@ -357,34 +387,29 @@ impl Settings {
 
     /// Every rule that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                reason: reason.into(),
-            }
-        }
+        let mut problems = Problems::default();
         let amqp = &self.amqp;
         let url = amqp.url.expose_secret();
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+            problems.invalid("amqp.url", "must start with amqp:// or amqps://");
         }
         if !url.starts_with("amqps://") && !amqp.tls_ca_file.as_os_str().is_empty() {
-            return Err(invalid(
+            problems.invalid(
                 "amqp.tls_ca_file",
                 "is set but amqp.url is not amqps://: the connection would not use TLS",
-            ));
+            );
         }
         if amqp.prefetch == 0 {
-            return Err(invalid("amqp.prefetch", "must be at least 1"));
+            problems.invalid("amqp.prefetch", "must be at least 1");
         }
         if amqp.delivery_limit == 0 {
-            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
+            problems.invalid("amqp.delivery_limit", "must be at least 1");
         }
         if amqp.publish_attempts == 0 {
-            return Err(invalid("amqp.publish_attempts", "must be at least 1"));
+            problems.invalid("amqp.publish_attempts", "must be at least 1");
         }
         if amqp.confirm_timeout_ms == 0 {
-            return Err(invalid("amqp.confirm_timeout_ms", "must be positive"));
+            problems.invalid("amqp.confirm_timeout_ms", "must be positive");
         }
         let names = &amqp.names;
         for (key, value) in [
@@ -400,149 +425,138 @@ impl Settings {
             ),
         ] {
             if value.is_empty() || value.len() > 255 {
-                return Err(invalid(key, "must be 1 to 255 characters"));
+                problems.invalid(key, "must be 1 to 255 characters");
             }
         }
 
         let tiers = &self.deferral.tiers_ms;
         if tiers.is_empty() || tiers.contains(&0) {
-            return Err(invalid(
-                "deferral.tiers_ms",
-                "needs at least one positive delay",
-            ));
+            problems.invalid("deferral.tiers_ms", "needs at least one positive delay");
         }
         if tiers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(invalid("deferral.tiers_ms", "must be strictly increasing"));
+            problems.invalid("deferral.tiers_ms", "must be strictly increasing");
         }
         if tiers.iter().any(|&t| t > u64::from(u32::MAX)) {
-            return Err(invalid(
+            problems.invalid(
                 "deferral.tiers_ms",
                 "a delay must fit a queue TTL (at most 49 days)",
-            ));
+            );
         }
 
         let ccc = &self.ccc;
-        check_endpoint(&ccc.endpoint, ccc.allow_insecure_http)
-            .map_err(|reason| invalid("ccc.endpoint", reason))?;
+        if let Err(reason) = check_endpoint(&ccc.endpoint, ccc.allow_insecure_http) {
+            problems.invalid("ccc.endpoint", reason);
+        }
         if ccc.region_id.is_empty() {
-            return Err(invalid("ccc.region_id", "must not be empty"));
+            problems.invalid("ccc.region_id", "must not be empty");
         }
         if ccc.connect_timeout_ms == 0 {
-            return Err(invalid("ccc.connect_timeout_ms", "must be positive"));
+            problems.invalid("ccc.connect_timeout_ms", "must be positive");
         }
         if ccc.request_timeout_ms < ccc.connect_timeout_ms {
-            return Err(invalid(
+            problems.invalid(
                 "ccc.request_timeout_ms",
                 "must be at least ccc.connect_timeout_ms",
-            ));
+            );
         }
         if ccc.max_attempts == 0 {
-            return Err(invalid("ccc.max_attempts", "must be at least 1"));
+            problems.invalid("ccc.max_attempts", "must be at least 1");
         }
         if ccc.max_backoff_ms < ccc.initial_backoff_ms {
-            return Err(invalid(
+            problems.invalid(
                 "ccc.max_backoff_ms",
                 "must be at least ccc.initial_backoff_ms",
-            ));
+            );
         }
         if ccc.max_total_attempts < ccc.max_attempts {
-            return Err(invalid(
+            problems.invalid(
                 "ccc.max_total_attempts",
                 "must be at least ccc.max_attempts",
-            ));
+            );
         }
         if ccc.requeue_delay_ms == 0 {
-            return Err(invalid("ccc.requeue_delay_ms", "must be positive"));
+            problems.invalid("ccc.requeue_delay_ms", "must be positive");
         }
         if ccc.max_requeue_delay_ms < ccc.requeue_delay_ms {
-            return Err(invalid(
+            problems.invalid(
                 "ccc.max_requeue_delay_ms",
                 "must be at least ccc.requeue_delay_ms",
-            ));
+            );
         }
         let store = &self.store;
         let longest_dial = ccc.longest_dial_ms();
         if store.lease_ms <= longest_dial {
-            return Err(invalid(
+            problems.invalid(
                 "store.lease_ms",
                 format!(
                     "must exceed the longest dial ({longest_dial} ms: ccc.max_attempts x ccc.request_timeout_ms plus backoffs)"
                 ),
-            ));
+            );
         }
         if store.record_ttl_ms <= store.lease_ms {
-            return Err(invalid("store.record_ttl_ms", "must exceed store.lease_ms"));
+            problems.invalid("store.record_ttl_ms", "must exceed store.lease_ms");
         }
         if store.sweep_interval_ms == 0 {
-            return Err(invalid("store.sweep_interval_ms", "must be positive"));
+            problems.invalid("store.sweep_interval_ms", "must be positive");
         }
         if store.key_prefix.is_empty() || store.key_prefix.contains(char::is_whitespace) {
-            return Err(invalid(
-                "store.key_prefix",
-                "must be non-empty without spaces",
-            ));
+            problems.invalid("store.key_prefix", "must be non-empty without spaces");
         }
         if store.backend == StoreBackend::Redis {
             let url = store.url.expose_secret();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid(
-                    "store.url",
-                    "must start with redis:// or rediss:// (TLS)",
-                ));
+                problems.invalid("store.url", "must start with redis:// or rediss:// (TLS)");
             }
             if !url.starts_with("rediss://") && !store.tls_ca_file.as_os_str().is_empty() {
-                return Err(invalid(
+                problems.invalid(
                     "store.tls_ca_file",
                     "is set but store.url is not rediss://: the connection would not use TLS",
-                ));
+                );
             }
         }
         if self.cooldown.hash_key.expose_secret().is_empty() {
-            return Err(invalid("cooldown.hash_key", "must not be empty"));
+            problems.invalid("cooldown.hash_key", "must not be empty");
         }
-        crate::gates::hours::BusinessHours::new(&self.business_hours).map_err(|e| {
-            ConfigError::InvalidAt {
-                key: e.key.clone(),
-                reason: e.reason.clone(),
-            }
-        })?;
+        if let Err(e) = crate::gates::hours::BusinessHours::new(&self.business_hours) {
+            problems.0.push(ConfigError::InvalidAt {
+                key: e.key,
+                reason: e.reason,
+            });
+        }
         let limits = &self.limits;
         if limits.max_in_flight == 0 {
-            return Err(invalid("limits.max_in_flight", "must be at least 1"));
+            problems.invalid("limits.max_in_flight", "must be at least 1");
         }
         if !(limits.calls_per_second.is_finite() && limits.calls_per_second > 0.0) {
-            return Err(invalid(
-                "limits.calls_per_second",
-                "must be a positive number",
-            ));
+            problems.invalid("limits.calls_per_second", "must be a positive number");
         }
         if limits.burst == 0 {
-            return Err(invalid("limits.burst", "must be at least 1"));
+            problems.invalid("limits.burst", "must be at least 1");
         }
         if !(limits.per_caller_calls_per_second.is_finite()
             && limits.per_caller_calls_per_second >= 0.0)
         {
-            return Err(invalid(
+            problems.invalid(
                 "limits.per_caller_calls_per_second",
                 "must be 0 (off) or a positive number",
-            ));
+            );
         }
         if !(limits.throttle_factor > 0.0 && limits.throttle_factor <= 1.0) {
-            return Err(invalid("limits.throttle_factor", "must be in (0, 1]"));
+            problems.invalid("limits.throttle_factor", "must be in (0, 1]");
         }
         if self.dnc.reload_interval_ms == 0 {
-            return Err(invalid("dnc.reload_interval_ms", "must be positive"));
+            problems.invalid("dnc.reload_interval_ms", "must be positive");
         }
         if self.dnc.shared && self.store.backend != StoreBackend::Redis {
-            return Err(invalid("dnc.shared", "needs store.backend = \"redis\""));
+            problems.invalid("dnc.shared", "needs store.backend = \"redis\"");
         }
         if self.shutdown.drain_timeout_ms == 0 {
-            return Err(invalid("shutdown.drain_timeout_ms", "must be positive"));
+            problems.invalid("shutdown.drain_timeout_ms", "must be positive");
         }
         if self.log.level.trim().is_empty() {
-            return Err(invalid("log.level", "must not be empty"));
+            problems.invalid("log.level", "must not be empty");
         }
-        Ok(())
+        problems.into_result()
     }
 
     /// The settings as TOML, with the key names of `config/default.toml` and the secrets
@@ -891,6 +905,27 @@ mod tests {
             .to_string();
         assert!(err.contains("drain_timeout"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut s = Settings::load_from(None, Vec::new()).unwrap();
+        s.amqp.prefetch = 0;
+        s.limits.burst = 0;
+        s.log.level = " ".into();
+        let error = s.validate().expect_err("three problems").to_string();
+        assert!(error.starts_with("3 configuration problems:"), "{error}");
+        for key in ["amqp.prefetch", "limits.burst", "log.level"] {
+            assert!(
+                error.contains(&format!("\n  - configuration key `{key}`")),
+                "{error}"
+            );
+        }
+        // One problem reads as before.
+        s.amqp.prefetch = 64;
+        s.limits.burst = 1;
+        let error = s.validate().expect_err("one problem").to_string();
+        assert_eq!(error, "configuration key `log.level`: must not be empty");
     }
 
     #[test]

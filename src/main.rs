@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dialex_worker::config::{Credentials, Settings};
-use dialex_worker::gates::dnc::{DncList, DncSettings};
+use dialex_worker::gates::dnc::{DncList, DncSources};
 use dialex_worker::phone::PhoneNumber;
 use dialex_worker::{app, startup, telemetry};
 
@@ -113,7 +113,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(warning) = settings.public_hash_key() {
                 tracing::warn!("{warning}");
             }
-            let list = DncList::start(DncSettings {
+            let list = DncList::start(DncSources {
                 file: None,
                 reload_interval: Duration::from_secs(60),
                 redis: Some(startup::shared_dnc(&settings)),

@@ -15,9 +15,9 @@ use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
 use crate::dial::DialPolicy;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
-use crate::gates::dnc::{DncList, DncSettings, RedisDnc};
-use crate::gates::hours::BusinessHours;
-use crate::gates::limits::{AnyLimiter, LimitSettings, LocalLimiter, RedisLimiter};
+use crate::gates::dnc::{DncError, DncList, DncSources, RedisDnc};
+use crate::gates::hours::{BusinessHours, CalendarError};
+use crate::gates::limits::{AnyLimiter, LimitError, LimitRules, LocalLimiter, RedisLimiter};
 use crate::health::Health;
 use crate::intake::{Stopped, consume};
 use crate::metrics::{Metrics, PauseCause};
@@ -32,9 +32,15 @@ pub enum RunError {
     Amqp(#[from] AmqpError),
     #[error("could not open the dial-record store: {0}")]
     Store(#[from] StoreError),
-    /// A gate (calendar, do-not-call list, limiter) could not be set up.
-    #[error("{0}")]
-    Gate(String),
+    /// The business-hours calendar is not usable.
+    #[error(transparent)]
+    Calendar(#[from] CalendarError),
+    /// The do-not-call list could not be loaded.
+    #[error(transparent)]
+    Dnc(#[from] DncError),
+    /// The shared limiter could not be set up.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
 }
 
 /// The shared do-not-call set in the store's Redis, as the worker and `dialex-worker dnc`
@@ -48,9 +54,9 @@ pub fn shared_dnc(settings: &Settings) -> RedisDnc {
     }
 }
 
-fn dnc_settings(settings: &Settings) -> DncSettings {
+fn dnc_sources(settings: &Settings) -> DncSources {
     let file = &settings.dnc.file;
-    DncSettings {
+    DncSources {
         file: (!file.as_os_str().is_empty()).then(|| file.clone()),
         reload_interval: Duration::from_millis(settings.dnc.reload_interval_ms),
         redis: settings.dnc.shared.then(|| shared_dnc(settings)),
@@ -78,7 +84,7 @@ pub async fn run_with_configured_store<C: CccClient>(
 ) -> Result<(), RunError> {
     let worker = worker_id();
     // A permit outlives a crashed holder by the dial lease: longer than any dial.
-    let limits = LimitSettings::from_config(&settings.limits, settings.store.lease());
+    let limits = LimitRules::from_config(&settings.limits, settings.store.lease());
     match settings.store.backend {
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(&settings.store, worker)?;
@@ -94,8 +100,7 @@ pub async fn run_with_configured_store<C: CccClient>(
                     &settings.store.key_prefix,
                     limits,
                 )
-                .await
-                .map_err(|e| RunError::Gate(e.to_string()))?,
+                .await?,
             );
             run(settings, client, store, limiter, metrics, health, shutdown).await
         }
@@ -126,11 +131,8 @@ pub async fn run<C: CccClient, S: DialStore>(
     });
     let amqp_settings = &settings.amqp;
     let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
-    let hours =
-        BusinessHours::new(&settings.business_hours).map_err(|e| RunError::Gate(e.to_string()))?;
-    let dnc = DncList::start(dnc_settings(settings))
-        .await
-        .map_err(|e| RunError::Gate(e.to_string()))?;
+    let hours = BusinessHours::new(&settings.business_hours)?;
+    let dnc = DncList::start(dnc_sources(settings)).await?;
     let halt = Arc::new(Halt::default());
     let pipeline = Arc::new(Pipeline {
         client,

@@ -76,7 +76,7 @@ const MAX_REPORTED_LINES: usize = 20;
 
 /// Where the do-not-call list comes from. A plain struct the caller fills from configuration.
 #[derive(Debug)]
-pub struct DncSettings {
+pub struct DncSources {
     /// The list file; `None` for no file.
     pub file: Option<PathBuf>,
     /// How often the file is checked for changes. Must be positive.
@@ -181,7 +181,7 @@ impl DncList {
     /// its list would dial people who opted out), [`DncError::Settings`] for a zero reload
     /// interval or an empty Redis key prefix or hash key, and [`DncError::Redis`] if Redis
     /// cannot be reached in time or refuses to read the set.
-    pub async fn start(settings: DncSettings) -> Result<DncList, DncError> {
+    pub async fn start(settings: DncSources) -> Result<DncList, DncError> {
         if settings.file.is_some() && settings.reload_interval.is_zero() {
             return Err(DncError::Settings("the reload interval must be positive"));
         }
@@ -717,8 +717,8 @@ mod tests {
         std::fs::rename(&tmp, path).expect("rename over the list");
     }
 
-    fn file_settings(path: PathBuf) -> DncSettings {
-        DncSettings {
+    fn file_sources(path: PathBuf) -> DncSources {
+        DncSources {
             file: Some(path),
             reload_interval: INTERVAL,
             redis: None,
@@ -757,7 +757,7 @@ mod tests {
         }
     }
 
-    async fn start_or_explain(settings: DncSettings) -> DncList {
+    async fn start_or_explain(settings: DncSources) -> DncList {
         match DncList::start(settings).await {
             Ok(list) => list,
             Err(e) => panic!(
@@ -824,7 +824,7 @@ mod tests {
             "# list\n+86 157-3203-6617\n\ngarbage line\n(022) 8519 6281\n",
         )
         .expect("write list");
-        let list = DncList::start(file_settings(path))
+        let list = DncList::start(file_sources(path))
             .await
             .expect("list loads");
         assert!(listed(&list, "15732036617").await);
@@ -840,7 +840,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "15732036617\n").expect("write list");
-        let list = DncList::start(file_settings(path.clone()))
+        let list = DncList::start(file_sources(path.clone()))
             .await
             .expect("list loads");
         assert!(!listed(&list, "13000000000").await);
@@ -870,7 +870,7 @@ mod tests {
         std::os::unix::fs::symlink("..v1", dir.path("..data")).expect("data link");
         std::os::unix::fs::symlink("..data/dnc.txt", dir.path("dnc.txt")).expect("file link");
 
-        let list = DncList::start(file_settings(dir.path("dnc.txt")))
+        let list = DncList::start(file_sources(dir.path("dnc.txt")))
             .await
             .expect("list loads through symlinks");
         assert!(listed(&list, "15732036617").await);
@@ -888,7 +888,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "15732036617\n").expect("write list");
-        let list = DncList::start(file_settings(path.clone()))
+        let list = DncList::start(file_sources(path.clone()))
             .await
             .expect("list loads");
         // Same length, same modification time: only the inode tells them apart.
@@ -912,7 +912,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "15732036617\n").expect("write list");
-        let list = DncList::start(file_settings(path.clone()))
+        let list = DncList::start(file_sources(path.clone()))
             .await
             .expect("list loads");
         std::fs::remove_file(&path).expect("delete list");
@@ -930,7 +930,7 @@ mod tests {
     async fn a_missing_file_at_start_up_is_an_error() {
         let dir = TempDir::new();
         let path = dir.path("missing.txt");
-        let err = DncList::start(file_settings(path.clone()))
+        let err = DncList::start(file_sources(path.clone()))
             .await
             .expect_err("missing file must fail start-up");
         assert!(
@@ -939,7 +939,7 @@ mod tests {
         );
         assert!(err.to_string().contains("missing.txt"), "{err}");
 
-        let err = DncList::start(file_settings(dir.0.clone()))
+        let err = DncList::start(file_sources(dir.0.clone()))
             .await
             .expect_err("a directory is not a list");
         assert!(matches!(err, DncError::File { .. }), "{err:?}");
@@ -950,7 +950,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "").expect("write list");
-        let mut settings = file_settings(path);
+        let mut settings = file_sources(path);
         settings.reload_interval = Duration::ZERO;
         let err = DncList::start(settings).await.expect_err("zero interval");
         assert!(matches!(err, DncError::Settings(_)), "{err:?}");
@@ -971,7 +971,7 @@ mod tests {
             Err(DncError::NoSharedSet)
         ));
 
-        let nothing = DncList::start(DncSettings {
+        let nothing = DncList::start(DncSources {
             file: None,
             reload_interval: Duration::ZERO,
             redis: None,
@@ -986,7 +986,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "15732036617\n").expect("write list");
-        let list = DncList::start(file_settings(path))
+        let list = DncList::start(file_sources(path))
             .await
             .expect("list loads");
         let file: Weak<FileSet> = Arc::downgrade(list.inner.file.as_ref().expect("a file"));
@@ -1011,7 +1011,7 @@ mod tests {
     async fn the_shared_set_holds_keyed_hashes_and_supports_add_and_remove() {
         let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
         let key = format!("{prefix}:dnc");
-        let list = start_or_explain(DncSettings {
+        let list = start_or_explain(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(redis_settings(&prefix, "test-secret")),
@@ -1044,7 +1044,7 @@ mod tests {
         assert!(!members[0].contains("15732036617"));
 
         // Another hash key cannot see it: every reader must share the key.
-        let other = start_or_explain(DncSettings {
+        let other = start_or_explain(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(redis_settings(&prefix, "another-secret")),
@@ -1075,7 +1075,7 @@ mod tests {
         let path = dir.path("dnc.txt");
         std::fs::write(&path, "15732036617\n").expect("write list");
         let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
-        let list = start_or_explain(DncSettings {
+        let list = start_or_explain(DncSources {
             file: Some(path),
             reload_interval: INTERVAL,
             redis: Some(redis_settings(&prefix, "test-secret")),
@@ -1101,7 +1101,7 @@ mod tests {
     async fn a_wrong_type_key_is_an_error_not_a_no() {
         let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
         let key = format!("{prefix}:dnc");
-        let list = start_or_explain(DncSettings {
+        let list = start_or_explain(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(redis_settings(&prefix, "test-secret")),
@@ -1165,7 +1165,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_redis_fails_the_lookup_quickly() {
-        let list = DncList::start(DncSettings {
+        let list = DncList::start(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {
@@ -1193,7 +1193,7 @@ mod tests {
     #[tokio::test]
     async fn connection_errors_never_show_the_url_or_password() {
         // Port 1 on loopback refuses at once.
-        let err = DncList::start(DncSettings {
+        let err = DncList::start(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {
@@ -1211,7 +1211,7 @@ mod tests {
         }
         assert!(!format!("{err:?}").contains("s3cr"));
 
-        let err = DncList::start(DncSettings {
+        let err = DncList::start(DncSources {
             file: None,
             reload_interval: INTERVAL,
             redis: Some(RedisDnc {

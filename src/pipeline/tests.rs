@@ -17,8 +17,8 @@ use crate::amqp::publisher::{ATTEMPTS_HEADER, DEFERRED_HEADER, NOT_BEFORE_HEADER
 use crate::amqp::{DELIVERY_COUNT_HEADER, PublishError};
 use crate::ccc::{ApiError, DialAccepted, DialParams};
 use crate::config::Settings;
-use crate::gates::dnc::DncSettings;
-use crate::gates::limits::{LimitSettings, LocalLimiter};
+use crate::gates::dnc::DncSources;
+use crate::gates::limits::{LimitRules, LocalLimiter};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Claim, Cooldown, Recorded};
 
@@ -335,7 +335,7 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
     std::fs::write(&dnc_file, format!("{LISTED}\n")).unwrap();
     tweak(&mut s);
     let hours = BusinessHours::new(&s.business_hours).unwrap();
-    let limits = LimitSettings::from_config(&s.limits, s.store.lease());
+    let limits = LimitRules::from_config(&s.limits, s.store.lease());
     let metrics = Arc::new(Metrics::default());
     let pipeline = Pipeline {
         client: Scripted::new(),
@@ -351,7 +351,7 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         callee: CalleeGate::new(&s.cooldown, hours.default_calendar().time_zone()),
         hasher: NumberHasher::new(&s.cooldown),
         hours,
-        dnc: DncList::start(DncSettings {
+        dnc: DncList::start(DncSources {
             file: Some(dnc_file),
             reload_interval: Duration::from_secs(60),
             redis: None,

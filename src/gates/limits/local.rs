@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitSettings, Limiter, Pace, Permit,
+    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit,
     WaitFor, gcra_advance, gcra_wait, lock,
 };
 
@@ -63,8 +63,8 @@ impl InstanceState {
 
 impl LocalLimiter {
     /// A limiter with these settings (out-of-range values are clamped; see
-    /// [`LimitSettings`]).
-    pub fn new(settings: LimitSettings) -> Self {
+    /// [`LimitRules`]).
+    pub fn new(settings: LimitRules) -> Self {
         LocalLimiter {
             shared: Arc::new(Shared {
                 common: Common::new(&settings),
@@ -81,7 +81,7 @@ impl LocalLimiter {
     /// Another limiter on this one's state with other settings: the local stand-in for a
     /// second replica configured differently.
     #[cfg(test)]
-    pub(super) fn sharing_state(&self, settings: LimitSettings) -> LocalLimiter {
+    pub(super) fn sharing_state(&self, settings: LimitRules) -> LocalLimiter {
         LocalLimiter {
             shared: Arc::new(Shared {
                 common: Common::new(&settings),

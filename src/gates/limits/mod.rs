@@ -97,7 +97,7 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const POLL_START: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(50);
 
-/// `[limits]` as configured; see [`LimitSettings`] for what each rule means.
+/// `[limits]` as configured; see [`LimitRules`] for what each rule means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
@@ -112,7 +112,7 @@ pub struct LimitsSettings {
 
 /// How fast and how many `DialEx` calls may run per instance.
 #[derive(Debug, Clone)]
-pub struct LimitSettings {
+pub struct LimitRules {
     /// `DialEx` requests in flight at once per instance (at least 1).
     pub max_in_flight: u32,
     /// Calls started per second per instance (positive).
@@ -133,11 +133,11 @@ pub struct LimitSettings {
     pub throttle_cooldown: Duration,
 }
 
-impl LimitSettings {
+impl LimitRules {
     /// From the `[limits]` configuration, with the permit lease the caller derives from its
     /// HTTP timeout.
     pub fn from_config(limits: &LimitsSettings, permit_lease: Duration) -> Self {
-        LimitSettings {
+        LimitRules {
             max_in_flight: limits.max_in_flight,
             calls_per_second: limits.calls_per_second,
             burst: limits.burst,
@@ -312,7 +312,7 @@ struct Rules {
 }
 
 impl Rules {
-    fn new(s: &LimitSettings) -> Rules {
+    fn new(s: &LimitRules) -> Rules {
         let mut rules = Rules {
             max_in_flight: s.max_in_flight.max(1),
             interval: interval(s.calls_per_second).unwrap_or(Duration::from_secs(1)),
@@ -441,7 +441,7 @@ struct Common {
 }
 
 impl Common {
-    fn new(settings: &LimitSettings) -> Common {
+    fn new(settings: &LimitRules) -> Common {
         Common {
             rules: Rules::new(settings),
             throttles: Mutex::new(HashMap::new()),

@@ -51,8 +51,7 @@ use redis::{RedisError, Script};
 use secrecy::SecretString;
 
 use super::{
-    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitSettings, Limiter, Pace, Permit,
-    WaitFor,
+    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, WaitFor,
 };
 use crate::redis_conn::{self, Redactor, Timeouts};
 
@@ -198,7 +197,7 @@ impl RedisLimiter {
         url: &SecretString,
         tls_ca_file: &Path,
         key_prefix: &str,
-        settings: LimitSettings,
+        settings: LimitRules,
     ) -> Result<Self, LimitError> {
         let (client, redactor) = redis_conn::open(
             url,

@@ -16,8 +16,8 @@ use super::*;
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Generous pacing, so only the rule under test binds.
-fn settings() -> LimitSettings {
-    LimitSettings {
+fn settings() -> LimitRules {
+    LimitRules {
         max_in_flight: 5,
         calls_per_second: 10_000.0,
         burst: 10_000,
@@ -37,7 +37,7 @@ fn prefix() -> String {
     format!("dialex-test-{}", uuid::Uuid::new_v4())
 }
 
-async fn redis_limiter(prefix: &str, settings: LimitSettings) -> RedisLimiter {
+async fn redis_limiter(prefix: &str, settings: LimitRules) -> RedisLimiter {
     match RedisLimiter::connect(
         &SecretString::from(REDIS_URL),
         Path::new(""),
@@ -372,7 +372,7 @@ async fn local_concurrency_stays_within_max_in_flight() {
 
 #[tokio::test]
 async fn local_dropped_permit_comes_back_at_once() {
-    let limiter = LocalLimiter::new(LimitSettings {
+    let limiter = LocalLimiter::new(LimitRules {
         max_in_flight: 1,
         max_wait: Duration::ZERO,
         ..settings()
@@ -388,7 +388,7 @@ async fn local_dropped_permit_comes_back_at_once() {
 
 #[tokio::test]
 async fn local_expired_lease_frees_the_slot() {
-    let limiter = LocalLimiter::new(LimitSettings {
+    let limiter = LocalLimiter::new(LimitRules {
         max_in_flight: 1,
         permit_lease: Duration::from_millis(200),
         max_wait: Duration::from_secs(3),
@@ -399,7 +399,7 @@ async fn local_expired_lease_frees_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_rate_is_paced() {
-    rate_is_paced(&LocalLimiter::new(LimitSettings {
+    rate_is_paced(&LocalLimiter::new(LimitRules {
         max_in_flight: 100,
         calls_per_second: 20.0,
         burst: 1,
@@ -410,7 +410,7 @@ async fn local_rate_is_paced() {
 
 #[tokio::test]
 async fn local_max_wait_defers() {
-    let limiter = LocalLimiter::new(LimitSettings {
+    let limiter = LocalLimiter::new(LimitRules {
         max_in_flight: 1,
         max_wait: Duration::from_millis(200),
         ..settings()
@@ -421,7 +421,7 @@ async fn local_max_wait_defers() {
 #[tokio::test]
 async fn local_same_pair_waits_a_second() {
     let limiter = LocalLimiter::new(settings());
-    let impatient = limiter.sharing_state(LimitSettings {
+    let impatient = limiter.sharing_state(LimitRules {
         max_wait: Duration::from_millis(300),
         ..settings()
     });
@@ -430,7 +430,7 @@ async fn local_same_pair_waits_a_second() {
 
 #[tokio::test]
 async fn local_per_caller_is_paced() {
-    per_caller_is_paced(&LocalLimiter::new(LimitSettings {
+    per_caller_is_paced(&LocalLimiter::new(LimitRules {
         per_caller_calls_per_second: 4.0,
         ..settings()
     }))
@@ -439,7 +439,7 @@ async fn local_per_caller_is_paced() {
 
 #[tokio::test]
 async fn local_throttling_slows_the_instance() {
-    throttling_slows_the_instance(&LocalLimiter::new(LimitSettings {
+    throttling_slows_the_instance(&LocalLimiter::new(LimitRules {
         max_in_flight: 10,
         calls_per_second: 40.0,
         burst: 1,
@@ -450,7 +450,7 @@ async fn local_throttling_slows_the_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_waiters_queue_instead_of_stampeding() {
-    let limiter = LocalLimiter::new(LimitSettings {
+    let limiter = LocalLimiter::new(LimitRules {
         max_in_flight: 2,
         calls_per_second: 40.0,
         burst: 1,
@@ -461,7 +461,7 @@ async fn local_waiters_queue_instead_of_stampeding() {
 
 #[tokio::test]
 async fn local_state_is_swept_once_idle() {
-    let limiter = LocalLimiter::new(LimitSettings {
+    let limiter = LocalLimiter::new(LimitRules {
         per_caller_calls_per_second: 1000.0,
         ..settings()
     });
@@ -501,7 +501,7 @@ async fn redis_semaphore_is_global_across_replicas() {
 async fn redis_dropped_permit_comes_back() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             max_in_flight: 1,
             max_wait: Duration::from_secs(5),
             ..settings()
@@ -526,7 +526,7 @@ async fn redis_dropped_permit_comes_back() {
 async fn redis_expired_lease_frees_the_slot() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             max_in_flight: 1,
             permit_lease: Duration::from_millis(200),
             max_wait: Duration::from_secs(3),
@@ -542,7 +542,7 @@ async fn redis_expired_lease_frees_the_slot() {
 async fn redis_rate_is_paced() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             max_in_flight: 100,
             calls_per_second: 20.0,
             burst: 1,
@@ -557,7 +557,7 @@ async fn redis_rate_is_paced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_rate_is_global_across_replicas() {
     let prefix = prefix();
-    let rules = LimitSettings {
+    let rules = LimitRules {
         max_in_flight: 100,
         calls_per_second: 20.0,
         burst: 1,
@@ -587,7 +587,7 @@ async fn redis_rate_is_global_across_replicas() {
 async fn redis_waiters_queue_instead_of_stampeding() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             max_in_flight: 2,
             calls_per_second: 40.0,
             burst: 1,
@@ -602,7 +602,7 @@ async fn redis_waiters_queue_instead_of_stampeding() {
 #[tokio::test]
 async fn redis_max_wait_defers() {
     let prefix = prefix();
-    let rules = LimitSettings {
+    let rules = LimitRules {
         max_in_flight: 1,
         max_wait: Duration::from_millis(200),
         ..settings()
@@ -619,7 +619,7 @@ async fn redis_same_pair_waits_a_second() {
     let limiter = redis_limiter(&prefix, settings()).await;
     let impatient = redis_limiter(
         &prefix,
-        LimitSettings {
+        LimitRules {
             max_wait: Duration::from_millis(300),
             ..settings()
         },
@@ -633,7 +633,7 @@ async fn redis_same_pair_waits_a_second() {
 async fn redis_per_caller_is_paced() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             per_caller_calls_per_second: 4.0,
             ..settings()
         },
@@ -647,7 +647,7 @@ async fn redis_per_caller_is_paced() {
 async fn redis_throttling_slows_the_instance() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             max_in_flight: 10,
             calls_per_second: 40.0,
             burst: 1,
@@ -663,7 +663,7 @@ async fn redis_throttling_slows_the_instance() {
 async fn redis_keys_expire_and_hold_server_time() {
     let limiter = redis_limiter(
         &prefix(),
-        LimitSettings {
+        LimitRules {
             calls_per_second: 2.0,
             burst: 1,
             per_caller_calls_per_second: 1.0,
@@ -784,7 +784,7 @@ fn gcra_lets_a_burst_through_then_spaces_calls() {
 
 #[test]
 fn out_of_range_settings_are_clamped() {
-    let rules = Rules::new(&LimitSettings {
+    let rules = Rules::new(&LimitRules {
         max_in_flight: 0,
         calls_per_second: f64::NAN,
         burst: 0,
@@ -801,7 +801,7 @@ fn out_of_range_settings_are_clamped() {
     assert_eq!(rules.max_wait, MAX_DURATION);
     assert_eq!(rules.lease, Duration::from_millis(1));
     assert_eq!(rules.throttle_factor, 1.0);
-    let tiny = Rules::new(&LimitSettings {
+    let tiny = Rules::new(&LimitRules {
         calls_per_second: 1e-300,
         throttle_factor: 1e-9,
         ..settings()
@@ -813,7 +813,7 @@ fn out_of_range_settings_are_clamped() {
 
 #[test]
 fn pace_follows_rate_burst_and_throttling() {
-    let rules = Rules::new(&LimitSettings {
+    let rules = Rules::new(&LimitRules {
         calls_per_second: 10.0,
         burst: 5,
         per_caller_calls_per_second: 2.0,
@@ -834,7 +834,7 @@ fn pace_follows_rate_burst_and_throttling() {
 
 #[tokio::test]
 async fn throttling_lasts_for_the_cooldown_only() {
-    let common = Common::new(&LimitSettings {
+    let common = Common::new(&LimitRules {
         calls_per_second: 10.0,
         throttle_cooldown: Duration::from_millis(150),
         ..settings()
