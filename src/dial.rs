@@ -155,14 +155,14 @@ pub async fn dial<C: CccClient>(
             Err(failure)
                 if policy.replay_ambiguous
                     && policy.classifier.class(&failure) == ErrorClass::Ambiguous
-                    && failure.code() != "SignatureNonceUsed" =>
+                    && !failure.is_nonce_replay() =>
             {
                 resolve_by_replay(client, &signed, failure, policy, metrics).await
             }
             other => other,
         };
         answer.map_err(|failure| {
-            if failure.code().starts_with("Throttling") {
+            if failure.is_throttling() {
                 throttled.store(true, Ordering::Relaxed);
             }
             Attempt::Failed(failure)
@@ -215,7 +215,7 @@ async fn resolve_by_replay<C: CccClient>(
             Ok(accepted)
         }
         Err(replay) => {
-            let arrived = replay.code() == "SignatureNonceUsed";
+            let arrived = replay.is_nonce_replay();
             tracing::warn!(
                 first = first.code(),
                 replay = replay.code(),

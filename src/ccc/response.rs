@@ -203,6 +203,35 @@ impl DialFailure {
             DialFailure::Transport { .. } => None,
         }
     }
+
+    /// CCC asks for a slower pace (`Throttling`, `Throttling.User`, `Throttling.Api`, …).
+    pub fn is_throttling(&self) -> bool {
+        self.code().starts_with("Throttling")
+    }
+
+    /// The gateway has already run a request with this nonce: answered to a replay of a
+    /// request that did arrive, so the call may have been placed.
+    pub fn is_nonce_replay(&self) -> bool {
+        self.code() == "SignatureNonceUsed"
+    }
+
+    /// What an operator should check when CCC refuses the worker itself (a systemic answer).
+    pub fn remedy(&self) -> &'static str {
+        let code = self.code();
+        if code.starts_with("InvalidAccessKeyId") {
+            "check ALIBABA_CLOUD_ACCESS_KEY_ID (and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials)"
+        } else if code == "SignatureDoesNotMatch" || code == "IncompleteSignature" {
+            "check ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+        } else if code.starts_with("InvalidTimeStamp") {
+            "check the clock of this machine (NTP); CCC accepts requests within 15 minutes of its time"
+        } else if code == "http_redirect" {
+            "ccc.endpoint answers with a redirect, which is never followed: set it to the gateway itself"
+        } else if code.starts_with("Forbidden") {
+            "check the RAM permissions of the AccessKey (ccc:DialEx) and the account's status"
+        } else {
+            "check the ALIBABA_CLOUD_* credentials, ccc.endpoint and the clock"
+        }
+    }
 }
 
 /// The gateway's JSON body; every field optional because error and success bodies differ and
@@ -323,6 +352,39 @@ fn bare_status_failure(http_status: u16, body: &[u8]) -> DialFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answered(code: &str) -> DialFailure {
+        DialFailure::Api(Box::new(ApiError {
+            http_status: 400,
+            request_id: None,
+            host_id: None,
+            code: code.to_owned(),
+            message: None,
+            recommend: None,
+            status_code: None,
+            status_desc: None,
+        }))
+    }
+
+    #[test]
+    fn a_failure_says_what_it_means_and_what_to_check() {
+        assert!(answered("Throttling.User").is_throttling());
+        assert!(answered("Throttling").is_throttling());
+        assert!(!answered("ServiceUnavailable").is_throttling());
+        assert!(answered("SignatureNonceUsed").is_nonce_replay());
+        assert!(!answered("SignatureDoesNotMatch").is_nonce_replay());
+        for (code, check) in [
+            ("InvalidAccessKeyId.NotFound", "ALIBABA_CLOUD_ACCESS_KEY_ID"),
+            ("SignatureDoesNotMatch", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
+            ("IncompleteSignature", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
+            ("InvalidTimeStamp.Expired", "clock"),
+            ("http_redirect", "ccc.endpoint"),
+            ("Forbidden.RAM", "RAM permissions"),
+            ("InvalidSecurityToken.Expired", "credentials"),
+        ] {
+            assert!(answered(code).remedy().contains(check), "{code}");
+        }
+    }
 
     #[test]
     fn the_documented_success_body_parses() {

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HaltCause {
     /// CCC refused the worker itself (credentials, signature, clock).
-    #[error("CCC answered {}: {}; {}", .0.code(), .0.message().unwrap_or("no message"), remedy(.0.code()))]
+    #[error("CCC answered {}: {}; {}", .0.code(), .0.message().unwrap_or("no message"), .0.remedy())]
     Ccc(DialFailure),
     /// The dial-record store failed: without it no request can be dialed safely.
     #[error("the dial-record store failed: {0}")]
@@ -20,23 +20,6 @@ pub enum HaltCause {
     /// nothing more is dialed (its outcome could not be delivered).
     #[error("RabbitMQ does not take the worker's publishes: {0}")]
     Broker(String),
-}
-
-/// What an operator should check for a systemic answer.
-fn remedy(code: &str) -> &'static str {
-    if code.starts_with("InvalidAccessKeyId") {
-        "check ALIBABA_CLOUD_ACCESS_KEY_ID (and ALIBABA_CLOUD_SECURITY_TOKEN for STS credentials)"
-    } else if code == "SignatureDoesNotMatch" || code == "IncompleteSignature" {
-        "check ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-    } else if code.starts_with("InvalidTimeStamp") {
-        "check the clock of this machine (NTP); CCC accepts requests within 15 minutes of its time"
-    } else if code == "http_redirect" {
-        "ccc.endpoint answers with a redirect, which is never followed: set it to the gateway itself"
-    } else if code.starts_with("Forbidden") {
-        "check the RAM permissions of the AccessKey (ccc:DialEx) and the account's status"
-    } else {
-        "check the ALIBABA_CLOUD_* credentials, ccc.endpoint and the clock"
-    }
 }
 
 /// Raised when the worker must stop consuming because every request would fail the same
