@@ -1,16 +1,35 @@
 //! dialex-worker: turns "please call this customer" messages on RabbitMQ into Alibaba Cloud
 //! Call Center `DialEx` calls, and publishes one outcome event per request.
 //!
-//! The pipeline, one module per stage:
+//! One request's path, each stage a module that returns a decision:
 //!
 //! ```text
-//! intake -> validate -> dial -> outcome (publish, confirmed) -> settle (ack)
+//! intake      a delivery from dial.requests (manual ack, bounded prefetch)
+//!   validate  the body into a DialRequest, or a `rejected` outcome and a dead letter
+//!   dedup     claim the request_id in the store, or answer from what it holds
+//!   gates     expiry, business hours and not_before, do-not-call, callee cooldown and daily
+//!             cap, concurrency and pacing; or wait on a deferral tier (defer)
+//!   dial      DialEx, retrying only what cannot have rung anyone
+//!   record    the result into the store, before anything is published
+//!   outcome   the event, published and confirmed
+//! settle      ack (or give back) only then
 //! ```
 //!
-//! [`pipeline`] wires the stages for one request; [`startup`] builds the whole worker from
-//! [`config::Settings`]. Adapters sit at the edges: [`amqp`] (connections, topology, confirmed
-//! publisher) and [`ccc`] (signing, client, answers). The stages in the middle speak
-//! domain types ([`validate::DialRequest`], [`outcome::OutcomeEvent`], [`dial::DialResult`]).
+//! [`pipeline`] holds that path (`dedup`, `gates`, `record` are its stages; `execute` is the
+//! one place that talks to the broker); [`intake`] feeds it and [`settle`] ends it.
+//! [`startup`] wires the stages from [`config::Settings`] and supervises the broker session;
+//! [`app`] is the worker built once, for `run`, the tests, the demo and the bench.
+//!
+//! Edges, behind small traits where the pipeline meets them: [`amqp`] (connections, topology,
+//! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (signing, the client, answers and
+//! their classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
+//! Redis; [`store::DialStore`]). Around them: [`gates`] (the checks before a dial), [`dial`],
+//! [`defer`] (wait tiers), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`]
+//! (`/healthz`, `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of
+//! the small HTTP servers). Private: `redis_conn` (one careful way to reach Redis), `tls` (the
+//! CA files), `test_hooks` (faults for tests, behind a feature).
+//!
+//! The CCC simulator, the test harness, the demo and the bench are the `dialex-devkit` crate's.
 
 pub mod accept;
 pub mod amqp;
