@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ccc::{ClientBuildError, HttpCccClient};
-use crate::config::{ConfigError, Credentials, Settings};
+use crate::config::{ConfigError, Settings};
+use crate::credentials::{Credentials, CredentialsError};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::startup::{self, RunError};
@@ -24,6 +25,8 @@ use crate::telemetry;
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error("the CCC client could not be built: {0}")]
     Client(#[from] ClientBuildError),
     #[error("binding http.listen {listen}: {source}")]

@@ -36,6 +36,7 @@ pub mod amqp;
 pub mod app;
 pub mod ccc;
 pub mod config;
+pub mod credentials;
 pub mod defer;
 pub mod dial;
 pub mod gates;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use dialex_worker::config::{Credentials, Settings};
+use dialex_worker::config::Settings;
+use dialex_worker::credentials::Credentials;
 use dialex_worker::gates::dnc::{DncList, DncSources};
 use dialex_worker::phone::PhoneNumber;
 use dialex_worker::{app, startup, telemetry};

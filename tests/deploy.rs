@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use dialex_worker::amqp::topology;
 use dialex_worker::ccc::ErrorClass;
-use dialex_worker::config::{Credentials, LogFormat, Settings, StoreBackend};
+use dialex_worker::config::{LogFormat, Settings, StoreBackend};
+use dialex_worker::credentials::Credentials;
 use dialex_worker::defer::Tiers;
 use dialex_worker::gates::hours::BusinessHours;
 use dialex_worker::health::{self, Health};

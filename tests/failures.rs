@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::{Fault, SimConfig, Simulator};
-use dialex_worker::config::Credentials;
+use dialex_worker::credentials::Credentials;
 use dialex_worker::outcome::Status;
 use helpers::{WAIT, assert_dialed_once, callee, only_outcome, request, settings, started};
 

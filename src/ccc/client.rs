@@ -13,7 +13,8 @@ use secrecy::ExposeSecret;
 use super::response::{DialFailure, ErrorClass, parse_answer};
 use super::sign::{push_encoded, sign};
 use super::{CccClient, DialAccepted, DialParams};
-use crate::config::{CccSettings, Credentials};
+use crate::config::CccSettings;
+use crate::credentials::Credentials;
 
 /// The DialEx API version this client speaks.
 pub const API_VERSION: &str = "2017-07-05";

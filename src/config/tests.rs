@@ -1,0 +1,329 @@
+use super::render::redacted_url;
+use super::*;
+
+fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    Settings::load_from(
+        None,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn defaults_load_and_validate() {
+    let s = load(&[]).unwrap();
+    assert_eq!(s.amqp.prefetch, 64);
+    assert_eq!(s.amqp.names.request_queue, "dial.requests");
+    assert_eq!(s.ccc.endpoint, "https://ccc.cn-shanghai.aliyuncs.com");
+    assert_eq!(s.ccc.region_id, "cn-shanghai");
+    assert_eq!(s.log.format, LogFormat::Pretty);
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let s = load(&[
+        ("DIALEX_AMQP__PREFETCH", "7"),
+        ("DIALEX_AMQP__NAMES__REQUEST_QUEUE", "q"),
+        ("DIALEX_CCC__ENDPOINT", "http://127.0.0.1:9999"),
+        ("OTHER_AMQP__PREFETCH", "9"),
+        ("DIALEX_DEFERRAL__TIERS_MS", "1000,60000"),
+        (
+            "DIALEX_BUSINESS_HOURS__WEEKLY__SAT",
+            "08:00-12:00,13:00-17:00",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.business_hours.default.weekly["sat"],
+        ["08:00-12:00", "13:00-17:00"]
+    );
+    assert_eq!(s.deferral.tiers_ms, [1000, 60000]);
+    assert_eq!(s.amqp.prefetch, 7);
+    assert_eq!(s.amqp.names.request_queue, "q");
+    assert_eq!(s.ccc.endpoint, "http://127.0.0.1:9999");
+}
+
+#[test]
+fn a_file_layers_over_the_defaults() {
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "[ccc]\nregion_id = \"cn-beijing\"\n").unwrap();
+    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+    assert_eq!(s.ccc.region_id, "cn-beijing");
+    assert_eq!(s.amqp.prefetch, 64);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("DIALEX_AMQP__PREFETCH", "0")], "amqp.prefetch"),
+        (&[("DIALEX_AMQP__URL", "http://x")], "amqp.url"),
+        (
+            &[("DIALEX_CCC__ENDPOINT", "http://ccc.example.com")],
+            "ccc.endpoint",
+        ),
+        (&[("DIALEX_CCC__ENDPOINT", "ftp://x")], "ccc.endpoint"),
+        (&[("DIALEX_CCC__MAX_ATTEMPTS", "0")], "ccc.max_attempts"),
+        (
+            &[("DIALEX_CCC__REQUEST_TIMEOUT_MS", "1")],
+            "ccc.request_timeout_ms",
+        ),
+        (
+            &[("DIALEX_AMQP__NAMES__DEAD_QUEUE", "")],
+            "amqp.names.dead_queue",
+        ),
+        (
+            &[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "0")],
+            "shutdown.drain_timeout_ms",
+        ),
+    ];
+    for (env, key) in cases {
+        let err = load(env).unwrap_err().to_string();
+        assert!(err.contains(key), "{env:?}: {err}");
+    }
+    // Type errors from the config crate name the key as well.
+    let err = load(&[("DIALEX_AMQP__PREFETCH", "lots")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefetch"), "{err}");
+}
+
+#[test]
+fn error_classes_extend_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "[ccc.error_classes]\n\"Busy.*\" = \"retryable\"\n\"Forbidden.Instance\" = \"permanent\"\n",
+    )
+    .unwrap();
+    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+    assert_eq!(
+        s.ccc.error_classes.get("Busy.*"),
+        Some(&crate::ccc::ErrorClass::Retryable)
+    );
+    std::fs::write(&path, "[ccc.error_classes]\n\"X\" = \"maybe\"\n").unwrap();
+    assert!(Settings::load_from(Some(&path), Vec::new()).is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn insecure_http_needs_the_switch() {
+    let s = load(&[
+        ("DIALEX_CCC__ENDPOINT", "http://ccc.internal"),
+        ("DIALEX_CCC__ALLOW_INSECURE_HTTP", "true"),
+    ]);
+    assert!(s.is_ok());
+}
+
+#[test]
+fn drain_timeout_defaults_to_25_seconds_and_must_be_positive() {
+    let s = load(&[]).unwrap();
+    assert_eq!(s.shutdown.drain_timeout(), Duration::from_secs(25));
+    let s = load(&[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "500")]).unwrap();
+    assert_eq!(s.shutdown.drain_timeout(), Duration::from_millis(500));
+    let err = load(&[("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "0")]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                key: "shutdown.drain_timeout_ms",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_shutdown_keys_are_rejected() {
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "[shutdown]\ndrain_timeout = 5000\n").unwrap();
+    let err = Settings::load_from(Some(&path), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("drain_timeout"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut s = Settings::load_from(None, Vec::new()).unwrap();
+    s.amqp.prefetch = 0;
+    s.limits.burst = 0;
+    s.log.level = " ".into();
+    let error = s.validate().expect_err("three problems").to_string();
+    assert!(error.starts_with("3 configuration problems:"), "{error}");
+    for key in ["amqp.prefetch", "limits.burst", "log.level"] {
+        assert!(
+            error.contains(&format!("\n  - configuration key `{key}`")),
+            "{error}"
+        );
+    }
+    // One problem reads as before.
+    s.amqp.prefetch = 64;
+    s.limits.burst = 1;
+    let error = s.validate().expect_err("one problem").to_string();
+    assert_eq!(error, "configuration key `log.level`: must not be empty");
+}
+
+#[test]
+fn a_ca_file_needs_a_tls_url() {
+    let mut s = Settings::load_from(None, Vec::new()).unwrap();
+    s.amqp.tls_ca_file = "ca.pem".into();
+    let error = s
+        .validate()
+        .expect_err("amqp:// with a CA file")
+        .to_string();
+    assert!(error.contains("amqp.tls_ca_file"), "{error}");
+    s.amqp.url = SecretString::from("amqps://u:p@broker:5671/%2f");
+    s.validate().expect("amqps:// with a CA file");
+
+    s.store.backend = StoreBackend::Redis;
+    s.store.tls_ca_file = "ca.pem".into();
+    let error = s
+        .validate()
+        .expect_err("redis:// with a CA file")
+        .to_string();
+    assert!(error.contains("store.tls_ca_file"), "{error}");
+    s.store.url = SecretString::from("rediss://:p@redis:6380/0");
+    s.validate().expect("rediss:// with a CA file");
+    s.store.url = SecretString::from("http://redis:6379/0");
+    let error = s.validate().expect_err("not a Redis URL").to_string();
+    assert!(error.contains("store.url"), "{error}");
+}
+
+#[test]
+fn urls_are_redacted_to_user_host_and_path() {
+    let cases = [
+        (
+            "amqp://alice:s3cret@rabbit:5672/%2f",
+            "amqp://alice:***@rabbit:5672/%2f",
+        ),
+        ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("amqps://bob@rabbit/vh", "amqps://bob@rabbit/vh"),
+        ("s3cret", "***"),
+    ];
+    for (url, shown) in cases {
+        assert_eq!(redacted_url(&SecretString::from(url)), shown);
+    }
+}
+
+#[test]
+fn redacted_toml_loads_back_to_the_same_settings() {
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("in.toml");
+    std::fs::write(
+        &file,
+        r#"
+[ccc.error_classes]
+"Busy.*" = "retryable"
+
+[business_hours]
+closed_dates = ["2026-10-01"]
+weekly = { sat = [] }
+open_dates = { "2026-10-10" = ["09:00-18:00"] }
+
+[business_hours.instances."inst-1"]
+timezone = "Europe/Berlin"
+weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
+"#,
+    )
+    .unwrap();
+    let original = Settings::load_from(
+        Some(&file),
+        [
+            ("DIALEX_AMQP__URL", "amqp://alice:s3cret-pw@rabbit:5672/%2f"),
+            ("DIALEX_STORE__URL", "redis://:r3dis-pw@redis:6379/0"),
+            ("DIALEX_COOLDOWN__HASH_KEY", "hash-key-value"),
+            ("DIALEX_SHUTDOWN__DRAIN_TIMEOUT_MS", "12345"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )
+    .unwrap();
+    let printed = original.to_redacted_toml().unwrap();
+    for secret in ["s3cret-pw", "r3dis-pw", "hash-key-value"] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    let out = dir.join("out.toml");
+    std::fs::write(&out, &printed).unwrap();
+    let reloaded = Settings::load_from(Some(&out), Vec::new()).unwrap();
+    assert_eq!(reloaded.to_redacted_toml().unwrap(), printed);
+    assert_eq!(reloaded.shutdown.drain_timeout_ms, 12345);
+    assert_eq!(
+        reloaded.amqp.url.expose_secret(),
+        "amqp://alice:***@rabbit:5672/%2f"
+    );
+    assert_eq!(
+        reloaded.business_hours.default.weekly["sat"],
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        reloaded.business_hours.instances["inst-1"].weekly["mon"],
+        ["08:00-12:00", "13:00-17:00"]
+    );
+    assert_eq!(
+        reloaded.ccc.error_classes.get("Busy.*"),
+        Some(&ErrorClass::Retryable)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_public_hash_key_is_warned_about_with_either_store() {
+    let defaults = Settings::load_from(None, Vec::new()).unwrap();
+    assert_eq!(defaults.cooldown.hash_key.expose_secret(), DEFAULT_HASH_KEY);
+    let warnings = defaults.warnings();
+    assert_eq!(warnings.len(), 1, "embedded store: the file on disk");
+    assert!(warnings[0].contains("store.data_dir"));
+    let keyed = Settings::load_from(
+        None,
+        vec![(
+            "DIALEX_COOLDOWN__HASH_KEY".to_owned(),
+            "a-real-secret".to_owned(),
+        )],
+    )
+    .unwrap();
+    assert!(keyed.warnings().is_empty());
+
+    let redis = Settings::load_from(
+        None,
+        vec![("DIALEX_STORE__BACKEND".to_owned(), "redis".to_owned())],
+    )
+    .unwrap();
+    let warnings = redis.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("DIALEX_COOLDOWN__HASH_KEY"));
+
+    let keyed = Settings::load_from(
+        None,
+        vec![
+            ("DIALEX_STORE__BACKEND".to_owned(), "redis".to_owned()),
+            (
+                "DIALEX_COOLDOWN__HASH_KEY".to_owned(),
+                "a-real-secret".to_owned(),
+            ),
+        ],
+    )
+    .unwrap();
+    assert!(keyed.warnings().is_empty());
+}
+
+#[test]
+fn an_empty_hash_key_prints_empty() {
+    let mut s = load(&[]).unwrap();
+    s.cooldown.hash_key = SecretString::from("");
+    assert!(s.to_redacted_toml().unwrap().contains("hash_key = \"\"\n"));
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = load(&[("DIALEX_AMQP__URL", "amqp://u:hunter2@h/%2f")]).unwrap();
+    assert!(!format!("{s:?}").contains("hunter2"));
+}
