@@ -18,7 +18,6 @@
 //! Edits should replace the file atomically (write a new file, then rename it over the old one
 //! or re-point a symlink). A poll that lands in the middle of an in-place rewrite may load a
 //! partial list; the next poll corrects it, since the fingerprint changes again.
-//!
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hasher};
