@@ -386,16 +386,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from_pairs(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-        .unwrap()
-    }
-
     fn valid() -> Vec<(&'static str, &'static str)> {
         vec![
             ("Action", "DialEx"),
@@ -411,7 +401,7 @@ mod tests {
     fn code_for(change: impl FnOnce(&mut Vec<(&'static str, &'static str)>)) -> String {
         let mut p = valid();
         change(&mut p);
-        match validate(&params(&p), "nonce") {
+        match validate(&Params::of(&p), "nonce") {
             Ok(_) => "OK".to_owned(),
             Err(e) => e.code.into_owned(),
         }

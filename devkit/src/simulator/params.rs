@@ -59,6 +59,16 @@ impl Params {
         Ok(Self { pairs })
     }
 
+    /// Test parameters from literal pairs, which must not repeat a key.
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> Self {
+        let owned = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::from_pairs(owned).expect("test pairs have distinct keys")
+    }
+
     /// The value of `key`, if present.
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.pairs

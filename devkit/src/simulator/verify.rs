@@ -108,16 +108,6 @@ pub(crate) fn parse_timestamp(value: &str) -> Option<jiff::Timestamp> {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from_pairs(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-        .unwrap()
-    }
-
     /// One published signing case of `testdata/signature-vectors.json`, which the worker's
     /// signer is tested against too: the two canonicalisers are written apart on purpose, the
     /// cases once.
@@ -143,7 +133,7 @@ mod tests {
                 .iter()
                 .map(|(k, val)| (k.as_str(), val.as_str()))
                 .collect();
-            let p = params(&pairs);
+            let p = Params::of(&pairs);
             let computed = string_to_sign(&v.method, &p);
             if let Some(expected) = &v.string_to_sign {
                 assert_eq!(&computed, expected, "{}", v.name);
@@ -156,8 +146,8 @@ mod tests {
 
     #[test]
     fn signature_parameter_is_not_signed() {
-        let with = params(&[("a", "1"), ("Signature", "whatever")]);
-        let without = params(&[("a", "1")]);
+        let with = Params::of(&[("a", "1"), ("Signature", "whatever")]);
+        let without = Params::of(&[("a", "1")]);
         assert_eq!(
             string_to_sign("POST", &with),
             string_to_sign("POST", &without)
