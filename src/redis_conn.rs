@@ -196,9 +196,19 @@ mod tests {
 
     #[test]
     fn urls_and_passwords_are_scrubbed_in_both_encodings() {
-        let r = Redactor::new("redis://user:p%40ss@host:6379/0", |m| m);
-        let out = r.scrub("redis://user:p%40ss@host:6379/0 said p%40ss and p@ss".to_owned());
+        let url = "redis://user:p%40ss@host:6379/0";
+        let r = Redactor::new(url, |m| m);
+        let out = r.scrub(format!("{url} said p%40ss and p@ss"));
         assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
         assert!(out.contains("[redacted]"));
+        // The same through `error`, for a Redis error whose detail quotes them.
+        let err =
+            redis::RedisError::from((redis::ErrorKind::Io, "boom", format!("{url} p@ss p%40ss")));
+        let out = r.error("x", &err);
+        assert!(!out.contains("p%40ss") && !out.contains("p@ss"), "{out}");
+        assert!(
+            out.starts_with("x: ") && out.contains("[redacted]"),
+            "{out}"
+        );
     }
 }

@@ -37,6 +37,8 @@
 //! Two backends: [`embedded`] (a file-backed database, one replica) and [`redis`] (many
 //! replicas; atomic scripts; expiries and leases on Redis server time).
 
+#[cfg(test)]
+mod contract;
 pub mod embedded;
 pub mod redis;
 

@@ -538,9 +538,11 @@ fn backend(message: String) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use redis::AsyncCommands;
+
     use super::*;
     use crate::config::{Settings, StoreBackend};
-    use redis::AsyncCommands;
+    use crate::store::contract::{Backend, DAY, FP, Kind, RawRecord, WORKER, contract_tests};
 
     const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -585,688 +587,176 @@ mod tests {
         conn.get(key).await.expect("GET")
     }
 
-    fn id() -> String {
-        uuid::Uuid::new_v4().to_string()
-    }
-
-    /// The fingerprint of the request every test claims for, and of a different request.
-    const FP: &str = "f1f1f1";
-    const OTHER_FP: &str = "0b0b0b";
-
-    #[tokio::test]
-    async fn claim_record_lifecycle() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let b = connect(&settings, "worker-b").await;
-        let request = id();
-
-        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        // The token is exactly what is stored, and names us with a lease on Redis's clock.
-        let key = a.record_key(&request);
-        assert_eq!(get(&a, &key).await.as_deref(), Some(token.0.as_slice()));
-        let Record::Claimed {
-            worker,
-            lease_until_ms,
-            fingerprint,
-        } = Record::decode(&token.0).unwrap()
-        else {
-            panic!("token must be a claim");
-        };
-        assert_eq!(worker, "worker-a");
-        assert_eq!(fingerprint.as_deref(), Some(FP));
-        let mut conn = a.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-        let server_now = secs * 1000 + micros / 1000;
-        assert!(
-            lease_until_ms > server_now && lease_until_ms <= server_now + 60_000,
-            "lease end {lease_until_ms} must be within the lease of server time {server_now}"
-        );
-        let ttl = pttl(&a, &key).await;
-        assert!(ttl > 60_000 && ttl <= 120_000, "claim PTTL {ttl}");
-
-        // Another worker, and a second delivery in the same worker, both see a live claim.
-        for store in [&b, &a] {
-            match store.claim(&request, FP).await.unwrap() {
-                Claim::Held { worker, remaining } => {
-                    assert_eq!(worker, "worker-a");
-                    assert!(remaining > Duration::ZERO && remaining <= Duration::from_secs(60));
-                }
-                other => panic!("expected Held, got {other:?}"),
-            }
-        }
-
-        let event = br#"{"status":"dialed","event_id":"e1"}"#;
-        assert_eq!(
-            a.record(&request, &token, event).await.unwrap(),
-            Recorded::Stored
-        );
-        let ttl_after = pttl(&a, &key).await;
-        assert!(
-            ttl_after > 0 && ttl_after <= ttl,
-            "record keeps the claim's TTL: {ttl_after} vs {ttl}"
-        );
-        assert_eq!(
-            b.claim(&request, FP).await.unwrap(),
-            Claim::Recorded {
-                event: event.to_vec()
-            }
-        );
-        // Recording again with the same token (a retry after a lost answer) is harmless.
-        assert_eq!(
-            a.record(&request, &token, b"{}").await.unwrap(),
-            Recorded::Earlier(event.to_vec())
-        );
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn a_record_marked_published_by_an_earlier_version_is_still_a_result() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-        let key = a.record_key(&request);
-        let event = br#"{"status":"dialed","event_id":"e0"}"#;
-        let mut stored = b"P|".to_vec();
-        stored.extend_from_slice(event);
-        let mut conn = a.conn.clone();
-        let _: () = conn
-            .pset_ex(&key, stored.as_slice(), 60_000)
-            .await
-            .expect("PSETEX");
-
-        assert_eq!(
-            a.claim(&request, FP).await.unwrap(),
-            Claim::Recorded {
-                event: event.to_vec()
-            }
-        );
-        let token = ClaimToken(b"C|worker-a|1".to_vec());
-        assert_eq!(
-            a.record(&request, &token, b"{}").await.unwrap(),
-            Recorded::Earlier(event.to_vec())
-        );
-        a.release(&request, &token).await.unwrap();
-        assert_eq!(get(&a, &key).await, Some(stored));
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn a_claim_and_its_result_carry_the_requests_fingerprint() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-        let key = a.record_key(&request);
-        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        assert!(token.0.starts_with(b"C#f1f1f1|worker-a|"));
-        a.record(&request, &token, b"{}").await.unwrap();
-        assert_eq!(get(&a, &key).await.as_deref(), Some(&b"R#f1f1f1|{}"[..]));
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn a_reused_request_id_is_reported_and_changes_nothing() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let b = connect(&settings, "worker-b").await;
-        let request = id();
-        let key = a.record_key(&request);
-
-        // On a live claim: the claim and its lease stay, its holder goes on.
-        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        let ttl = pttl(&a, &key).await;
-        assert_eq!(b.claim(&request, OTHER_FP).await.unwrap(), Claim::Reused);
-        assert_eq!(get(&a, &key).await.as_deref(), Some(token.0.as_slice()));
-        let ttl_after = pttl(&a, &key).await;
-        assert!(
-            ttl_after > 0 && ttl_after <= ttl,
-            "TTL {ttl_after} vs {ttl}"
-        );
-        assert!(matches!(
-            b.claim(&request, FP).await.unwrap(),
-            Claim::Held { worker, .. } if worker == "worker-a"
-        ));
-
-        // On a result: the result stays, and is still the first request's answer.
-        let event = br#"{"status":"dialed","task_id":"t-1"}"#;
-        assert_eq!(
-            a.record(&request, &token, event).await.unwrap(),
-            Recorded::Stored
-        );
-        let stored = get(&a, &key).await;
-        for _ in 0..2 {
-            assert_eq!(b.claim(&request, OTHER_FP).await.unwrap(), Claim::Reused);
-        }
-        assert_eq!(get(&a, &key).await, stored);
-        assert_eq!(
-            b.claim(&request, FP).await.unwrap(),
-            Claim::Recorded {
-                event: event.to_vec()
-            }
-        );
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn a_reused_request_id_on_an_abandoned_claim_leaves_it_to_be_resolved() {
-        let settings = settings(50);
-        let dead = connect(&settings, "worker-dead").await;
-        let other = connect(&settings, "worker-other").await;
-        let request = id();
-        let key = other.record_key(&request);
-
-        let Claim::Acquired(original) = dead.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(
-            other.claim(&request, OTHER_FP).await.unwrap(),
-            Claim::Reused
-        );
-        assert_eq!(
-            get(&other, &key).await.as_deref(),
-            Some(original.0.as_slice())
-        );
-        // The first request's redelivery still finds it abandoned, with the same token.
-        assert_eq!(
-            other.claim(&request, FP).await.unwrap(),
-            Claim::Abandoned(original.clone())
-        );
-        let unknown = br#"{"status":"unknown","code":"interrupted"}"#;
-        assert_eq!(
-            other.record(&request, &original, unknown).await.unwrap(),
-            Recorded::Stored
-        );
-        assert_eq!(
-            other.claim(&request, OTHER_FP).await.unwrap(),
-            Claim::Reused
-        );
-
-        cleanup(&other).await;
-    }
-
-    #[tokio::test]
-    async fn records_written_before_fingerprints_match_any_request() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let mut conn = a.conn.clone();
-        let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-        let live = format!("C|worker-b|{}", (secs + 60) * 1000);
-        let [live_id, dead_id, recorded_id] = [id(), id(), id()];
-        let event = br#"{"status":"dialed"}"#;
-        let mut recorded = b"R|".to_vec();
-        recorded.extend_from_slice(event);
-        for (request, value) in [
-            (&live_id, live.as_bytes()),
-            (&dead_id, &b"C|worker-b|1"[..]),
-            (&recorded_id, recorded.as_slice()),
-        ] {
-            let _: () = conn
-                .pset_ex(a.record_key(request), value, 60_000)
-                .await
-                .expect("PSETEX");
-        }
-
-        for fingerprint in [FP, OTHER_FP] {
-            assert!(matches!(
-                a.claim(&live_id, fingerprint).await.unwrap(),
-                Claim::Held { worker, .. } if worker == "worker-b"
-            ));
-            assert_eq!(
-                a.claim(&dead_id, fingerprint).await.unwrap(),
-                Claim::Abandoned(ClaimToken(b"C|worker-b|1".to_vec()))
-            );
-            assert_eq!(
-                a.claim(&recorded_id, fingerprint).await.unwrap(),
-                Claim::Recorded {
-                    event: event.to_vec()
-                }
-            );
-        }
-        // Resolved with its old token, the old claim leaves a result without a fingerprint.
-        let stale = ClaimToken(b"C|worker-b|1".to_vec());
-        assert_eq!(
-            a.record(&dead_id, &stale, b"{}").await.unwrap(),
-            Recorded::Stored
-        );
-        assert_eq!(
-            get(&a, &a.record_key(&dead_id)).await.as_deref(),
-            Some(&b"R|{}"[..])
-        );
-        assert_eq!(
-            a.claim(&dead_id, OTHER_FP).await.unwrap(),
-            Claim::Recorded {
-                event: b"{}".to_vec()
-            }
-        );
-        a.release(&live_id, &ClaimToken(live.into_bytes()))
-            .await
-            .unwrap();
-        assert_eq!(get(&a, &a.record_key(&live_id)).await, None);
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn a_fingerprint_the_encoding_cannot_hold_is_refused_before_redis_is_asked() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-        for bad in ["", "a|b", "a#b"] {
-            assert!(matches!(
-                a.claim(&request, bad).await,
-                Err(StoreError::InvalidFingerprint)
-            ));
-        }
-        assert_eq!(get(&a, &a.record_key(&request)).await, None);
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_is_abandoned_and_resolved_once() {
-        let settings = settings(50);
-        let dead = connect(&settings, "worker-dead").await;
-        let other = connect(&settings, "worker-other").await;
-        let request = id();
-
-        let Claim::Acquired(original) = dead.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        tokio::time::sleep(Duration::from_millis(150)).await;
-
-        let Claim::Abandoned(stale) = other.claim(&request, FP).await.unwrap() else {
-            panic!("an expired lease must be reported abandoned");
-        };
-        assert_eq!(stale, original, "the abandoned token is the stored claim");
-
-        let unknown = br#"{"status":"unknown","code":"interrupted"}"#;
-        assert_eq!(
-            other.record(&request, &stale, unknown).await.unwrap(),
-            Recorded::Stored
-        );
-        // A second resolver holding the same stale token finds the first result.
-        assert_eq!(
-            other.record(&request, &stale, b"{}").await.unwrap(),
-            Recorded::Earlier(unknown.to_vec())
-        );
-        // And the dead worker, coming back late with its result, does not overwrite it.
-        assert_eq!(
-            dead.record(&request, &original, br#"{"status":"dialed"}"#)
-                .await
-                .unwrap(),
-            Recorded::Earlier(unknown.to_vec())
-        );
-        assert!(pttl(&other, &other.record_key(&request)).await > 0);
-
-        cleanup(&other).await;
-    }
-
-    #[tokio::test]
-    async fn a_foreign_claim_is_never_overwritten() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-
-        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        let wrong = ClaimToken(b"C|worker-b|1".to_vec());
-        assert!(matches!(
-            a.record(&request, &wrong, b"{}").await,
-            Err(StoreError::Conflict)
-        ));
-        assert_eq!(
-            get(&a, &a.record_key(&request)).await.as_deref(),
-            Some(token.0.as_slice())
-        );
-
-        // A claim by the same worker id but with another lease end is another claim too.
-        let Record::Claimed {
-            worker,
-            lease_until_ms,
-            fingerprint,
-        } = Record::decode(&token.0).unwrap()
-        else {
-            panic!("token must be a claim");
-        };
-        let older = ClaimToken(
-            Record::Claimed {
-                worker,
-                lease_until_ms: lease_until_ms - 1,
-                fingerprint,
-            }
-            .encode(),
-        );
-        assert!(matches!(
-            a.record(&request, &older, b"{}").await,
-            Err(StoreError::Conflict)
-        ));
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn record_without_a_stored_claim_stores_with_a_ttl() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-        let token = ClaimToken(b"C|worker-a|1".to_vec());
-        assert_eq!(
-            a.record(&request, &token, b"{\"x\":1}").await.unwrap(),
-            Recorded::Stored
-        );
-        let ttl = pttl(&a, &a.record_key(&request)).await;
-        assert!(ttl > 0 && ttl <= 120_000, "PTTL {ttl}");
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn release_only_drops_the_named_claim() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-
-        let Claim::Acquired(token) = a.claim(&request, FP).await.unwrap() else {
-            panic!("first claim must acquire");
-        };
-        a.release(&request, &ClaimToken(b"C|worker-b|1".to_vec()))
-            .await
-            .unwrap();
-        assert!(matches!(
-            a.claim(&request, FP).await.unwrap(),
-            Claim::Held { .. }
-        ));
-
-        a.release(&request, &token).await.unwrap();
-        assert_eq!(get(&a, &a.record_key(&request)).await, None);
-        assert!(matches!(
-            a.claim(&request, FP).await.unwrap(),
-            Claim::Acquired(_)
-        ));
-
-        // A result is never released, whatever token is offered.
-        let Claim::Held { .. } = a.claim(&request, FP).await.unwrap() else {
-            panic!("still claimed");
-        };
-        let value = get(&a, &a.record_key(&request)).await.unwrap();
-        let current = ClaimToken(value);
-        a.record(&request, &current, b"{}").await.unwrap();
-        a.release(&request, &current).await.unwrap();
-        assert!(matches!(
-            a.claim(&request, FP).await.unwrap(),
-            Claim::Recorded { .. }
-        ));
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn exactly_one_of_many_concurrent_claims_acquires() {
-        let settings = settings(60_000);
-        let stores = [
-            connect(&settings, "worker-a").await,
-            connect(&settings, "worker-b").await,
-            connect(&settings, "worker-c").await,
-        ];
-        let request = id();
-        let barrier = Arc::new(tokio::sync::Barrier::new(50));
-        let tasks: Vec<_> = (0..50)
-            .map(|i| {
-                let store = stores[i % stores.len()].clone();
-                let request = request.clone();
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store.claim(&request, FP).await
-                })
-            })
-            .collect();
-        let mut acquired = 0;
-        let mut held = 0;
-        for task in tasks {
-            match task.await.unwrap().unwrap() {
-                Claim::Acquired(_) => acquired += 1,
-                Claim::Held { .. } => held += 1,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!((acquired, held), (1, 49));
-        cleanup(&stores[0]).await;
-    }
-
-    #[tokio::test]
-    async fn an_unreadable_record_is_reported_corrupt() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let request = id();
-        let mut conn = a.conn.clone();
-        let _: () = conn
-            .set(a.record_key(&request), "garbage")
-            .await
-            .expect("SET");
-        assert!(matches!(
-            a.claim(&request, FP).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn cooldown_slot_lifecycle() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let key = "3f2a9c";
-        let window = Duration::from_secs(60);
-        let cd_key = a.cooldown_key(key);
-
-        assert_eq!(
-            a.cooldown_acquire(key, "r1", window).await.unwrap(),
-            Cooldown::Free
-        );
-        let ttl = pttl(&a, &cd_key).await;
-        assert!(ttl > 0 && ttl <= 60_000, "cooldown PTTL {ttl}");
-        assert_eq!(
-            a.cooldown_acquire(key, "r2", window).await.unwrap(),
-            Cooldown::Taken {
-                request_id: "r1".into(),
-                task_id: None
-            }
-        );
-        // The holder asking again (a redelivery) may go ahead.
-        assert_eq!(
-            a.cooldown_acquire(key, "r1", window).await.unwrap(),
-            Cooldown::Free
-        );
-
-        // Dialed: the task id is remembered and the window restarts with the new length.
-        a.cooldown_dialed(key, "r1", "task-1", Duration::from_secs(30))
-            .await
-            .unwrap();
-        let ttl = pttl(&a, &cd_key).await;
-        assert!(ttl > 0 && ttl <= 30_000, "restarted PTTL {ttl}");
-        let taken = Cooldown::Taken {
-            request_id: "r1".into(),
-            task_id: Some("task-1".into()),
-        };
-        assert_eq!(a.cooldown_acquire(key, "r2", window).await.unwrap(), taken);
-
-        // Someone else's dial or release does not touch the slot.
-        a.cooldown_dialed(key, "r2", "task-2", window)
-            .await
-            .unwrap();
-        a.cooldown_release(key, "r2").await.unwrap();
-        assert_eq!(a.cooldown_acquire(key, "r3", window).await.unwrap(), taken);
-
-        a.cooldown_release(key, "r1").await.unwrap();
-        assert_eq!(
-            a.cooldown_acquire(key, "r2", window).await.unwrap(),
-            Cooldown::Free
-        );
-
-        // A dial reported after the slot expired takes it again.
-        let late = "aa11";
-        a.cooldown_dialed(late, "r9", "task-9", window)
-            .await
-            .unwrap();
-        assert_eq!(
-            a.cooldown_acquire(late, "r2", window).await.unwrap(),
-            Cooldown::Taken {
-                request_id: "r9".into(),
-                task_id: Some("task-9".into())
-            }
-        );
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn cooldown_expires_after_its_window() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let key = "b7e1";
-        let short = Duration::from_millis(50);
-        assert_eq!(
-            a.cooldown_acquire(key, "r1", short).await.unwrap(),
-            Cooldown::Free
-        );
-        assert!(matches!(
-            a.cooldown_acquire(key, "r2", short).await.unwrap(),
-            Cooldown::Taken { .. }
-        ));
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(
-            a.cooldown_acquire(key, "r2", short).await.unwrap(),
-            Cooldown::Free
-        );
-
-        // A zero window means "off": always free, nothing stored.
-        let off = "c0ff";
-        for request in ["r1", "r2"] {
-            assert_eq!(
-                a.cooldown_acquire(off, request, Duration::ZERO)
-                    .await
-                    .unwrap(),
-                Cooldown::Free
-            );
-        }
-        let mut conn = a.conn.clone();
-        let exists: bool = conn.exists(a.cooldown_key(off)).await.expect("EXISTS");
-        assert!(!exists);
-
-        cleanup(&a).await;
-    }
-
-    async fn exists(store: &RedisStore, key: &str) -> bool {
+    /// Every key matching `pattern`.
+    async fn keys(store: &RedisStore, pattern: &str) -> Vec<String> {
         let mut conn = store.conn.clone();
-        conn.exists(key).await.expect("EXISTS")
+        let mut iter = conn.scan_match::<_, String>(pattern).await.expect("SCAN");
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key.expect("SCAN"));
+        }
+        keys
+    }
+
+    /// A store under a key prefix of its own on the local Redis, for the contract tests.
+    struct RedisUnderTest {
+        store: RedisStore,
+        settings: StoreSettings,
+    }
+
+    impl Backend for RedisUnderTest {
+        type Store = RedisStore;
+
+        async fn open(lease: Duration) -> Self {
+            let settings = settings(millis(lease));
+            RedisUnderTest {
+                store: connect(&settings, WORKER).await,
+                settings,
+            }
+        }
+
+        fn store(&self) -> &RedisStore {
+            &self.store
+        }
+
+        async fn another_replica(&self) -> RedisStore {
+            connect(&self.settings, "worker-b").await
+        }
+
+        async fn stored(&self, request_id: &str) -> Option<RawRecord> {
+            let key = self.store.record_key(request_id);
+            let mut conn = self.store.conn.clone();
+            let (value, expires_at_ms): (Option<Vec<u8>>, i64) = redis::pipe()
+                .atomic()
+                .get(&key)
+                .cmd("PEXPIRETIME")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET and PEXPIRETIME");
+            Some(RawRecord {
+                value: value?,
+                expires_at_ms: u64::try_from(expires_at_ms).expect("the record has an expiry"),
+            })
+        }
+
+        async fn put_raw(&self, request_id: &str, value: &[u8]) {
+            let mut conn = self.store.conn.clone();
+            let key = self.store.record_key(request_id);
+            let _: () = conn.pset_ex(key, value, 60_000).await.expect("PSETEX");
+        }
+
+        async fn daily_count(&self, key: &str, day: &str) -> Option<u32> {
+            let count = get(&self.store, &self.store.daily_key(key, day)).await?;
+            Some(String::from_utf8(count).unwrap().parse().unwrap())
+        }
+
+        async fn live(&self, kind: Kind) -> usize {
+            let tag = match kind {
+                Kind::Records => "req",
+                Kind::Cooldowns => "cd",
+                Kind::DailyCounters => "day",
+            };
+            let pattern = format!("{}:{tag}:*", self.settings.key_prefix);
+            keys(&self.store, &pattern).await.len()
+        }
+
+        async fn untidy(&self) -> Vec<String> {
+            let mut untidy = Vec::new();
+            let pattern = format!("{}:*", self.settings.key_prefix);
+            for key in keys(&self.store, &pattern).await {
+                let ttl = pttl(&self.store, &key).await;
+                if ttl <= 0 {
+                    untidy.push(format!("{key} has PTTL {ttl}"));
+                }
+            }
+            untidy
+        }
+
+        async fn clean_up(self) {
+            cleanup(&self.store).await;
+        }
+    }
+
+    contract_tests!(RedisUnderTest);
+
+    /// Redis's clock, in ms since the epoch.
+    async fn server_now_ms(store: &RedisStore) -> u64 {
+        let mut conn = store.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("TIME");
+        secs * 1000 + micros / 1000
     }
 
     #[tokio::test]
-    async fn daily_reserve_counts_up_to_the_cap_and_release_frees_one() {
+    async fn leases_and_records_run_on_the_servers_clock() {
         let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let (key, day) = ("9d4e01", "2026-11-25");
-        let counter = a.daily_key(key, day);
-        assert_eq!(counter, format!("{}:day:{day}:{key}", settings.key_prefix));
+        let a = connect(&settings, WORKER).await;
+        let before = server_now_ms(&a).await;
+        let Claim::Acquired(token) = a.claim("r1", FP).await.unwrap() else {
+            panic!("first claim must acquire");
+        };
+        let after = server_now_ms(&a).await;
+        let Record::Claimed { lease_until_ms, .. } = Record::decode(&token.0).unwrap() else {
+            panic!("the token must be a claim");
+        };
+        assert!(
+            lease_until_ms >= before + 60_000 && lease_until_ms <= after + 60_000,
+            "lease end {lease_until_ms} must be a lease after server time {before}..{after}"
+        );
+        // The claim lives the record TTL, past its lease.
+        let ttl = pttl(&a, &a.record_key("r1")).await;
+        assert!(ttl > 60_000 && ttl <= 120_000, "claim PTTL {ttl}");
+        // A result recorded with no claim stored lives the record TTL from then.
+        let unseen = ClaimToken(b"C|worker-a|1".to_vec());
+        a.record("r2", &unseen, b"{}").await.unwrap();
+        let ttl = pttl(&a, &a.record_key("r2")).await;
+        assert!(ttl > 60_000 && ttl <= 120_000, "result PTTL {ttl}");
+        cleanup(&a).await;
+    }
 
-        for _ in 0..3 {
-            assert!(a.daily_reserve(key, day, 3).await.unwrap());
-        }
-        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
-        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
-        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"3"[..]));
+    #[tokio::test]
+    async fn cooldowns_and_counters_expire_on_the_servers_clock() {
+        let settings = settings(60_000);
+        let a = connect(&settings, WORKER).await;
+        // A slot lives its window, restarted with the new length once dialed.
+        let slot = a.cooldown_key("k");
+        a.cooldown_acquire("k", "r1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let ttl = pttl(&a, &slot).await;
+        assert!(ttl > 0 && ttl <= 60_000, "cooldown PTTL {ttl}");
+        a.cooldown_dialed("k", "r1", "task-1", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let ttl = pttl(&a, &slot).await;
+        assert!(ttl > 0 && ttl <= 30_000, "restarted PTTL {ttl}");
 
-        // The counter expires, within DAILY_COUNTER_TTL of its first reservation.
+        // A counter lives DAILY_COUNTER_TTL from its first reservation; later reservations and
+        // releases keep its TTL.
+        let counter = a.daily_key("k", DAY);
+        assert_eq!(counter, format!("{}:day:{DAY}:k", settings.key_prefix));
+        assert!(a.daily_reserve("k", DAY, 3).await.unwrap());
         let ttl = pttl(&a, &counter).await;
         let limit = i64::try_from(DAILY_COUNTER_TTL.as_millis()).unwrap();
         assert!(ttl > limit - 60_000 && ttl <= limit, "daily PTTL {ttl}");
-
-        a.daily_release(key, day).await.unwrap();
-        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"2"[..]));
+        assert!(a.daily_reserve("k", DAY, 3).await.unwrap());
+        a.daily_release("k", DAY).await.unwrap();
         let ttl_after = pttl(&a, &counter).await;
-        assert!(ttl_after > 0 && ttl_after <= ttl, "release keeps the TTL");
-        assert!(a.daily_reserve(key, day, 3).await.unwrap());
-        assert!(!a.daily_reserve(key, day, 3).await.unwrap());
-
-        // A raised cap lets more through; a lowered one refuses without counting.
-        assert!(a.daily_reserve(key, day, 4).await.unwrap());
-        assert!(!a.daily_reserve(key, day, 2).await.unwrap());
-        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"4"[..]));
-
-        // A cap of 0 allows nothing and creates nothing.
-        assert!(!a.daily_reserve("e0e0", day, 0).await.unwrap());
-        assert!(!exists(&a, &a.daily_key("e0e0", day)).await);
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn daily_release_never_goes_below_zero_nor_creates_a_key() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let day = "2026-11-25";
-
-        // Nothing reserved: nothing is created.
-        a.daily_release("f00d", day).await.unwrap();
-        a.daily_release("f00d", day).await.unwrap();
-        assert!(!exists(&a, &a.daily_key("f00d", day)).await);
-
-        // Reserved once, released three times: zero, not negative.
-        let key = "beef";
-        let counter = a.daily_key(key, day);
-        assert!(a.daily_reserve(key, day, 1).await.unwrap());
-        for _ in 0..3 {
-            a.daily_release(key, day).await.unwrap();
-        }
-        assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"0"[..]));
-        // So the cap still allows exactly one more, not one per extra release.
-        assert!(a.daily_reserve(key, day, 1).await.unwrap());
-        assert!(!a.daily_reserve(key, day, 1).await.unwrap());
-        assert!(pttl(&a, &counter).await > 0);
-
-        cleanup(&a).await;
-    }
-
-    #[tokio::test]
-    async fn daily_counters_are_per_day_and_per_key() {
-        let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let (today, tomorrow) = ("2026-11-25", "2026-11-26");
-
-        assert!(a.daily_reserve("k1", today, 1).await.unwrap());
-        assert!(!a.daily_reserve("k1", today, 1).await.unwrap());
-        // Another day, or another callee, has its own count.
-        assert!(a.daily_reserve("k1", tomorrow, 1).await.unwrap());
-        assert!(a.daily_reserve("k2", today, 1).await.unwrap());
-        assert!(!a.daily_reserve("k1", tomorrow, 1).await.unwrap());
-        assert!(!a.daily_reserve("k2", today, 1).await.unwrap());
-
-        // Releasing one day's call frees that day only.
-        a.daily_release("k1", tomorrow).await.unwrap();
-        assert!(!a.daily_reserve("k1", today, 1).await.unwrap());
-        assert!(a.daily_reserve("k1", tomorrow, 1).await.unwrap());
-
-        for (key, day) in [("k1", today), ("k1", tomorrow), ("k2", today)] {
-            let ttl = pttl(&a, &a.daily_key(key, day)).await;
-            assert!(ttl > 0, "{key} {day} has PTTL {ttl}");
-        }
-
+        assert!(
+            ttl_after > 0 && ttl_after <= ttl,
+            "PTTL {ttl_after} vs {ttl}"
+        );
         cleanup(&a).await;
     }
 
     #[tokio::test]
     async fn a_non_numeric_daily_counter_is_reported_corrupt() {
         let settings = settings(60_000);
-        let a = connect(&settings, "worker-a").await;
-        let (key, day) = ("c0de", "2026-11-25");
+        let a = connect(&settings, WORKER).await;
+        let (key, day) = ("c0de", DAY);
         let counter = a.daily_key(key, day);
         let mut conn = a.conn.clone();
         let _: () = conn.set(&counter, "garbage").await.expect("SET");
@@ -1278,42 +768,6 @@ mod tests {
         a.daily_release(key, day).await.unwrap();
         assert_eq!(get(&a, &counter).await.as_deref(), Some(&b"garbage"[..]));
         cleanup(&a).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_daily_reservations_never_exceed_the_cap() {
-        let settings = settings(60_000);
-        let stores = [
-            connect(&settings, "worker-a").await,
-            connect(&settings, "worker-b").await,
-            connect(&settings, "worker-c").await,
-        ];
-        let (key, day) = ("5eed", "2026-11-25");
-        let barrier = Arc::new(tokio::sync::Barrier::new(30));
-        let tasks: Vec<_> = (0..30)
-            .map(|i| {
-                let store = stores[i % stores.len()].clone();
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    store.daily_reserve(key, day, 5).await
-                })
-            })
-            .collect();
-        let mut counted = 0;
-        for task in tasks {
-            if task.await.unwrap().unwrap() {
-                counted += 1;
-            }
-        }
-        assert_eq!(counted, 5);
-        assert_eq!(
-            get(&stores[0], &stores[0].daily_key(key, day))
-                .await
-                .as_deref(),
-            Some(&b"5"[..])
-        );
-        cleanup(&stores[0]).await;
     }
 
     #[tokio::test]
@@ -1329,20 +783,6 @@ mod tests {
         assert!(!message.contains("hunter2"), "{message}");
         assert!(!message.contains("127.0.0.1:1"), "{message}");
         assert!(message.contains("cannot connect"), "{message}");
-    }
-
-    #[test]
-    fn the_redactor_scrubs_url_and_password() {
-        let redactor = Redactor::new("redis://u:p%40ss@h:6379/0", backend);
-        let err = RedisError::from((
-            redis::ErrorKind::Io,
-            "boom",
-            "redis://u:p%40ss@h:6379/0 p@ss p%40ss".to_owned(),
-        ));
-        let message = redactor.error("x", &err).to_string();
-        assert!(!message.contains("p@ss"), "{message}");
-        assert!(!message.contains("p%40ss"), "{message}");
-        assert!(message.contains("[redacted]"), "{message}");
     }
 
     #[test]
