@@ -169,13 +169,26 @@ impl<E> Redactor<E> {
     }
 }
 
+/// `text` as a `SCAN MATCH` pattern that matches only itself: a key prefix holding `*`, `?`,
+/// `[` or a backslash must not reach other deployments' keys.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Deletes every key under `<prefix>:`: how tests and the harness leave Redis as they found it.
 pub(crate) async fn delete_prefixed<C>(conn: &mut C, prefix: &str) -> redis::RedisResult<()>
 where
     C: redis::aio::ConnectionLike + Send + Sync,
 {
     use redis::AsyncCommands as _;
-    let pattern = format!("{prefix}:*");
+    let pattern = format!("{}:*", glob_literal(prefix));
     let keys: Vec<String> = {
         let mut iter = conn.scan_match::<_, String>(&pattern).await?;
         let mut keys = Vec::new();
@@ -193,6 +206,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_is_matched_literally() {
+        assert_eq!(glob_literal("dialex"), "dialex");
+        assert_eq!(glob_literal("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
 
     #[test]
     fn urls_and_passwords_are_scrubbed_in_both_encodings() {
