@@ -7,9 +7,11 @@
 //! harness    a simulator, a fresh RabbitMQ topology and workers (in-process or as processes)
 //! demo       six sample requests through a harness, their outcomes printed
 //! bench      the worker against the floor, both as processes of their own
+//! vectors    published signing cases, for the signer's and the verifier's tests
 //! ```
 
 pub mod bench;
 pub mod demo;
 pub mod harness;
 pub mod simulator;
+pub mod vectors;

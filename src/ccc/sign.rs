@@ -90,30 +90,12 @@ pub fn sign(method: &str, params: &[(&str, &str)], access_key_secret: &str) -> S
 mod tests {
     use super::*;
 
-    /// One published signing case (Alibaba's documentation and official SDK unit tests) of
-    /// `testdata/signature-vectors.json`, which the devkit's simulator is tested against too.
-    #[derive(serde::Deserialize)]
-    struct Vector {
-        name: String,
-        method: String,
-        secret: String,
-        params: Vec<(String, String)>,
-        string_to_sign: Option<String>,
-        signature: String,
-    }
-
     #[test]
     fn published_vectors_match() {
-        let vectors: Vec<Vector> =
-            serde_json::from_str(include_str!("../../testdata/signature-vectors.json"))
-                .expect("the vectors parse");
+        let vectors = dialex_devkit::vectors::signing_vectors();
         assert!(vectors.len() >= 6);
         for v in &vectors {
-            let params: Vec<(&str, &str)> = v
-                .params
-                .iter()
-                .map(|(k, val)| (k.as_str(), val.as_str()))
-                .collect();
+            let params = v.pairs();
             if let Some(expected) = &v.string_to_sign {
                 assert_eq!(&string_to_sign(&v.method, &params), expected, "{}", v.name);
             }

@@ -108,33 +108,12 @@ pub(crate) fn parse_timestamp(value: &str) -> Option<jiff::Timestamp> {
 mod tests {
     use super::*;
 
-    /// One published signing case of `testdata/signature-vectors.json`, which the worker's
-    /// signer is tested against too: the two canonicalisers are written apart on purpose, the
-    /// cases once.
-    #[derive(serde::Deserialize)]
-    struct Vector {
-        name: String,
-        method: String,
-        secret: String,
-        params: Vec<(String, String)>,
-        string_to_sign: Option<String>,
-        signature: String,
-    }
-
     #[test]
     fn published_vectors_verify() {
-        let vectors: Vec<Vector> =
-            serde_json::from_str(include_str!("../../../testdata/signature-vectors.json"))
-                .expect("the vectors parse");
+        let vectors = crate::vectors::signing_vectors();
         assert!(vectors.len() >= 6);
         for v in &vectors {
-            let pairs: Vec<(&str, &str)> = v
-                .params
-                .iter()
-                .map(|(k, val)| (k.as_str(), val.as_str()))
-                .collect();
-            let p = Params::of(&pairs);
-            let computed = string_to_sign(&v.method, &p);
+            let computed = string_to_sign(&v.method, &Params::of(&v.pairs()));
             if let Some(expected) = &v.string_to_sign {
                 assert_eq!(&computed, expected, "{}", v.name);
             }
