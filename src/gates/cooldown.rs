@@ -53,7 +53,13 @@ pub struct NumberHasher {
 
 impl NumberHasher {
     pub fn new(cooldown: &CooldownSettings) -> Self {
-        let mac = Hmac::<Sha1>::new_from_slice(cooldown.hash_key.expose_secret().as_bytes())
+        Self::with_key(&cooldown.hash_key)
+    }
+
+    /// Hashes under `key`: `cooldown.hash_key`, which every replica and `dialex-worker dnc`
+    /// share.
+    pub fn with_key(key: &SecretString) -> Self {
+        let mac = Hmac::<Sha1>::new_from_slice(key.expose_secret().as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         NumberHasher { mac }
     }

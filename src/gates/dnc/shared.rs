@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
-use sha1::Sha1;
 
 use super::{ADMIN_TIMEOUT, CONNECT_TIMEOUT, DncError, LOOKUP_TIMEOUT, RedisDnc};
+use crate::gates::cooldown::NumberHasher;
 use crate::phone::PhoneNumber;
 use crate::redis_conn::{self, Redactor, Timeouts};
 
@@ -15,7 +14,7 @@ use crate::redis_conn::{self, Redactor, Timeouts};
 pub(super) struct SharedSet {
     conn: ConnectionManager,
     pub(super) key: String,
-    mac: Hmac<Sha1>,
+    hasher: NumberHasher,
     redactor: Redactor<DncError>,
 }
 
@@ -29,8 +28,7 @@ impl SharedSet {
             // An empty key would make the hashes reversible by anyone.
             return Err(DncError::Settings("the hash key must not be empty"));
         }
-        let mac = Hmac::<Sha1>::new_from_slice(hash_key.as_bytes())
-            .map_err(|_| DncError::Settings("the hash key is not usable for HMAC"))?;
+        let hasher = NumberHasher::with_key(&settings.hash_key);
         let (client, redactor) = redis_conn::open(
             &settings.url,
             &settings.tls_ca_file,
@@ -56,22 +54,14 @@ impl SharedSet {
         Ok(SharedSet {
             conn,
             key,
-            mac,
+            hasher,
             redactor,
         })
     }
 
     /// Hex HMAC-SHA1 of the national digits: the set member for `number`.
     pub(super) fn member(&self, number: &PhoneNumber) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(number.as_str().as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(digest.len() * 2);
-        for byte in digest {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{byte:02x}");
-        }
-        out
+        self.hasher.hash(&[number.as_str()])
     }
 
     pub(super) async fn contains(&self, number: &PhoneNumber) -> Result<bool, DncError> {
