@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 
+use crate::ccc::CccSettings;
 use crate::ccc::{CccClient, Classifier, DialAccepted, DialFailure, DialParams, ErrorClass};
-use crate::config::CccSettings;
 use crate::metrics::Metrics;
 use crate::validate::DialRequest;
 

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use super::response::{DialFailure, ErrorClass, parse_answer};
 use super::sign::{push_encoded, sign};
 use super::{CccClient, DialAccepted, DialParams};
-use crate::config::CccSettings;
+use crate::ccc::CccSettings;
 use crate::credentials::Credentials;
 
 /// The DialEx API version this client speaks.

@@ -7,7 +7,7 @@ use super::scrub::scrub;
 use serde::Deserialize;
 
 /// What a failure means for the request that caused it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     /// The gateway proves the call was not placed: safe to retry with a fresh nonce.

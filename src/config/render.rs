@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, Serializer};
 
-use crate::ccc::ErrorClass;
 use crate::gates::hours::{BusinessHoursSettings, CalendarSettings};
 
 /// What a secret prints as.
@@ -30,13 +29,6 @@ pub(super) fn serialize_url<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redacted_url(url))
-}
-
-pub(super) fn serialize_error_classes<S: Serializer>(
-    classes: &BTreeMap<String, ErrorClass>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(classes.iter().map(|(code, class)| (code, class.as_str())))
 }
 
 /// One calendar in its configuration shape; plain lists before tables, as TOML needs.

@@ -1,5 +1,6 @@
 use super::render::redacted_url;
 use super::*;
+use crate::ccc::ErrorClass;
 
 fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     Settings::load_from(
