@@ -23,7 +23,7 @@
 //! Edges, behind small traits where the pipeline meets them: [`amqp`] (connections, topology,
 //! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (signing, the client, answers and
 //! their classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
-//! Redis; [`store::DialStore`]). Around them: [`gates`] (the checks before a dial), [`dial`],
+//! Redis; [`store::DialRecords`] and [`store::CalleeState`]). Around them: [`gates`] (the checks before a dial), [`dial`],
 //! [`defer`] (wait tiers), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`]
 //! (`/healthz`, `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of
 //! the small HTTP servers). Private: `redis_conn` (one careful way to reach Redis), `tls` (the

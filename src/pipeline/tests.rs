@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::gates::dnc::DncSources;
 use crate::gates::limits::{LimitRules, LocalLimiter};
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{Claim, Cooldown, Recorded};
+use crate::store::{CalleeState, Claim, Cooldown, DialRecords, Recorded};
 
 const INSTANCE: &str = "d278629c-c687-4aa3-b044-4fe9b012e7ef";
 const CALLEE: &str = "13800000001";
@@ -135,11 +135,12 @@ impl Faulty {
     }
 }
 
-impl DialStore for Faulty {
+impl DialRecords for Faulty {
     async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         self.fault("claim")?;
         self.inner.claim(request_id, fingerprint).await
     }
+
     async fn record(
         &self,
         request_id: &str,
@@ -149,10 +150,21 @@ impl DialStore for Faulty {
         self.fault("record")?;
         self.inner.record(request_id, token, event).await
     }
+
     async fn release(&self, request_id: &str, token: &ClaimToken) -> Result<(), StoreError> {
         self.fault("release")?;
         self.inner.release(request_id, token).await
     }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(backend_error());
+        }
+        self.inner.check().await
+    }
+}
+
+impl CalleeState for Faulty {
     async fn cooldown_acquire(
         &self,
         key: &str,
@@ -162,6 +174,7 @@ impl DialStore for Faulty {
         self.fault("cooldown")?;
         self.inner.cooldown_acquire(key, request_id, window).await
     }
+
     async fn cooldown_dialed(
         &self,
         key: &str,
@@ -173,21 +186,18 @@ impl DialStore for Faulty {
             .cooldown_dialed(key, request_id, task_id, window)
             .await
     }
+
     async fn cooldown_release(&self, key: &str, request_id: &str) -> Result<(), StoreError> {
         self.inner.cooldown_release(key, request_id).await
     }
+
     async fn daily_reserve(&self, key: &str, day: &str, max: u32) -> Result<bool, StoreError> {
         self.fault("daily")?;
         self.inner.daily_reserve(key, day, max).await
     }
+
     async fn daily_release(&self, key: &str, day: &str) -> Result<(), StoreError> {
         self.inner.daily_release(key, day).await
-    }
-    async fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(backend_error());
-        }
-        self.inner.check().await
     }
 }
 

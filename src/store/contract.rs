@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Claim, ClaimToken, Cooldown, DialStore, MAX_FINGERPRINT_LEN, Record, Recorded, StoreError,
+    CalleeState, Claim, ClaimToken, Cooldown, DialRecords, DialStore, MAX_FINGERPRINT_LEN, Record,
+    Recorded, StoreError,
 };
 
 /// The worker every contract store claims as.

@@ -1,4 +1,5 @@
-//! Shared state behind one small trait: dial records per `request_id`, and callee cooldowns.
+//! Shared state behind two small traits: dial records per `request_id` ([`DialRecords`]), and
+//! per-callee cooldowns and daily counters ([`CalleeState`]); [`DialStore`] is both.
 //!
 //! This is where "never twice" is kept. Before a request is dialed, its `request_id` is
 //! *claimed* with a lease naming this worker, then the dial's result (the terminal outcome event)
@@ -292,11 +293,17 @@ pub enum StoreError {
     InvalidFingerprint,
 }
 
-/// Dial records and cooldowns. Implementations are cheap to share (`Arc` inside) and every
-/// method is atomic on its own.
+/// What the pipeline keeps in a store: [`DialRecords`] and [`CalleeState`], from one backend.
+/// Implemented for every type that has both.
+pub trait DialStore: DialRecords + CalleeState {}
+
+impl<S: DialRecords + CalleeState> DialStore for S {}
+
+/// Dial records per `request_id`: the claim before a dial, the result after it. Implementations
+/// are cheap to share (`Arc` inside) and every method is atomic on its own.
 ///
 /// Leases and record lifetimes are the store's configuration, fixed when it is built.
-pub trait DialStore: Send + Sync + 'static {
+pub trait DialRecords: Send + Sync + 'static {
     /// Claims `request_id` for this worker, for the request whose fingerprint is
     /// `fingerprint`, or reports what is there. A claim or result stored under another
     /// fingerprint is [`Claim::Reused`] and left untouched.
@@ -327,6 +334,14 @@ pub trait DialStore: Send + Sync + 'static {
         token: &ClaimToken,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Whether the store answers; used to tell when a paused worker may resume.
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Per callee (a keyed hash of instance and callee number): the cooldown slot that keeps two
+/// requests from ringing one person within the window, and the daily call counters. Every
+/// method is atomic on its own.
+pub trait CalleeState: Send + Sync + 'static {
     /// Takes the cooldown slot for `key` (a keyed hash of instance and callee) for
     /// `request_id`, for `window`; or says who holds it.
     fn cooldown_acquire(
@@ -369,9 +384,6 @@ pub trait DialStore: Send + Sync + 'static {
         key: &str,
         day: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Whether the store answers; used to tell when a paused worker may resume.
-    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// How long a per-day call counter is kept: long enough to outlive its day in any timezone.

@@ -50,8 +50,8 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 
 use super::{
-    Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
-    check_fingerprint,
+    CalleeState, Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialRecords, Record, Recorded,
+    StoreError, check_fingerprint,
 };
 use crate::config::StoreSettings;
 use crate::redis_conn::{self, Redactor, Timeouts};
@@ -339,7 +339,7 @@ impl RedisStore {
     }
 }
 
-impl DialStore for RedisStore {
+impl DialRecords for RedisStore {
     async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         check_fingerprint(fingerprint)?;
         let mut conn = self.conn.clone();
@@ -405,6 +405,16 @@ impl DialStore for RedisStore {
         Ok(())
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.error("ping", &e))
+    }
+}
+
+impl CalleeState for RedisStore {
     async fn cooldown_acquire(
         &self,
         key: &str,
@@ -511,14 +521,6 @@ impl DialStore for RedisStore {
             .await
             .map_err(|e| self.error("daily release", &e))?;
         Ok(())
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.error("ping", &e))
     }
 }
 

@@ -84,8 +84,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialStore, Record, Recorded, StoreError,
-    check_fingerprint,
+    CalleeState, Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialRecords, Record, Recorded,
+    StoreError, check_fingerprint,
 };
 use crate::config::StoreSettings;
 
@@ -409,7 +409,7 @@ enum Changed {
     No,
 }
 
-impl DialStore for EmbeddedStore {
+impl DialRecords for EmbeddedStore {
     async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         check_fingerprint(fingerprint)?;
         let id = request_id.to_owned();
@@ -496,6 +496,17 @@ impl DialStore for EmbeddedStore {
         .await
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        // Through the writer, like every change: proves the thread and the file both work.
+        self.write(Durability::None, |txn, _now| {
+            txn.open_table(RECORDS).or_backend()?;
+            Ok(((), Changed::No))
+        })
+        .await
+    }
+}
+
+impl CalleeState for EmbeddedStore {
     async fn cooldown_acquire(
         &self,
         key: &str,
@@ -613,15 +624,6 @@ impl DialStore for EmbeddedStore {
                 // Absent, expired (reads as 0) or already 0: never below zero, never created.
                 _ => Ok(((), Changed::No)),
             }
-        })
-        .await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        // Through the writer, like every change: proves the thread and the file both work.
-        self.write(Durability::None, |txn, _now| {
-            txn.open_table(RECORDS).or_backend()?;
-            Ok(((), Changed::No))
         })
         .await
     }
