@@ -23,11 +23,12 @@
 //! Edges, behind small traits where the pipeline meets them: [`amqp`] (connections, topology,
 //! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (signing, the client, answers and
 //! their classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
-//! Redis; [`store::DialRecords`] and [`store::CalleeState`]). Around them: [`gates`] (the checks before a dial), [`dial`],
-//! [`defer`] (wait tiers), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`]
-//! (`/healthz`, `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of
-//! the small HTTP servers). Private: `redis_conn` (one careful way to reach Redis), `tls` (the
-//! CA files), `test_hooks` (faults for tests, behind a feature).
+//! Redis; [`store::DialRecords`] and [`store::CalleeState`]). Around them: [`gates`] (the
+//! checks before a dial), [`dial`], [`defer`] (wait tiers), [`outcome`], [`validate`],
+//! [`phone`], [`metrics`], [`health`] (`/healthz`, `/readyz`, `/metrics`), [`telemetry`]
+//! (logs), [`accept`] (the accept loop of the small HTTP servers), [`credentials`]. Private:
+//! `redis_conn` (one careful way to reach Redis), `tls` (the CA files), `test_hooks` (faults
+//! for tests, behind a feature).
 //!
 //! The CCC simulator, the test harness, the demo and the bench are the `dialex-devkit` crate's.
 
