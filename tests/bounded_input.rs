@@ -5,13 +5,12 @@
 mod helpers;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
 use dialex_worker::validate::MAX_BODY_BYTES;
-use helpers::{WAIT, callee, request, settings, spawn_worker_process};
+use helpers::{WAIT, callee, dead_letters_soon, request, settings, spawn_worker_process};
 
 /// The worker's peak resident memory under load without large messages, rounded up (the
 /// README's Performance section measured 37 MB); its documented peak adds what the prefetch
@@ -89,15 +88,7 @@ async fn a_burst_of_huge_bodies_is_parked_without_holding_more_than_the_prefetch
     assert_eq!(h.simulator.dials().len(), GOOD_COUNT);
 
     // Every huge body is parked, whole.
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        dead.extend(h.dead_letters().await.expect("dead letters"));
-        if dead.len() >= HUGE_COUNT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(dead.len(), HUGE_COUNT, "dead letters");
+    let dead = dead_letters_soon(&h, HUGE_COUNT).await;
     assert!(dead.iter().all(|d| d.body == huge));
 
     // At most one prefetch window of huge bodies was ever in memory at once: none was copied
