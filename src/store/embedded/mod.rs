@@ -157,28 +157,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Queues `op` for the writer and returns where its answer will arrive. `op` gets the
-    /// transaction and the time (read once the writer lock is held) and says whether it changed
-    /// anything; a change needs `needs` from the commit. `alone` runs it in a transaction of its
-    /// own rather than in a batch with others.
-    ///
-    /// If `op` (or any operation in its batch) fails, the whole transaction is abandoned, so a
-    /// failure part-way through leaves no trace, and the batch is run again in parts (see
-    /// the [`writer`]): `op` may run more than once, each time in a fresh transaction, and is
-    /// answered for the run that settles.
-    fn submit<T, F>(
-        &self,
-        needs: Needs,
-        alone: bool,
-        op: F,
-    ) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
-    where
-        T: Send + 'static,
-        F: FnMut(&WriteTransaction, u64) -> Result<(T, Changed), StoreError> + Send + 'static,
-    {
-        self.writer.queue(needs, alone, op)
-    }
-
     /// Queues one sweep batch: up to `limit` expired rows of one kind, in a non-durable
     /// transaction of its own, answered with how many index entries it removed.
     fn sweep(
@@ -188,7 +166,7 @@ impl Inner {
     ) -> Result<oneshot::Receiver<Result<usize, StoreError>>, StoreError> {
         // Losing a sweep in a crash only leaves rows that read as absent; the next durable commit
         // persists it anyway. No fsync while holding the writer lock.
-        self.submit(Needs::Commit, true, move |txn, now| {
+        self.writer.queue(Needs::Commit, true, move |txn, now| {
             let deleted = match kind {
                 Swept::Records => {
                     sweep_table(txn, RECORDS, RECORDS_BY_EXPIRY, now, limit, |v| v.0)?
@@ -325,7 +303,7 @@ impl EmbeddedStore {
             Durability::None => Needs::Commit,
             _ => Needs::Fsync,
         };
-        let answer = self.inner.submit(needs, false, op)?;
+        let answer = self.inner.writer.queue(needs, false, op)?;
         answer.await.map_err(|_| writer_stopped())?
     }
 

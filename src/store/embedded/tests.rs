@@ -517,7 +517,8 @@ fn hold_writer(store: &EmbeddedStore) -> std::sync::mpsc::Sender<()> {
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let _answer = store
         .inner
-        .submit(Needs::Nothing, false, move |_, _| {
+        .writer
+        .queue(Needs::Nothing, false, move |_, _| {
             let _ = started_tx.send(());
             let _ = go_rx.recv();
             Ok(((), Changed::No))
@@ -683,7 +684,8 @@ async fn a_panicking_operation_fails_and_the_writer_goes_on() {
     let store = open(&settings(&dir));
     let answer = store
         .inner
-        .submit(Needs::Fsync, false, |_, _| -> Result<((), Changed), _> {
+        .writer
+        .queue(Needs::Fsync, false, |_, _| -> Result<((), Changed), _> {
             panic!("a bug in an operation")
         })
         .unwrap();

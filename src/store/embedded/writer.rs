@@ -45,7 +45,15 @@ impl Writer {
         })
     }
 
-    /// Queues `op` (see `Inner::submit`); its answer arrives on the returned receiver.
+    /// Queues `op` for the writer and returns where its answer will arrive. `op` gets the
+    /// transaction and the time (read once the writer lock is held) and says whether it changed
+    /// anything; a change needs `needs` from the commit. `alone` runs it in a transaction of its
+    /// own rather than in a batch with others.
+    ///
+    /// If `op` (or any operation in its batch) fails, the whole transaction is abandoned, so a
+    /// failure part-way through leaves no trace, and the batch is run again in parts (see
+    /// `run_batch`): `op` may run more than once, each time in a fresh transaction, and is
+    /// answered for the run that settles.
     pub(super) fn queue<T, F>(
         &self,
         needs: Needs,
@@ -57,22 +65,19 @@ impl Writer {
         F: FnMut(&WriteTransaction, u64) -> Result<(T, Changed), StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        self.submit(Box::new(Pending {
+        let job: Box<dyn Job> = Box::new(Pending {
             op,
             needs,
             alone,
             answer: None,
             reply: Some(reply),
-        }))?;
-        Ok(answer)
-    }
-
-    fn submit(&self, job: Box<dyn Job>) -> Result<(), StoreError> {
+        });
         self.jobs
             .as_ref()
             .ok_or_else(writer_stopped)?
             .send(job)
-            .map_err(|_| writer_stopped())
+            .map_err(|_| writer_stopped())?;
+        Ok(answer)
     }
 }
 
