@@ -47,7 +47,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod phone;
 pub mod pipeline;
-mod redis_conn;
 pub mod settle;
 pub mod startup;
 pub mod store;

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use super::{ADMIN_TIMEOUT, CONNECT_TIMEOUT, DncError, LOOKUP_TIMEOUT, RedisDnc};
 use crate::gates::cooldown::NumberHasher;
 use crate::phone::PhoneNumber;
-use crate::redis_conn::{self, Redactor, Timeouts};
+use crate::store::redis::conn::{self, Redactor, Timeouts};
 
 /// The `<prefix>:dnc` set of keyed hashes.
 pub(super) struct SharedSet {
@@ -29,7 +29,7 @@ impl SharedSet {
             return Err(DncError::Settings("the hash key must not be empty"));
         }
         let hasher = NumberHasher::with_key(&settings.hash_key);
-        let (client, redactor) = redis_conn::open(
+        let (client, redactor) = conn::open(
             &settings.url,
             &settings.tls_ca_file,
             DncError::Redis,
@@ -48,8 +48,7 @@ impl SharedSet {
                 .await
                 .map_err(|e| redactor.error("cannot read the set", &e))
         };
-        let (conn, size) =
-            redis_conn::connect_checked(client, &redactor, timeouts, read_size).await?;
+        let (conn, size) = conn::connect_checked(client, &redactor, timeouts, read_size).await?;
         tracing::info!(key = %key, entries = size, "shared do-not-call set connected");
         Ok(SharedSet {
             conn,

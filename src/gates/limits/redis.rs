@@ -53,7 +53,7 @@ use secrecy::SecretString;
 use super::{
     Attempt, Backend, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, WaitFor,
 };
-use crate::redis_conn::{self, Redactor, Timeouts};
+use crate::store::redis::conn::{self, Redactor, Timeouts};
 
 /// How long [`RedisLimiter::connect`] waits for Redis, all reconnection attempts included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -199,7 +199,7 @@ impl RedisLimiter {
         key_prefix: &str,
         settings: LimitRules,
     ) -> Result<Self, LimitError> {
-        let (client, redactor) = redis_conn::open(
+        let (client, redactor) = conn::open(
             url,
             tls_ca_file,
             LimitError::Backend,
@@ -210,8 +210,7 @@ impl RedisLimiter {
             response: RESPONSE_TIMEOUT,
         };
         let acquire = Script::new(ACQUIRE_LUA);
-        let conn =
-            redis_conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire]).await?;
+        let conn = conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire]).await?;
         let common = Common::new(&settings);
         Ok(RedisLimiter {
             conn,

@@ -58,7 +58,7 @@ async fn redis_limiter(prefix: &str, settings: LimitRules) -> RedisLimiter {
 /// Deletes every key under the limiter's prefix.
 async fn cleanup(limiter: &RedisLimiter) {
     let mut conn = limiter.conn.clone();
-    crate::redis_conn::delete_prefixed(&mut conn, &limiter.inner.key_prefix)
+    crate::store::redis::conn::delete_prefixed(&mut conn, &limiter.inner.key_prefix)
         .await
         .expect("delete test keys");
 }
