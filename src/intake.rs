@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
+use crate::gates::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::settle::{Disposition, settle};
 use crate::store::DialStore;
@@ -35,8 +36,8 @@ pub enum Stopped {
 
 /// Handles one delivery so that it is always settled: a panic anywhere in the pipeline is
 /// caught and turned into a disposition, never a delivery left unacknowledged on the channel.
-async fn handle_guarded<C: CccClient, S: DialStore>(
-    pipeline: &Pipeline<C, S>,
+async fn handle_guarded<C: CccClient, S: DialStore, L: Limiter>(
+    pipeline: &Pipeline<C, S, L>,
     incoming: &Incoming,
 ) -> Disposition {
     let panic = match AssertUnwindSafe(pipeline.handle(incoming))
@@ -60,10 +61,10 @@ async fn handle_guarded<C: CccClient, S: DialStore>(
 
 /// Runs the consumer until shutdown, a halt, or the end of the stream; then cancels it and
 /// waits up to `drain` for in-flight requests.
-pub async fn consume<C: CccClient, S: DialStore>(
+pub async fn consume<C: CccClient, S: DialStore, L: Limiter>(
     mut consumer: Consumer,
     channel: &Channel,
-    pipeline: Arc<Pipeline<C, S>>,
+    pipeline: Arc<Pipeline<C, S, L>>,
     shutdown: CancellationToken,
     lost: CancellationToken,
     drain: Duration,

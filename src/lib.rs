@@ -18,23 +18,26 @@
 //! [`pipeline`] holds that path (`dedup`, `gates`, `record` are its stages; `execute` is the
 //! one place that talks to the broker); [`intake`] feeds it and [`settle`] ends it.
 //! [`startup`] wires the stages from [`config::Settings`] and supervises the broker session;
-//! [`app`] is the worker built once, for `run`, the tests, the demo and the bench.
+//! [`backend`] opens what `store.backend` names, once; [`app`] is the worker built once, for
+//! `run`, the tests, the demo and the bench.
 //!
 //! Edges, behind small traits where the pipeline meets them: [`amqp`] (connections, topology,
 //! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (signing, the client, answers and
 //! their classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
-//! Redis; [`store::DialRecords`] and [`store::CalleeState`]). Around them: [`gates`] (the
-//! checks before a dial), [`dial`], [`defer`] (wait tiers), [`outcome`], [`validate`],
-//! [`phone`], [`metrics`], [`health`] (`/healthz`, `/readyz`, `/metrics`), [`telemetry`]
-//! (logs), [`accept`] (the accept loop of the small HTTP servers), [`credentials`]. Private:
-//! `redis_conn` (one careful way to reach Redis), `tls` (the CA files), `test_hooks` (faults
-//! for tests, behind a feature).
+//! Redis; [`store::DialRecords`] and [`store::CalleeState`]; [`store::redis`] also holds the
+//! Redis side of the limiter and of the do-not-call list, behind [`gates::limits::Limiter`] and
+//! [`gates::dnc::SharedList`]). Around them: [`gates`] (the checks before a dial), [`dial`],
+//! [`defer`] (wait tiers), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`]
+//! (`/healthz`, `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of
+//! the small HTTP servers), [`credentials`]. Private: `tls` (the CA files), `test_hooks`
+//! (faults for tests, behind a feature).
 //!
 //! The CCC simulator, the test harness, the demo and the bench are the `dialex-devkit` crate's.
 
 pub mod accept;
 pub mod amqp;
 pub mod app;
+pub mod backend;
 pub mod ccc;
 pub mod config;
 pub mod credentials;

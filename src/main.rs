@@ -5,15 +5,15 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dialex_worker::config::Settings;
 use dialex_worker::credentials::Credentials;
-use dialex_worker::gates::dnc::{DncList, DncSources};
+use dialex_worker::gates::dnc::SharedList as _;
 use dialex_worker::phone::PhoneNumber;
-use dialex_worker::{app, startup, telemetry};
+use dialex_worker::store::redis::dnc::{RedisDnc, RedisDncSet};
+use dialex_worker::{app, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -114,12 +114,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(warning) = settings.public_hash_key() {
                 tracing::warn!("{warning}");
             }
-            let list = DncList::start(DncSources {
-                file: None,
-                reload_interval: Duration::from_secs(60),
-                redis: Some(startup::shared_dnc(&settings)),
-            })
-            .await?;
+            let list = RedisDncSet::connect(&RedisDnc::from_settings(&settings)).await?;
             let (numbers, add) = match &action {
                 DncAction::Add(numbers) => (numbers.all()?, true),
                 DncAction::Remove(numbers) => (numbers.all()?, false),

@@ -10,57 +10,34 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, AmqpError, PublishError, Publisher, op, topology};
+use crate::backend::{Backend, BackendError};
 use crate::ccc::CccClient;
 use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
 use crate::dial::DialPolicy;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
-use crate::gates::dnc::{DncError, DncList, DncSources, RedisDnc};
+use crate::gates::dnc::{DncError, DncList, DncSources};
 use crate::gates::hours::{BusinessHours, CalendarError};
-use crate::gates::limits::{AnyLimiter, LimitError, LimitRules, LocalLimiter, RedisLimiter};
+use crate::gates::limits::Limiter;
 use crate::health::Health;
 use crate::intake::{Stopped, consume};
 use crate::metrics::{Metrics, PauseCause};
 use crate::pipeline::{Halt, HaltCause, Pipeline};
-use crate::store::embedded::EmbeddedStore;
-use crate::store::redis::RedisStore;
-use crate::store::{DialStore, StoreError};
+use crate::store::DialStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Amqp(#[from] AmqpError),
-    #[error("could not open the dial-record store: {0}")]
-    Store(#[from] StoreError),
+    /// The store, the limiter or the shared do-not-call set could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// The business-hours calendar is not usable.
     #[error(transparent)]
     Calendar(#[from] CalendarError),
-    /// The do-not-call list could not be loaded.
+    /// The do-not-call file could not be loaded.
     #[error(transparent)]
     Dnc(#[from] DncError),
-    /// The shared limiter could not be set up.
-    #[error(transparent)]
-    Limits(#[from] LimitError),
-}
-
-/// The shared do-not-call set in the store's Redis, as the worker and `dialex-worker dnc`
-/// reach it.
-pub fn shared_dnc(settings: &Settings) -> RedisDnc {
-    RedisDnc {
-        url: settings.store.url.clone(),
-        tls_ca_file: settings.store.tls_ca_file.clone(),
-        key_prefix: settings.store.key_prefix.clone(),
-        hash_key: settings.cooldown.hash_key.clone(),
-    }
-}
-
-fn dnc_sources(settings: &Settings) -> DncSources {
-    let file = &settings.dnc.file;
-    DncSources {
-        file: (!file.as_os_str().is_empty()).then(|| file.clone()),
-        reload_interval: Duration::from_millis(settings.dnc.reload_interval_ms),
-        redis: settings.dnc.shared.then(|| shared_dnc(settings)),
-    }
 }
 
 /// This process's name in claims: the pod name (Kubernetes sets `HOSTNAME`) plus a random
@@ -74,7 +51,8 @@ pub fn worker_id() -> String {
     format!("{host}-{}", &suffix[..8])
 }
 
-/// Opens the store `settings` ask for and runs the worker with it.
+/// Opens the backend `store.backend` names (the one place that choice is made) and runs the
+/// worker on it.
 pub async fn run_with_configured_store<C: CccClient>(
     settings: &Settings,
     client: C,
@@ -83,36 +61,23 @@ pub async fn run_with_configured_store<C: CccClient>(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let worker = worker_id();
-    // A permit outlives a crashed holder by the dial lease: longer than any dial.
-    let limits = LimitRules::from_config(&settings.limits, settings.store.lease());
     match settings.store.backend {
         StoreBackend::Embedded => {
-            let store = EmbeddedStore::open(&settings.store, worker)?;
-            let limiter = AnyLimiter::Local(LocalLimiter::new(limits));
-            run(settings, client, store, limiter, metrics, health, shutdown).await
+            let backend = Backend::embedded(settings, worker)?;
+            run(settings, client, backend, metrics, health, shutdown).await
         }
         StoreBackend::Redis => {
-            let store = RedisStore::connect(&settings.store, worker).await?;
-            let limiter = AnyLimiter::Redis(
-                RedisLimiter::connect(
-                    &settings.store.url,
-                    &settings.store.tls_ca_file,
-                    &settings.store.key_prefix,
-                    limits,
-                )
-                .await?,
-            );
-            run(settings, client, store, limiter, metrics, health, shutdown).await
+            let backend = Backend::redis(settings, worker).await?;
+            run(settings, client, backend, metrics, health, shutdown).await
         }
     }
 }
 
 /// Declares the topology, consumes until `shutdown`, and closes cleanly.
-pub async fn run<C: CccClient, S: DialStore>(
+pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
     settings: &Settings,
     client: C,
-    store: S,
-    limiter: AnyLimiter,
+    backend: Backend<S, L>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -132,11 +97,17 @@ pub async fn run<C: CccClient, S: DialStore>(
     let amqp_settings = &settings.amqp;
     let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
     let hours = BusinessHours::new(&settings.business_hours)?;
-    let dnc = DncList::start(dnc_sources(settings)).await?;
+    let file = &settings.dnc.file;
+    let dnc = DncList::start(DncSources {
+        file: (!file.as_os_str().is_empty()).then(|| file.clone()),
+        reload_interval: Duration::from_millis(settings.dnc.reload_interval_ms),
+        shared: backend.shared_dnc,
+    })
+    .await?;
     let halt = Arc::new(Halt::default());
     let pipeline = Arc::new(Pipeline {
         client,
-        store,
+        store: backend.store,
         policy: DialPolicy::from_settings(&settings.ccc),
         publisher: Publisher::new(amqp_settings, Arc::clone(&metrics)),
         tiers,
@@ -144,7 +115,7 @@ pub async fn run<C: CccClient, S: DialStore>(
         hasher: NumberHasher::new(&settings.cooldown),
         hours,
         dnc,
-        limiter,
+        limiter: backend.limiter,
         metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
         delivery_limit: amqp_settings.delivery_limit,
@@ -301,10 +272,10 @@ fn is_refusal(error: &lapin::Error) -> bool {
 
 /// Consumes on `session` until shutdown or the session is lost; pauses (and resumes) in
 /// between when CCC refuses the worker or the store stops answering.
-async fn serve<C: CccClient, S: DialStore>(
+async fn serve<C: CccClient, S: DialStore, L: Limiter>(
     settings: &Settings,
     session: &Session,
-    pipeline: &Arc<Pipeline<C, S>>,
+    pipeline: &Arc<Pipeline<C, S, L>>,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Ended {

@@ -199,17 +199,14 @@ async fn numbers_on_the_do_not_call_list_are_never_dialed_and_the_list_reloads()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_on_the_shared_redis_list_are_never_dialed() {
-    use dialex_worker::gates::dnc::{DncList, DncSources};
+    use dialex_worker::gates::dnc::SharedList as _;
+    use dialex_worker::store::redis::dnc::{RedisDnc, RedisDncSet};
     let mut s = settings_with(StoreBackend::Redis);
     s.dnc.shared = true;
     let mut h = started(s, SimConfig::default()).await;
-    let list = DncList::start(DncSources {
-        file: None,
-        reload_interval: Duration::from_secs(60),
-        redis: Some(dialex_worker::startup::shared_dnc(&h.settings)),
-    })
-    .await
-    .unwrap();
+    let list = RedisDncSet::connect(&RedisDnc::from_settings(&h.settings))
+        .await
+        .unwrap();
     let number = callee(6);
     list.add(&dialex_worker::phone::PhoneNumber::parse(&number).unwrap())
         .await

@@ -8,12 +8,13 @@ use super::held::Held;
 use super::{Broker, Finish, Parking, Pipeline, Step, Verdict};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
+use crate::gates::limits::Limiter;
 use crate::metrics::{DedupKind, StoreOp};
 use crate::outcome::{DeferReason, OutcomeEvent};
 use crate::store::{Claim, DialStore};
 use crate::validate::{DialRequest, Rejection};
 
-impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Claims the request for this worker. Anything else ends its path here: it is being
     /// handled elsewhere (wait), it has a result (publish it again), or its worker died
     /// (`unknown`, never dialed again).

@@ -8,11 +8,12 @@ use jiff::Timestamp;
 use super::{Broker, Deferral, HaltCause, Parking, Pipeline, Step};
 use crate::amqp::{Incoming, PublishError};
 use crate::ccc::CccClient;
+use crate::gates::limits::Limiter;
 use crate::outcome::OutcomeEvent;
 use crate::settle::Disposition;
 use crate::store::DialStore;
 
-impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     pub(super) async fn execute(&self, step: Step, incoming: &Incoming) -> Disposition {
         match step {
             Step::Finish(finish) => match self.publish(&finish.event, &finish.json, incoming).await

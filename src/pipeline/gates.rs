@@ -16,7 +16,7 @@ use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
 
-impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Passes every gate (`Ok`, with the callee's hold and the permit in `held`), or says why
     /// not.
     pub(super) async fn gates(

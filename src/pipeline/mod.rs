@@ -43,7 +43,7 @@ use crate::dial::{DialPolicy, DialResult, dial};
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::DncList;
 use crate::gates::hours::BusinessHours;
-use crate::gates::limits::{AnyLimiter, Limiter as _};
+use crate::gates::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::outcome::{DeferReason, OutcomeEvent, Status};
 use crate::settle::Disposition;
@@ -53,7 +53,7 @@ use crate::validate::{self, DialRequest};
 use held::Held;
 
 /// The stages wired together, shared by all in-flight requests.
-pub struct Pipeline<C, S, B = Publisher> {
+pub struct Pipeline<C, S, L, B = Publisher> {
     pub client: C,
     pub store: S,
     pub policy: DialPolicy,
@@ -63,7 +63,7 @@ pub struct Pipeline<C, S, B = Publisher> {
     pub hasher: NumberHasher,
     pub hours: BusinessHours,
     pub dnc: DncList,
-    pub limiter: AnyLimiter,
+    pub limiter: L,
     pub metrics: Arc<Metrics>,
     pub halt: Arc<Halt>,
     /// The request queue's `x-delivery-limit`.
@@ -75,7 +75,7 @@ pub struct Pipeline<C, S, B = Publisher> {
     pub unreleased: std::sync::Mutex<Vec<(String, ClaimToken)>>,
 }
 
-impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Takes one delivery through every stage and returns how to settle it.
     pub async fn handle(&self, incoming: &Incoming) -> Disposition {
         #[cfg(feature = "test-hooks")]

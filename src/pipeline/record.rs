@@ -8,6 +8,7 @@ use super::held::Held;
 use super::{Broker, Finish, HaltCause, Pipeline, Step};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
+use crate::gates::limits::Limiter;
 use crate::metrics::StoreOp;
 use crate::outcome::{OutcomeEvent, Status};
 use crate::store::{DialStore, Recorded, StoreError};
@@ -16,7 +17,7 @@ use crate::store::{DialStore, Recorded, StoreError};
 const RECORD_RETRY_MIN: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
-impl<C: CccClient, S: DialStore, B: Broker> Pipeline<C, S, B> {
+impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Records `event` as the request's result (keeping the callee's slot for a call that was
     /// or may have been placed, giving it back otherwise) and publishes whichever result the
     /// store holds: ours, or one recorded first by another delivery.

@@ -320,12 +320,12 @@ impl Drop for TempDir {
 }
 
 struct Fixture {
-    pipeline: Pipeline<Scripted, Faulty, Recorder>,
+    pipeline: Pipeline<Scripted, Faulty, LocalLimiter, Recorder>,
     _dir: TempDir,
 }
 
 impl std::ops::Deref for Fixture {
-    type Target = Pipeline<Scripted, Faulty, Recorder>;
+    type Target = Pipeline<Scripted, Faulty, LocalLimiter, Recorder>;
     fn deref(&self) -> &Self::Target {
         &self.pipeline
     }
@@ -364,11 +364,11 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         dnc: DncList::start(DncSources {
             file: Some(dnc_file),
             reload_interval: Duration::from_secs(60),
-            redis: None,
+            shared: None,
         })
         .await
         .unwrap(),
-        limiter: AnyLimiter::Local(LocalLimiter::new(limits)),
+        limiter: LocalLimiter::new(limits),
         metrics,
         halt: Arc::default(),
         delivery_limit: s.amqp.delivery_limit,

@@ -212,7 +212,7 @@ impl ClaimToken {
     }
 }
 
-/// The answer to [`DialStore::claim`].
+/// The answer to [`DialRecords::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The request is ours to dial.
@@ -256,7 +256,7 @@ impl Claim {
     }
 }
 
-/// The answer to [`DialStore::record`].
+/// The answer to [`DialRecords::record`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// Our event is now the request's result.
@@ -265,7 +265,7 @@ pub enum Recorded {
     Earlier(Vec<u8>),
 }
 
-/// The answer to [`DialStore::cooldown_acquire`].
+/// The answer to [`CalleeState::cooldown_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cooldown {
     /// The callee's slot is ours (or already was, for the same request): dial.

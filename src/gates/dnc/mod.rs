@@ -10,17 +10,18 @@
 //!   probe under a read lock: no I/O and no waiting on a reload. Lines that are not phone
 //!   numbers are skipped with one warning per load naming their line numbers, never their
 //!   content (a near-miss is still someone's phone number).
-//! - **A shared Redis set** `<prefix>:dnc`, optional, for lists managed at run time by an
-//!   operator CLI across all replicas. It holds hex HMAC-SHA1 digests of the national number
-//!   under a secret key, never raw numbers, for the same reason as the cooldown keys (see
-//!   [`crate::gates::cooldown`]): a leaked dump cannot be reversed by hashing every possible
-//!   number without the key.
+//! - **A shared set** ([`SharedList`]), optional, for lists managed at run time by an operator
+//!   CLI across all replicas. The Redis backend keeps it
+//!   ([`RedisDncSet`](crate::store::redis::dnc::RedisDncSet)) as hex HMAC-SHA1 digests of the
+//!   national number under a secret key, never raw numbers, for the same reason as the
+//!   cooldown keys (see [`crate::gates::cooldown`]): a leaked dump cannot be reversed by
+//!   hashing every possible number without the key.
 //!
 //! How the file is reloaded while the worker runs is the [`file`] module's.
 //!
 //! # Errors fail closed
 //!
-//! The file lookup cannot fail. A Redis lookup that errors or does not answer within
+//! The file lookup cannot fail. A shared lookup that errors or does not answer within
 //! [`LOOKUP_TIMEOUT`] returns `Err`; whether that blocks the call is the caller's decision
 //! (the pipeline fails closed: an unknown answer is not a "no"). No error message contains a
 //! phone number, the Redis URL or a secret.
@@ -31,27 +32,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use futures_util::future::BoxFuture;
 use tokio_util::sync::DropGuard;
 
 use crate::phone::PhoneNumber;
 
 mod file;
-mod shared;
 
 use file::{FileSet, start_file};
-use shared::SharedSet;
 
 /// How long a membership check in the shared set may take. A lookup sits on the path of every
 /// dial, so a stalled Redis must fail the check quickly rather than hold the call.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// How long [`DncList::add`] and [`DncList::remove`] may take. They serve an operator, not a
-/// waiting call, so they can afford to ride out a reconnect.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long [`DncList::start`] waits for Redis, reconnection attempts included.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many skipped line numbers one warning lists; the rest are only counted, so a file of
 /// garbage cannot produce a megabyte-long log line.
@@ -64,32 +56,22 @@ pub struct DncSources {
     pub file: Option<PathBuf>,
     /// How often the file is checked for changes. Must be positive.
     pub reload_interval: Duration,
-    /// The shared Redis set, if any.
-    pub redis: Option<RedisDnc>,
+    /// The shared set, if any (the backend connected it).
+    pub shared: Option<Arc<dyn SharedList>>,
 }
 
-/// The shared do-not-call set in Redis.
-pub struct RedisDnc {
-    /// Redis URL (`redis://…`); may carry a password, so it is secret.
-    pub url: SecretString,
-    /// With `rediss://`: the CA file (`store.tls_ca_file`); empty for the system's roots.
-    pub tls_ca_file: PathBuf,
-    /// Key prefix; the set is `<key_prefix>:dnc`.
-    pub key_prefix: String,
-    /// HMAC key the set's members are hashed under. Every writer and reader of the set must
-    /// use the same key, or their hashes will not match.
-    pub hash_key: SecretString,
-}
+/// A do-not-call set every replica shares, kept by the backend. A lookup must answer within
+/// [`LOOKUP_TIMEOUT`] or fail with [`DncError::Timeout`]; no error carries a number or a
+/// secret. `Debug` names where the set lives, never what it holds.
+pub trait SharedList: fmt::Debug + Send + Sync + 'static {
+    /// Whether `number` is in the set.
+    fn contains<'a>(&'a self, number: &'a PhoneNumber) -> BoxFuture<'a, Result<bool, DncError>>;
 
-impl fmt::Debug for RedisDnc {
-    // By hand, to say which fields are hidden; `SecretString`'s own Debug already redacts.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisDnc")
-            .field("url", &"[redacted]")
-            .field("key_prefix", &self.key_prefix)
-            .field("hash_key", &"[redacted]")
-            .finish()
-    }
+    /// Adds `number`; adding a listed number is not an error.
+    fn add<'a>(&'a self, number: &'a PhoneNumber) -> BoxFuture<'a, Result<(), DncError>>;
+
+    /// Removes `number`; removing an unlisted number is not an error.
+    fn remove<'a>(&'a self, number: &'a PhoneNumber) -> BoxFuture<'a, Result<(), DncError>>;
 }
 
 /// Why the do-not-call list could not be loaded or consulted.
@@ -111,15 +93,15 @@ pub enum DncError {
     /// [`DncList::add`] or [`DncList::remove`] without a shared set configured.
     #[error("no shared do-not-call set is configured (it needs Redis)")]
     NoSharedSet,
-    /// Redis refused, failed or answered something unexpected.
+    /// The shared set's backend refused, failed or answered something unexpected.
     #[error("shared do-not-call set: {0}")]
     Redis(String),
-    /// Redis did not answer in time; whether a write took effect is unknown.
+    /// The shared set did not answer in time; whether a write took effect is unknown.
     #[error("shared do-not-call set: no answer from Redis within {} ms", .0.as_millis())]
     Timeout(Duration),
 }
 
-/// The do-not-call list: the file's numbers in memory, plus the shared Redis set if configured.
+/// The do-not-call list: the file's numbers in memory, plus the shared set if configured.
 ///
 /// Cheap to clone (one `Arc`). The background reloader stops when the last clone is dropped.
 #[derive(Clone)]
@@ -129,7 +111,7 @@ pub struct DncList {
 
 struct Inner {
     file: Option<Arc<FileSet>>,
-    shared: Option<SharedSet>,
+    shared: Option<Arc<dyn SharedList>>,
     /// Cancels the reloader when the last [`DncList`] clone goes away. The reloader holds the
     /// [`FileSet`] but not [`Inner`], so it cannot keep itself alive.
     _stop_reloader: Option<DropGuard>,
@@ -145,16 +127,13 @@ impl fmt::Debug for DncList {
                 &self.inner.file.as_ref().map(|file| file.path.display()),
             )
             .field("file_len", &self.file_len())
-            .field(
-                "shared_set",
-                &self.inner.shared.as_ref().map(|shared| &shared.key),
-            )
+            .field("shared_set", &self.inner.shared)
             .finish()
     }
 }
 
 impl DncList {
-    /// Loads the file (if any), starts its reloader and connects to Redis (if configured).
+    /// Loads the file (if any) and starts its reloader; consults `shared` (if any) as well.
     ///
     /// Must be called inside a Tokio runtime, which the reloader runs on.
     ///
@@ -162,18 +141,11 @@ impl DncList {
     ///
     /// [`DncError::File`] if the configured file cannot be read (fail fast: a worker without
     /// its list would dial people who opted out), [`DncError::Settings`] for a zero reload
-    /// interval or an empty Redis key prefix or hash key, and [`DncError::Redis`] if Redis
-    /// cannot be reached in time or refuses to read the set.
+    /// interval.
     pub async fn start(settings: DncSources) -> Result<DncList, DncError> {
         if settings.file.is_some() && settings.reload_interval.is_zero() {
             return Err(DncError::Settings("the reload interval must be positive"));
         }
-        // Redis first: it validates settings and fails without side effects, whereas the file
-        // load spawns a task.
-        let shared = match &settings.redis {
-            Some(redis) => Some(SharedSet::connect(redis).await?),
-            None => None,
-        };
         let (file, stop) = match settings.file {
             Some(path) => {
                 let (file, stop) = start_file(path, settings.reload_interval).await?;
@@ -184,7 +156,7 @@ impl DncList {
         Ok(DncList {
             inner: Arc::new(Inner {
                 file,
-                shared,
+                shared: settings.shared,
                 _stop_reloader: stop,
             }),
         })
@@ -202,11 +174,11 @@ impl DncList {
     }
 
     /// Whether `number` is on the list: the in-memory file set first (no I/O), then the shared
-    /// Redis set if one is configured.
+    /// set if one is configured.
     ///
     /// # Errors
     ///
-    /// Only from the Redis lookup: [`DncError::Redis`] or [`DncError::Timeout`] (after
+    /// Only from the shared lookup: [`DncError::Redis`] or [`DncError::Timeout`] (after
     /// [`LOOKUP_TIMEOUT`]). The caller should treat an error as "maybe listed".
     pub async fn contains(&self, number: &PhoneNumber) -> Result<bool, DncError> {
         if let Some(file) = &self.inner.file
@@ -225,28 +197,28 @@ impl DncList {
         self.inner.file.as_ref().map_or(0, |file| file.len())
     }
 
-    /// Adds `number` to the shared Redis set (as its keyed hash). Adding a listed number is
+    /// Adds `number` to the shared set. Adding a listed number is
     /// not an error.
     ///
     /// # Errors
     ///
-    /// [`DncError::NoSharedSet`] without Redis configured; [`DncError::Redis`] or
+    /// [`DncError::NoSharedSet`] without a shared set; [`DncError::Redis`] or
     /// [`DncError::Timeout`] if the write failed or its effect is unknown.
     pub async fn add(&self, number: &PhoneNumber) -> Result<(), DncError> {
-        self.shared()?.write("SADD", number).await
+        self.shared()?.add(number).await
     }
 
-    /// Removes `number` from the shared Redis set. Removing an unlisted number is not an
+    /// Removes `number` from the shared set. Removing an unlisted number is not an
     /// error. Numbers in the file are not affected: edit the file for those.
     ///
     /// # Errors
     ///
     /// As for [`DncList::add`].
     pub async fn remove(&self, number: &PhoneNumber) -> Result<(), DncError> {
-        self.shared()?.write("SREM", number).await
+        self.shared()?.remove(number).await
     }
 
-    fn shared(&self) -> Result<&SharedSet, DncError> {
+    fn shared(&self) -> Result<&Arc<dyn SharedList>, DncError> {
         self.inner.shared.as_ref().ok_or(DncError::NoSharedSet)
     }
 }

@@ -3,7 +3,10 @@ use std::path::Path;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
+use secrecy::SecretString;
+
 use super::*;
+use crate::store::redis::dnc::{RedisDnc, RedisDncSet};
 use std::sync::Weak;
 use std::time::Instant;
 
@@ -50,7 +53,7 @@ fn file_sources(path: PathBuf) -> DncSources {
     DncSources {
         file: Some(path),
         reload_interval: INTERVAL,
-        redis: None,
+        shared: None,
     }
 }
 
@@ -86,9 +89,10 @@ fn redis_settings(prefix: &str, hash_key: &str) -> RedisDnc {
     }
 }
 
-async fn start_or_explain(settings: DncSources) -> DncList {
-    match DncList::start(settings).await {
-        Ok(list) => list,
+/// The shared set on the local Redis, or a panic explaining that these tests need one.
+async fn shared(settings: RedisDnc) -> Option<Arc<dyn SharedList>> {
+    match RedisDncSet::connect(&settings).await {
+        Ok(set) => Some(Arc::new(set)),
         Err(e) => panic!(
             "these tests need a real Redis at {REDIS_URL}; start one \
              (e.g. `redis-server --daemonize yes` or \
@@ -264,7 +268,7 @@ async fn the_empty_list_contains_nothing_and_has_no_shared_set() {
     let nothing = DncList::start(DncSources {
         file: None,
         reload_interval: Duration::ZERO,
-        redis: None,
+        shared: None,
     })
     .await
     .expect("no sources is fine");
@@ -301,12 +305,13 @@ async fn the_reloader_stops_when_the_last_clone_is_dropped() {
 async fn the_shared_set_holds_keyed_hashes_and_supports_add_and_remove() {
     let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
     let key = format!("{prefix}:dnc");
-    let list = start_or_explain(DncSources {
+    let list = DncList::start(DncSources {
         file: None,
         reload_interval: INTERVAL,
-        redis: Some(redis_settings(&prefix, "test-secret")),
+        shared: shared(redis_settings(&prefix, "test-secret")).await,
     })
-    .await;
+    .await
+    .expect("the list starts");
     let mut raw = raw_redis().await;
 
     let n = number("+86 157-3203-6617");
@@ -334,12 +339,13 @@ async fn the_shared_set_holds_keyed_hashes_and_supports_add_and_remove() {
     assert!(!members[0].contains("15732036617"));
 
     // Another hash key cannot see it: every reader must share the key.
-    let other = start_or_explain(DncSources {
+    let other = DncList::start(DncSources {
         file: None,
         reload_interval: INTERVAL,
-        redis: Some(redis_settings(&prefix, "another-secret")),
+        shared: shared(redis_settings(&prefix, "another-secret")).await,
     })
-    .await;
+    .await
+    .expect("the list starts");
     assert!(!listed(&other, "15732036617").await);
 
     list.remove(&n).await.expect("SREM");
@@ -365,12 +371,13 @@ async fn the_file_and_the_shared_set_are_both_consulted() {
     let path = dir.path("dnc.txt");
     std::fs::write(&path, "15732036617\n").expect("write list");
     let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
-    let list = start_or_explain(DncSources {
+    let list = DncList::start(DncSources {
         file: Some(path),
         reload_interval: INTERVAL,
-        redis: Some(redis_settings(&prefix, "test-secret")),
+        shared: shared(redis_settings(&prefix, "test-secret")).await,
     })
-    .await;
+    .await
+    .expect("the list starts");
     list.add(&number("13000000000")).await.expect("SADD");
     assert!(listed(&list, "15732036617").await, "from the file");
     assert!(listed(&list, "13000000000").await, "from Redis");
@@ -391,12 +398,13 @@ async fn the_file_and_the_shared_set_are_both_consulted() {
 async fn a_wrong_type_key_is_an_error_not_a_no() {
     let prefix = format!("dialex-dnc-test-{}", uuid::Uuid::new_v4());
     let key = format!("{prefix}:dnc");
-    let list = start_or_explain(DncSources {
+    let list = DncList::start(DncSources {
         file: None,
         reload_interval: INTERVAL,
-        redis: Some(redis_settings(&prefix, "test-secret")),
+        shared: shared(redis_settings(&prefix, "test-secret")).await,
     })
-    .await;
+    .await
+    .expect("the list starts");
     let mut raw = raw_redis().await;
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -455,15 +463,11 @@ async fn stalling_redis() -> String {
 
 #[tokio::test]
 async fn a_stalled_redis_fails_the_lookup_quickly() {
-    let list = DncList::start(DncSources {
-        file: None,
-        reload_interval: INTERVAL,
-        redis: Some(RedisDnc {
-            url: SecretString::from(stalling_redis().await),
-            tls_ca_file: PathBuf::new(),
-            key_prefix: "p".to_owned(),
-            hash_key: SecretString::from("k".to_owned()),
-        }),
+    let list = RedisDncSet::connect(&RedisDnc {
+        url: SecretString::from(stalling_redis().await),
+        tls_ca_file: PathBuf::new(),
+        key_prefix: "p".to_owned(),
+        hash_key: SecretString::from("k".to_owned()),
     })
     .await
     .expect("the fake answers the start-up probe");
@@ -483,15 +487,11 @@ async fn a_stalled_redis_fails_the_lookup_quickly() {
 #[tokio::test]
 async fn connection_errors_never_show_the_url_or_password() {
     // Port 1 on loopback refuses at once.
-    let err = DncList::start(DncSources {
-        file: None,
-        reload_interval: INTERVAL,
-        redis: Some(RedisDnc {
-            url: SecretString::from("redis://user:s3cr%40t@127.0.0.1:1/0".to_owned()),
-            tls_ca_file: PathBuf::new(),
-            key_prefix: "p".to_owned(),
-            hash_key: SecretString::from("k".to_owned()),
-        }),
+    let err = RedisDncSet::connect(&RedisDnc {
+        url: SecretString::from("redis://user:s3cr%40t@127.0.0.1:1/0".to_owned()),
+        tls_ca_file: PathBuf::new(),
+        key_prefix: "p".to_owned(),
+        hash_key: SecretString::from("k".to_owned()),
     })
     .await
     .expect_err("nothing listens on port 1");
@@ -501,15 +501,11 @@ async fn connection_errors_never_show_the_url_or_password() {
     }
     assert!(!format!("{err:?}").contains("s3cr"));
 
-    let err = DncList::start(DncSources {
-        file: None,
-        reload_interval: INTERVAL,
-        redis: Some(RedisDnc {
-            url: SecretString::from(REDIS_URL.to_owned()),
-            tls_ca_file: PathBuf::new(),
-            key_prefix: "p".to_owned(),
-            hash_key: SecretString::from(String::new()),
-        }),
+    let err = RedisDncSet::connect(&RedisDnc {
+        url: SecretString::from(REDIS_URL.to_owned()),
+        tls_ca_file: PathBuf::new(),
+        key_prefix: "p".to_owned(),
+        hash_key: SecretString::from(String::new()),
     })
     .await
     .expect_err("empty hash key");

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit,
-    WaitFor, gcra_advance, gcra_wait, lock,
+    Attempt, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, Slots, WaitFor,
+    gcra_advance, gcra_wait, lock,
 };
 
 /// How often expired entries (idle rate states, old pair marks) are swept out.
@@ -113,7 +113,7 @@ impl Limiter for LocalLimiter {
     }
 }
 
-impl Backend for LocalLimiter {
+impl Slots for LocalLimiter {
     async fn attempt(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Attempt, LimitError> {
         Ok(self.try_now(key, pace))
     }
@@ -186,7 +186,7 @@ impl LocalLimiter {
         inst.holders.push((id, now.saturating_add(rules.lease)));
         drop(guard);
 
-        Attempt::Granted(Permit::new(Hold::Local(LocalHold {
+        Attempt::Granted(Permit::new(Box::new(LocalHold {
             shared: self.shared.clone(),
             instance: key.instance_id.to_owned(),
             id,
@@ -208,19 +208,24 @@ impl State {
 }
 
 /// A local permit's hold: which slot to give back.
-pub(super) struct LocalHold {
+struct LocalHold {
     shared: Arc<Shared>,
     instance: String,
     id: u64,
 }
 
-impl LocalHold {
-    pub(super) fn instance(&self) -> &str {
+impl Hold for LocalHold {
+    fn instance(&self) -> &str {
         &self.instance
     }
 
-    /// Frees the slot (if its lease has not already) and wakes this instance's waiters.
-    pub(super) fn release(self) {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    /// Frees the slot (if its lease has not already) and wakes this instance's waiters, at
+    /// once.
+    fn give_back(self: Box<Self>) -> Option<tokio::task::JoinHandle<()>> {
         {
             let mut state = lock(&self.shared.state);
             if let Some(inst) = state.instances.get_mut(&self.instance)
@@ -229,6 +234,7 @@ impl LocalHold {
                 inst.holders.swap_remove(at);
             }
         }
-        self.shared.common.wakers.wake(&self.instance);
+        self.shared.common.wake(&self.instance);
+        None
     }
 }

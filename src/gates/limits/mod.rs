@@ -42,9 +42,13 @@
 //!
 //! # Backends
 //!
+//! The acquire loop is written once; a backend only makes one atomic all-or-nothing attempt
+//! at every slot (`Slots`) and gives a slot back (its `Hold`).
+//!
 //! - [`LocalLimiter`]: in memory, for one replica (the embedded store).
-//! - [`RedisLimiter`]: shared by every replica, one Lua script per attempt, on Redis server
-//!   time (see [`redis`] for the keys and why).
+//! - [`RedisLimiter`](crate::store::redis::RedisLimiter): shared by every replica, one Lua
+//!   script per attempt, on Redis server time (see [`crate::store::redis::limits`] for the
+//!   keys and why).
 //!
 //! # Throttling feedback
 //!
@@ -58,7 +62,6 @@
 //! during a cool-down restarts the cool-down; factors do not compound.
 
 mod local;
-pub mod redis;
 
 #[cfg(test)]
 mod tests;
@@ -75,7 +78,6 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 pub use self::local::LocalLimiter;
-pub use self::redis::RedisLimiter;
 
 /// The same caller and callee are never dialed twice within this time.
 pub const PAIR_SPACING: Duration = Duration::from_secs(1);
@@ -200,33 +202,6 @@ pub trait Limiter: Send + Sync + 'static {
     fn throttled(&self, instance_id: &str);
 }
 
-/// Either backend, chosen at start-up.
-#[derive(Debug, Clone)]
-pub enum AnyLimiter {
-    Local(LocalLimiter),
-    Redis(RedisLimiter),
-}
-
-impl Limiter for AnyLimiter {
-    async fn acquire_within(
-        &self,
-        key: &CallKey<'_>,
-        max_wait: Duration,
-    ) -> Result<Option<Permit>, LimitError> {
-        match self {
-            AnyLimiter::Local(limiter) => limiter.acquire_within(key, max_wait).await,
-            AnyLimiter::Redis(limiter) => limiter.acquire_within(key, max_wait).await,
-        }
-    }
-
-    fn throttled(&self, instance_id: &str) {
-        match self {
-            AnyLimiter::Local(limiter) => limiter.throttled(instance_id),
-            AnyLimiter::Redis(limiter) => limiter.throttled(instance_id),
-        }
-    }
-}
-
 /// One concurrency slot, held for the duration of a `DialEx` request.
 ///
 /// Give it back with [`Permit::release`]. Dropping it also gives it back (so an error path or
@@ -235,16 +210,26 @@ impl Limiter for AnyLimiter {
 /// out).
 #[must_use = "dropping a permit gives it back at once"]
 pub struct Permit {
-    hold: Option<Hold>,
+    hold: Option<Box<dyn Hold>>,
 }
 
-enum Hold {
-    Local(local::LocalHold),
-    Redis(redis::RedisHold),
+/// A slot a backend granted, as that backend gives it back.
+pub(crate) trait Hold: Send + Sync + 'static {
+    /// The instance the slot belongs to.
+    fn instance(&self) -> &str;
+
+    /// The backend's name, for `Debug`.
+    fn backend(&self) -> &'static str;
+
+    /// Gives the slot back and wakes this process's waiters for it. A backend that must talk
+    /// to a server does it on a task of its own (so neither a synchronous `Drop` nor a
+    /// cancelled `release` loses it) and returns that task; `None` when it is done already,
+    /// or when there is no runtime to run it on (the lease frees the slot then).
+    fn give_back(self: Box<Self>) -> Option<tokio::task::JoinHandle<()>>;
 }
 
 impl Permit {
-    fn new(hold: Hold) -> Permit {
+    pub(crate) fn new(hold: Box<dyn Hold>) -> Permit {
         Permit { hold: Some(hold) }
     }
 
@@ -253,27 +238,17 @@ impl Permit {
     /// logged (the lease frees the slot later) rather than returned, as there is nothing the
     /// caller could do about it.
     pub async fn release(mut self) {
-        match self.hold.take() {
-            Some(Hold::Local(hold)) => hold.release(),
-            Some(Hold::Redis(hold)) => {
-                if let Some(task) = hold.release_in_background() {
-                    // A JoinError means the runtime is shutting down; the lease covers it.
-                    let _ = task.await;
-                }
-            }
-            None => {}
+        if let Some(task) = self.hold.take().and_then(Hold::give_back) {
+            // A JoinError means the runtime is shutting down; the lease covers it.
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        match self.hold.take() {
-            Some(Hold::Local(hold)) => hold.release(),
-            Some(Hold::Redis(hold)) => {
-                let _ = hold.release_in_background();
-            }
-            None => {}
+        if let Some(hold) = self.hold.take() {
+            let _ = hold.give_back();
         }
     }
 }
@@ -281,8 +256,7 @@ impl Drop for Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (backend, instance) = match &self.hold {
-            Some(Hold::Local(hold)) => ("local", Some(hold.instance())),
-            Some(Hold::Redis(hold)) => ("redis", Some(hold.instance())),
+            Some(hold) => (hold.backend(), Some(hold.instance())),
             None => ("released", None),
         };
         f.debug_struct("Permit")
@@ -300,13 +274,13 @@ impl fmt::Debug for Permit {
 /// one call an hour; a `throttle_factor` outside (0, 1] becomes 1 (no effect) and one below
 /// 0.01 becomes 0.01; `permit_lease` is at least 1 ms; durations are at most a day.
 #[derive(Debug, Clone)]
-struct Rules {
-    max_in_flight: u32,
+pub(crate) struct Rules {
+    pub(crate) max_in_flight: u32,
     interval: Duration,
     burst: u32,
     caller_interval: Option<Duration>,
     max_wait: Duration,
-    lease: Duration,
+    pub(crate) lease: Duration,
     throttle_factor: f64,
     throttle_cooldown: Duration,
 }
@@ -377,15 +351,15 @@ fn interval(rate: f64) -> Option<Duration> {
 
 /// What one attempt checks, as both backends apply it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Pace {
+pub(crate) struct Pace {
     /// The instance's emission interval `T` for this call (longer while throttled).
-    interval: Duration,
+    pub(crate) interval: Duration,
     /// `(burst - 1) * T`: how far ahead of now the TAT may be for a call to go.
-    tolerance: Duration,
+    pub(crate) tolerance: Duration,
     /// The per-caller interval, burst 1; `None` when the rule is off.
-    caller_interval: Option<Duration>,
+    pub(crate) caller_interval: Option<Duration>,
     /// How long a pair stays marked after its call started.
-    pair_window: Duration,
+    pub(crate) pair_window: Duration,
 }
 
 /// GCRA: how long until a call is allowed (zero: now). `tat` is the stored theoretical
@@ -401,7 +375,7 @@ fn gcra_advance(tat: Duration, now: Duration, interval: Duration) -> Duration {
 
 /// Why an attempt was refused: for logs, and to pick the queue a waiter joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WaitFor {
+pub(crate) enum WaitFor {
     /// The instance's rate.
     Pace,
     /// The caller's rate.
@@ -413,7 +387,7 @@ enum WaitFor {
 }
 
 /// The answer of one attempt.
-enum Attempt {
+pub(crate) enum Attempt {
     Granted(Permit),
     /// Refused; `after` is the suggested wait (for [`WaitFor::Permit`], the time until the
     /// earliest lease runs out: an upper bound, as permits usually come back sooner).
@@ -423,8 +397,9 @@ enum Attempt {
     },
 }
 
-/// One atomic all-or-nothing attempt at every slot.
-trait Backend: Send + Sync {
+/// Where a limiter keeps its slots: one atomic all-or-nothing attempt at every slot of a
+/// call, granting a [`Permit`] or naming the wait.
+pub(crate) trait Slots: Send + Sync {
     fn attempt(
         &self,
         key: &CallKey<'_>,
@@ -433,15 +408,15 @@ trait Backend: Send + Sync {
 }
 
 /// What both backends share: the rules, the in-process throttling state and the wake-ups.
-struct Common {
-    rules: Rules,
+pub(crate) struct Common {
+    pub(crate) rules: Rules,
     /// Instance -> end of its throttling cool-down.
     throttles: Mutex<HashMap<String, Instant>>,
     wakers: Wakers,
 }
 
 impl Common {
-    fn new(settings: &LimitRules) -> Common {
+    pub(crate) fn new(settings: &LimitRules) -> Common {
         Common {
             rules: Rules::new(settings),
             throttles: Mutex::new(HashMap::new()),
@@ -449,7 +424,7 @@ impl Common {
         }
     }
 
-    fn throttled(&self, instance_id: &str) {
+    pub(crate) fn throttled(&self, instance_id: &str) {
         if self.rules.throttle_factor >= 1.0 || self.rules.throttle_cooldown.is_zero() {
             return;
         }
@@ -475,6 +450,11 @@ impl Common {
         }
     }
 
+    /// Wakes this process's waiters for a permit of `instance_id`: one was given back.
+    pub(crate) fn wake(&self, instance_id: &str) {
+        self.wakers.wake(instance_id);
+    }
+
     fn pace(&self, instance_id: &str) -> Pace {
         let throttled = lock(&self.throttles)
             .get(instance_id)
@@ -483,9 +463,9 @@ impl Common {
     }
 
     /// The acquire loop both backends share; see the module documentation.
-    async fn acquire<B: Backend>(
+    pub(crate) async fn acquire<S: Slots>(
         &self,
-        backend: &B,
+        backend: &S,
         key: &CallKey<'_>,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {

@@ -130,7 +130,7 @@ type RecordTable<'t> = redb::Table<'t, &'static str, (u64, &'static [u8])>;
 type CooldownTable<'t> = redb::Table<'t, &'static str, (u64, &'static str, Option<&'static str>)>;
 type CounterTable<'t> = redb::Table<'t, &'static str, (u64, u32)>;
 
-/// The file-backed [`DialStore`] for a single replica.
+/// The file-backed [`DialStore`](super::DialStore) for a single replica.
 ///
 /// Cheap to clone (an `Arc` inside); all clones share one open database and its writer thread.
 /// When the last clone is dropped the sweeper stops, the writer finishes the operations already

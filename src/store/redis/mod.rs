@@ -1,10 +1,10 @@
 //! The Redis backend: everything the worker shares between replicas, in one Redis.
 //!
-//! - [`RedisStore`] (this module, [`records`] and [`callee`]): dial records, callee cooldowns
+//! - [`RedisStore`] (this module, `records` and `callee`): dial records, callee cooldowns
 //!   and daily counters.
 //! - [`limits`]: the shared limiter's slots.
 //! - [`dnc`]: the shared do-not-call set.
-//! - [`conn`]: how every one of them reaches Redis (TLS, timeouts, a checked first connection,
+//! - `conn`: how every one of them reaches Redis (TLS, timeouts, a checked first connection,
 //!   error messages without the URL).
 //!
 //! # Why Lua scripts
@@ -31,7 +31,7 @@
 //!
 //! # Keys
 //!
-//! - `<prefix>:req:<request_id>`: a string holding the shared [`Record`] encoding
+//! - `<prefix>:req:<request_id>`: a string holding the shared [`Record`](super::Record) encoding
 //!   (`C#fingerprint|worker|lease_until_ms`, `R#fingerprint|event`; `C|…`, `R|…` and `P|event`,
 //!   left by earlier versions, read as the same states without a fingerprint), expiring
 //!   `record_ttl` after the claim.
@@ -39,7 +39,7 @@
 //!   `t` (the CCC task id), expiring `window` after it was taken or dialed. The key is already a
 //!   keyed hash of instance and callee: no phone number is ever stored.
 //! - `<prefix>:day:<day>:<key>`: an integer, the calls counted for that callee (the same keyed
-//!   hash) on that day label, expiring [`DAILY_COUNTER_TTL`] after its first reservation.
+//!   hash) on that day label, expiring [`DAILY_COUNTER_TTL`](super::DAILY_COUNTER_TTL) after its first reservation.
 //! - `<prefix>:lim:{<instance_id>}:…`: the limiter's state (see [`limits`]).
 //! - `<prefix>:dnc`: the shared do-not-call set (see [`dnc`]).
 //!
@@ -47,12 +47,14 @@
 //!
 //! A [`StoreError::Backend`] (a dropped connection, a response timeout) does not say whether
 //! the script ran. Every method but `claim` is safe to call again: a repeated `record` with the
-//! same token answers [`Recorded::Earlier`] with the event it stored the first time. A `claim`
+//! same token answers [`Recorded::Earlier`](super::Recorded::Earlier) with the event it stored the first time. A `claim`
 //! whose answer was lost may have left a claim in Redis; the caller must not dial on an error,
 //! and the request will later be seen as held, then abandoned (never dialed twice).
 
 mod callee;
 pub(crate) mod conn;
+pub mod dnc;
+pub mod limits;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -67,6 +69,8 @@ use redis::{RedisError, Script};
 use super::StoreError;
 use crate::config::StoreSettings;
 use conn::{Redactor, Timeouts};
+
+pub use limits::RedisLimiter;
 
 /// How long [`RedisStore::connect`] waits for Redis, all reconnection attempts included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -31,7 +31,8 @@
 //!   replica's permits come back after their lease. The key expires one lease after its
 //!   latest holder joined, so an idle instance leaves nothing behind.
 //! - `…:caller:<caller_key>`: a caller's TAT, like `rate`, when per-caller pacing is on.
-//! - `…:pair:<pair_key>`: a marker set with `PX` [`PAIR_SPACING`](super::PAIR_SPACING).
+//! - `…:pair:<pair_key>`: a marker set with `PX`
+//!   [`PAIR_SPACING`](crate::gates::limits::PAIR_SPACING).
 //!
 //! Caller and pair keys are opaque hashes supplied by the caller: no phone number is stored.
 //!
@@ -50,10 +51,11 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use secrecy::SecretString;
 
-use super::{
-    Attempt, Backend, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, WaitFor,
+use super::conn::{self, Redactor, Timeouts};
+use super::millis;
+use crate::gates::limits::{
+    Attempt, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, Slots, WaitFor,
 };
-use crate::store::redis::conn::{self, Redactor, Timeouts};
 
 /// How long [`RedisLimiter::connect`] waits for Redis, all reconnection attempts included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,13 +165,13 @@ return {0, lease_end}
 /// multiplexed connection that reconnects by itself, and shared configuration.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    pub(super) conn: ConnectionManager,
-    pub(super) inner: Arc<Inner>,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) common: Common,
-    pub(super) key_prefix: String,
+pub(crate) struct Inner {
+    common: Common,
+    pub(crate) key_prefix: String,
     lease_ms: u64,
     acquire: Script,
     redactor: Redactor<LimitError>,
@@ -224,8 +226,14 @@ impl RedisLimiter {
         })
     }
 
+    /// The acquire loop's state, for the tests that count attempts.
+    #[cfg(test)]
+    pub(crate) fn common(&self) -> &Common {
+        &self.inner.common
+    }
+
     /// `<prefix>:lim:{<instance_id>}:<kind>`.
-    pub(super) fn key(&self, instance_id: &str, kind: &str) -> String {
+    pub(crate) fn key(&self, instance_id: &str, kind: &str) -> String {
         format!("{}:lim:{{{instance_id}}}:{kind}", self.inner.key_prefix)
     }
 }
@@ -244,7 +252,7 @@ impl Limiter for RedisLimiter {
     }
 }
 
-impl Backend for RedisLimiter {
+impl Slots for RedisLimiter {
     async fn attempt(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Attempt, LimitError> {
         let sem_key = self.key(key.instance_id, "sem");
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -269,7 +277,7 @@ impl Backend for RedisLimiter {
         let after = Duration::from_micros(u64::try_from(value).unwrap_or(0));
         let reason = match code {
             0 => {
-                return Ok(Attempt::Granted(Permit::new(Hold::Redis(RedisHold {
+                return Ok(Attempt::Granted(Permit::new(Box::new(RedisHold {
                     conn,
                     inner: self.inner.clone(),
                     instance: key.instance_id.to_owned(),
@@ -305,7 +313,7 @@ impl Backend for RedisLimiter {
 }
 
 /// A Redis permit's hold: which holder entry to remove.
-pub(super) struct RedisHold {
+struct RedisHold {
     conn: ConnectionManager,
     inner: Arc<Inner>,
     instance: String,
@@ -313,15 +321,17 @@ pub(super) struct RedisHold {
     token: String,
 }
 
-impl RedisHold {
-    pub(super) fn instance(&self) -> &str {
+impl Hold for RedisHold {
+    fn instance(&self) -> &str {
         &self.instance
     }
 
-    /// Removes the holder entry on a task of its own (so neither a synchronous `Drop` nor a
-    /// cancelled `release` loses it), then wakes this process's waiters. `None` when there is
-    /// no Tokio runtime to run it on: the lease frees the slot instead.
-    pub(super) fn release_in_background(self) -> Option<tokio::task::JoinHandle<()>> {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    /// Removes the holder entry on a task of its own, then wakes this process's waiters.
+    fn give_back(self: Box<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!(
                 instance_id = self.instance,
@@ -336,7 +346,7 @@ impl RedisHold {
                 instance,
                 sem_key,
                 token,
-            } = self;
+            } = *self;
             let removed: Result<i64, RedisError> = redis::cmd("ZREM")
                 .arg(&sem_key)
                 .arg(&token)
@@ -349,16 +359,9 @@ impl RedisHold {
                     "could not release a permit; its lease will free it"
                 );
             }
-            inner.common.wakers.wake(&instance);
+            inner.common.wake(&instance);
         }))
     }
-}
-
-/// Whole milliseconds for Redis, rounding a non-zero sub-millisecond duration up to 1 (an
-/// expiry of 0 would be rejected).
-fn millis(d: Duration) -> u64 {
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 && !d.is_zero() { 1 } else { ms }
 }
 
 /// Whole microseconds, saturating (the settings are clamped far below that anyway).
