@@ -15,6 +15,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 use crate::ccc::CccSettings;
 use crate::ccc::{CccClient, Classifier, DialAccepted, DialFailure, DialParams, ErrorClass};
 use crate::metrics::Metrics;
+use crate::outage::{Answer, OutageBreaker};
 use crate::validate::DialRequest;
 
 /// How persistently a request is dialed in-process.
@@ -122,14 +123,21 @@ pub struct DialReport {
     pub throttled: bool,
 }
 
+/// Where a dial reports what it saw: the metrics, and the outage breaker every attempt's
+/// answer feeds.
+pub struct Watchers<'a> {
+    pub metrics: &'a Metrics,
+    pub outage: &'a OutageBreaker,
+}
+
 /// Dials `request`, making at most `max_attempts` attempts and retrying retryable failures
-/// per `policy`.
+/// per `policy`; no retry starts once the outage breaker is open.
 pub async fn dial<C: CccClient>(
     client: &C,
     policy: &DialPolicy,
     request: &DialRequest,
     max_attempts: u32,
-    metrics: &Metrics,
+    watchers: Watchers<'_>,
 ) -> DialReport {
     let params = DialParams {
         instance_id: request.instance_id(),
@@ -150,14 +158,14 @@ pub async fn dial<C: CccClient>(
         }
         attempts.fetch_add(1, Ordering::Relaxed);
         let signed = client.sign(&params);
-        let first = send(client, &signed, policy, metrics).await;
+        let first = send(client, &signed, policy, &watchers).await;
         let answer = match first {
             Err(failure)
                 if policy.replay_ambiguous
                     && policy.classifier.class(&failure) == ErrorClass::Ambiguous
                     && !failure.is_nonce_replay() =>
             {
-                resolve_by_replay(client, &signed, failure, policy, metrics).await
+                resolve_by_replay(client, &signed, failure, policy, &watchers).await
             }
             other => other,
         };
@@ -172,10 +180,15 @@ pub async fn dial<C: CccClient>(
     .sleep(tokio::time::sleep)
     .when(|attempt: &Attempt| {
         matches!(attempt, Attempt::Failed(f) if policy.classifier.class(f) == ErrorClass::Retryable)
+            && !watchers.outage.is_open()
     })
     .notify(|attempt: &Attempt, wait: Duration| {
         if let Attempt::Failed(failure) = attempt {
-            tracing::warn!(code = failure.code(), ?wait, "DialEx attempt failed; retrying");
+            tracing::warn!(
+                code = failure.code(),
+                ?wait,
+                "DialEx attempt failed; retrying"
+            );
         }
     })
     .await;
@@ -204,9 +217,9 @@ async fn resolve_by_replay<C: CccClient>(
     signed: &C::Signed,
     first: DialFailure,
     policy: &DialPolicy,
-    metrics: &Metrics,
+    watchers: &Watchers<'_>,
 ) -> Result<DialAccepted, DialFailure> {
-    match send(client, signed, policy, metrics).await {
+    match send(client, signed, policy, watchers).await {
         Ok(accepted) => {
             tracing::info!(
                 first = first.code(),
@@ -239,20 +252,35 @@ async fn resolve_by_replay<C: CccClient>(
     }
 }
 
-/// One HTTP send, counted and timed.
+/// One HTTP send, counted, timed and told to the outage breaker.
 async fn send<C: CccClient>(
     client: &C,
     signed: &C::Signed,
     policy: &DialPolicy,
-    metrics: &Metrics,
+    watchers: &Watchers<'_>,
 ) -> Result<DialAccepted, DialFailure> {
     let started = Instant::now();
     let answer = client.send(signed).await;
     let failure = answer
         .as_ref()
         .err()
-        .map(|failure| (policy.classifier.class(failure), failure.code()));
-    metrics.ccc_attempt(failure, started.elapsed());
+        .map(|failure| (policy.classifier.class(failure), failure));
+    watchers.metrics.ccc_attempt(
+        failure.map(|(class, failure)| (class, failure.code())),
+        started.elapsed(),
+    );
+    let unwell = failure
+        .is_some_and(|(class, failure)| class == ErrorClass::Retryable && !failure.is_throttling());
+    let answer_kind = if unwell {
+        Answer::Failed
+    } else {
+        Answer::Answered
+    };
+    if watchers.outage.record(answer_kind) {
+        tracing::error!(
+            "most DialEx attempts across requests fail for now (503, 500, refused connections): CCC looks down; pausing"
+        );
+    }
     answer
 }
 

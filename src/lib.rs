@@ -47,6 +47,7 @@ pub mod gates;
 pub mod health;
 pub mod intake;
 pub mod metrics;
+pub mod outage;
 pub mod outcome;
 pub mod phone;
 pub mod pipeline;

@@ -112,6 +112,8 @@ pub struct StoreOpLabels {
 pub enum PauseCause {
     /// CCC refuses the worker itself.
     Ccc,
+    /// CCC fails for everyone (the outage breaker is open).
+    CccOutage,
     /// The dial-record store does not answer.
     Store,
     /// The broker does not take the worker's publishes (connection lost or blocked).
@@ -119,11 +121,17 @@ pub enum PauseCause {
 }
 
 impl PauseCause {
-    pub const ALL: [PauseCause; 3] = [PauseCause::Ccc, PauseCause::Store, PauseCause::Broker];
+    pub const ALL: [PauseCause; 4] = [
+        PauseCause::Ccc,
+        PauseCause::CccOutage,
+        PauseCause::Store,
+        PauseCause::Broker,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PauseCause::Ccc => "ccc",
+            PauseCause::CccOutage => "ccc_outage",
             PauseCause::Store => "store",
             PauseCause::Broker => "broker",
         }
@@ -411,7 +419,7 @@ impl Metrics {
         );
         r.register(
             "paused",
-            "1 while the worker is paused, by cause (ccc: CCC refuses the worker; store: the dial-record store does not answer)",
+            "1 while the worker is paused, by cause (ccc: CCC refuses the worker; ccc_outage: CCC fails for everyone; store: the dial-record store does not answer; broker: RabbitMQ does not take publishes)",
             self.paused.clone(),
         );
         r.register(

@@ -22,6 +22,7 @@ use crate::gates::limits::Limiter;
 use crate::health::Health;
 use crate::intake::{Stopped, consume};
 use crate::metrics::{Metrics, PauseCause};
+use crate::outage::OutageBreaker;
 use crate::pipeline::{Halt, HaltCause, Pipeline};
 use crate::store::DialStore;
 
@@ -116,6 +117,7 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
         hours,
         dnc,
         limiter: backend.limiter,
+        outage: OutageBreaker::new(&settings.outage),
         metrics: Arc::clone(&metrics),
         halt: Arc::clone(&halt),
         delivery_limit: amqp_settings.delivery_limit,
@@ -325,6 +327,7 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
                 };
                 let kind = match cause {
                     HaltCause::Ccc(_) => PauseCause::Ccc,
+                    HaltCause::Outage(_) => PauseCause::CccOutage,
                     HaltCause::Store(_) => PauseCause::Store,
                     HaltCause::Broker(_) => PauseCause::Broker,
                 };
@@ -339,6 +342,18 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
                             &session.lost,
                             Duration::from_secs(60),
                             "CCC still refuses the worker; check the ALIBABA_CLOUD_* credentials, the endpoint and the clock",
+                            || pipeline.client.probe(),
+                        )
+                        .await
+                    }
+                    // CCC is down for everyone: the requests went back with their attempts
+                    // unspent; wait until it answers again.
+                    PauseCause::CccOutage => {
+                        probe_until(
+                            shutdown,
+                            &session.lost,
+                            settings.outage.max_probe_interval(),
+                            "CCC still fails (503, 500 or refused connections)",
                             || pipeline.client.probe(),
                         )
                         .await
@@ -386,6 +401,7 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
                     Probed::SessionLost => return Ended::BrokerLost,
                 }
                 pipeline.release_remembered().await;
+                pipeline.outage.reset();
                 tracing::info!(
                     cause = kind.as_str(),
                     "the cause of the pause is gone; resuming"

@@ -466,6 +466,62 @@ impl Drop for OwnRedis {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ccc_outage_pauses_the_worker_and_burns_no_request() {
+    // CCC answers 503 to everything for 60 s under a backlog of 500 requests. Per request,
+    // each would spend its attempts within seconds (the test settings retry after 0.5 s) and
+    // end `failed`; the outage breaker must pause the worker instead, with the requests back
+    // in the queue and their attempts unspent, until CCC answers again.
+    let mut s = settings();
+    // Probe at least every 5 s, so the test does not wait long once CCC is back.
+    s.outage.max_probe_interval_ms = 5_000;
+    let mut h = started(s, SimConfig::default()).await;
+    h.simulator.set_down(true);
+    const REQUESTS: usize = 500;
+    publish_many(&h, "ccc-down", REQUESTS).await;
+    let mut tally = Tally::default();
+    let (mut not_ready, mut paused_metric) = (false, false);
+    let up_at = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < up_at {
+        let (status, body) = h.readyz().await.unwrap();
+        not_ready |= status == 503 && body.contains("CCC fails for everyone");
+        let page = h.metrics_text().await.unwrap();
+        paused_metric |= sample(&page, "dialex_paused{cause=\"ccc_outage\"}") == Some(1.0);
+        while let Some(r) = h.next_outcome(Duration::from_millis(100)).await.unwrap() {
+            tally.add(&r);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let ended_during_outage = tally.terminal();
+    h.simulator.set_down(false);
+    collect(&mut h, &mut tally, REQUESTS).await;
+
+    assert!(not_ready, "/readyz never named the outage");
+    assert!(
+        paused_metric,
+        "dialex_paused{{cause=\"ccc_outage\"}} never showed 1"
+    );
+    assert_eq!(ended_during_outage, 0, "{}", tally.summary());
+    tally.assert_one_terminal_each(REQUESTS);
+    for (id, seen) in &tally.0 {
+        assert!(
+            seen.iter()
+                .all(|(_, s)| matches!(s, Status::Dialed | Status::Deferred)),
+            "{id}: {seen:?}"
+        );
+    }
+    assert_eq!(assert_dialed_at_most_once(&h), REQUESTS);
+    let parked = h.dead_letters().await.unwrap();
+    assert!(parked.is_empty(), "dead-lettered: {}", parked.len());
+    let page = h.metrics_text().await.unwrap();
+    assert_eq!(
+        sample(&page, "dialex_paused{cause=\"ccc_outage\"}"),
+        Some(0.0)
+    );
+    assert_eq!(h.readyz().await.unwrap().0, 200);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_under_load_pauses_the_worker_and_never_dials_without_a_claim() {
     let mut redis = OwnRedis::start();
     let mut s = settings_with(StoreBackend::Redis);

@@ -193,7 +193,8 @@ impl CccClient for HttpCccClient {
         match self.post(&SignedRequest { url, body }).await {
             Err(failure)
                 if matches!(failure.class(), ErrorClass::Systemic)
-                    || matches!(failure, DialFailure::Transport { .. }) =>
+                    || matches!(failure, DialFailure::Transport { .. })
+                    || (failure.class() == ErrorClass::Retryable && !failure.is_throttling()) =>
             {
                 Err(failure)
             }

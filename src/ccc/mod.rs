@@ -43,7 +43,8 @@ pub trait CccClient: Send + Sync + 'static {
         signed: &Self::Signed,
     ) -> impl Future<Output = Result<DialAccepted, DialFailure>> + Send;
 
-    /// Checks that CCC accepts the worker itself (credentials, signature, clock) without
-    /// placing a call. `Err` carries the failure while it does not.
+    /// Checks that CCC answers and accepts the worker itself (credentials, signature, clock)
+    /// without placing a call. `Err` carries the failure while it does not: a refusal of the
+    /// worker, or a gateway that fails (503, 500, unreachable).
     fn probe(&self) -> impl Future<Output = Result<(), DialFailure>> + Send;
 }

@@ -22,6 +22,7 @@ pub use crate::ccc::CccSettings;
 pub use crate::gates::cooldown::CooldownSettings;
 pub use crate::gates::hours::BusinessHoursSettings;
 pub use crate::gates::limits::LimitsSettings;
+pub use crate::outage::OutageSettings;
 
 /// The defaults, also shipped as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -62,6 +63,7 @@ pub struct Settings {
     #[serde(serialize_with = "render::serialize_business_hours")]
     pub business_hours: BusinessHoursSettings,
     pub limits: LimitsSettings,
+    pub outage: OutageSettings,
     pub dnc: DncSettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,

@@ -165,6 +165,16 @@ impl Settings {
         if !(limits.throttle_factor > 0.0 && limits.throttle_factor <= 1.0) {
             problems.invalid("limits.throttle_factor", "must be in (0, 1]");
         }
+        let outage = &self.outage;
+        if outage.window_ms == 0 {
+            problems.invalid("outage.window_ms", "must be positive");
+        }
+        if !(outage.failure_ratio > 0.0 && outage.failure_ratio <= 1.0) {
+            problems.invalid("outage.failure_ratio", "must be in (0, 1]");
+        }
+        if outage.max_probe_interval_ms < 1000 {
+            problems.invalid("outage.max_probe_interval_ms", "must be at least 1000");
+        }
         if self.dnc.reload_interval_ms == 0 {
             problems.invalid("dnc.reload_interval_ms", "must be positive");
         }

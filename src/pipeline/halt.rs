@@ -13,6 +13,9 @@ pub enum HaltCause {
     /// CCC refused the worker itself (credentials, signature, clock).
     #[error("CCC answered {}: {}; {}", .0.code(), .0.message().unwrap_or("no message"), .0.remedy())]
     Ccc(DialFailure),
+    /// Most `DialEx` attempts across requests failed retryably: CCC is down for everyone.
+    #[error("CCC fails for everyone (the last answer: {}); waiting until it answers again", .0.code())]
+    Outage(DialFailure),
     /// The dial-record store failed: without it no request can be dialed safely.
     #[error("the dial-record store failed: {0}")]
     Store(StoreError),

@@ -39,12 +39,13 @@ use tracing::Instrument as _;
 use crate::amqp::{Incoming, Publisher};
 use crate::ccc::{CccClient, DialFailure, ErrorClass};
 use crate::defer::Tiers;
-use crate::dial::{DialPolicy, DialResult, dial};
+use crate::dial::{DialPolicy, DialResult, Watchers, dial};
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::DncList;
 use crate::gates::hours::BusinessHours;
 use crate::gates::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::outage::OutageBreaker;
 use crate::outcome::{DeferReason, OutcomeEvent, Status};
 use crate::settle::Disposition;
 use crate::store::{ClaimToken, DialStore, StoreError};
@@ -64,6 +65,8 @@ pub struct Pipeline<C, S, L, B = Publisher> {
     pub hours: BusinessHours,
     pub dnc: DncList,
     pub limiter: L,
+    /// Opens when CCC fails for everyone; see [`crate::outage`].
+    pub outage: OutageBreaker,
     pub metrics: Arc<Metrics>,
     pub halt: Arc<Halt>,
     /// The request queue's `x-delivery-limit`.
@@ -160,7 +163,10 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             &self.policy,
             request,
             hop_attempts,
-            &self.metrics,
+            Watchers {
+                metrics: &self.metrics,
+                outage: &self.outage,
+            },
         )
         .await;
         held.release_permit().await;
@@ -180,9 +186,13 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 ))
             }
             DialResult::Failed(failure) => {
-                if self.policy.classifier.class(&failure) == ErrorClass::Retryable
-                    && let Some(until) = self.retry_at(request, attempts)
-                {
+                let retryable = self.policy.classifier.class(&failure) == ErrorClass::Retryable;
+                if retryable && !failure.is_throttling() && self.outage.is_open() {
+                    // CCC is down for everyone: not this request's fault, so this hop's
+                    // attempts are not counted against it.
+                    return Verdict::Pause(HaltCause::Outage(failure));
+                }
+                if retryable && let Some(until) = self.retry_at(request, attempts) {
                     // Certainly not placed: give everything back and try again later, from
                     // whichever worker sees the request come back.
                     tracing::warn!(code = failure.code(), attempts, %until, "DialEx keeps refusing for now; trying again later");
@@ -246,6 +256,11 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             Verdict::Refused(failure) => {
                 let _ = self.let_go(request_id, held).await;
                 self.refused(failure, request, incoming).await
+            }
+            Verdict::Pause(cause) => {
+                let _ = self.let_go(request_id, held).await;
+                self.halt.trigger(cause);
+                Step::GiveBack
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 
+use super::HaltCause;
 use crate::ccc::DialFailure;
 use crate::outcome::{DeferReason, OutcomeEvent};
 use crate::store::StoreError;
@@ -67,4 +68,7 @@ pub enum Verdict {
     StoreFailed(StoreError),
     /// CCC refused the worker (a systemic answer).
     Refused(DialFailure),
+    /// Every request would meet the same fault (CCC is down): everything held is given back,
+    /// the worker pauses, and the request goes back whole.
+    Pause(HaltCause),
 }

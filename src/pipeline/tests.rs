@@ -369,6 +369,7 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         .await
         .unwrap(),
         limiter: LocalLimiter::new(limits),
+        outage: OutageBreaker::new(&s.outage),
         metrics,
         halt: Arc::default(),
         delivery_limit: s.amqp.delivery_limit,
@@ -902,6 +903,41 @@ async fn a_retryable_failure_waits_in_the_tier_of_its_delay_with_its_attempts() 
         matches!(&calls[1], Call::Defer { queue, attempts: 3, reason: DeferReason::Retry, .. } if queue.ends_with(".wait.30s")),
         "{calls:?}"
     );
+}
+
+#[tokio::test]
+async fn an_outage_across_requests_pauses_and_gives_the_request_back_with_its_attempts_unspent() {
+    let f = fixture(|s| s.outage.min_attempts = 2).await;
+    for _ in 0..3 {
+        f.client.then(Err(api_error(503, "ServiceUnavailable")));
+    }
+    let delivery = incoming(body("r-18o", serde_json::json!({})));
+    // The second failure opens the breaker: no third attempt, no deferral, nothing spent.
+    assert!(matches!(decide(&f, &delivery).await, Step::GiveBack));
+    assert_eq!(f.client.sends(), 2);
+    assert!(matches!(f.halt.cause(), Some(HaltCause::Outage(_))));
+    assert!(f.outage.is_open());
+    assert!(claim_is_free(&f, "r-18o").await);
+    assert!(cooldown_is_free(&f, &delivery.body).await);
+    f.execute(Step::GiveBack, &delivery).await;
+    assert!(
+        matches!(f.publisher.calls().as_slice(), [Call::GiveBack]),
+        "{:?}",
+        f.publisher.calls()
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_no_outage() {
+    let f = fixture(|s| s.outage.min_attempts = 2).await;
+    for _ in 0..3 {
+        f.client.then(Err(api_error(400, "Throttling.User")));
+    }
+    let delivery = incoming(body("r-18t", serde_json::json!({})));
+    let wait = deferred(&decide(&f, &delivery).await).attempts;
+    assert_eq!(wait, 3);
+    assert!(!f.outage.is_open());
+    assert!(f.halt.cause().is_none());
 }
 
 #[tokio::test]

@@ -36,7 +36,9 @@
 //! requests claimed before it are rejected as reused instead of being answered from their record.
 //!
 //! Two backends: [`embedded`] (a file-backed database, one replica) and [`redis`] (many
-//! replicas; atomic scripts; expiries and leases on Redis server time).
+//! replicas; atomic scripts; expiries and leases on Redis server time; the Redis side of the
+//! limiter and of the do-not-call list live there too). [`crate::backend`] opens the one
+//! `store.backend` names.
 
 #[cfg(test)]
 mod contract;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ pub(crate) struct Gateway {
     slow_delay: Duration,
     nonces: Mutex<NonceCache>,
     faults: Mutex<FaultQueues>,
+    /// Every request is answered 503 before anything is checked: the gateway is down.
+    down: AtomicBool,
     log: DialLog,
     task_id_prefix: i64,
     shutdown: CancellationToken,
@@ -74,6 +76,7 @@ impl Gateway {
             slow_delay: config.slow_delay,
             nonces: Mutex::new(NonceCache::new(config.timestamp_window, Instant::now())),
             faults: Mutex::new(FaultQueues::default()),
+            down: AtomicBool::new(false),
             log: DialLog::open(config.dial_log.as_deref()).await?,
             task_id_prefix: Timestamp::now().as_millisecond(),
             shutdown,
@@ -92,15 +95,29 @@ impl Gateway {
         lock(&self.faults).inject(callee, fault, times);
     }
 
+    pub(crate) fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
     /// Handles one `DialEx` request whose parameters have been decoded.
     pub(crate) async fn dial_ex(self: &Arc<Self>, method: &str, params: &Params) -> Reply {
+        let request_id = answer::new_request_id();
+        if self.down.load(Ordering::SeqCst) {
+            // In front of everything, as a gateway that is down answers: nothing is
+            // authenticated, no nonce remembered, nothing executed.
+            let error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            );
+            return Reply::Answer(error.into_response(&request_id));
+        }
         if let Some(callee) = params.get("Callee")
             && lock(&self.faults).take_if(callee, Fault::LostBeforeArrival)
         {
             tracing::debug!("simulator losing a request before it arrives");
             return Reply::Drop;
         }
-        let request_id = answer::new_request_id();
         match self.admit(method, params) {
             Ok(dial) => self.execute(dial, request_id).await,
             Err(error) => {

@@ -106,6 +106,13 @@ impl Simulator {
         self.gateway.inject(callee, fault, times);
     }
 
+    /// Takes the whole gateway down (`true`: every request, the worker's probe included, is
+    /// answered 503 `ServiceUnavailable` before anything is checked, and nothing is executed)
+    /// or brings it back (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.gateway.set_down(down);
+    }
+
     /// Accepts `secret` for `access_key_id` from now on (adds the key, or rotates it), as
     /// when an operator fixes credentials on the account side.
     pub fn set_credentials(&self, access_key_id: &str, secret: &str) {
