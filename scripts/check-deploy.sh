@@ -94,7 +94,7 @@ step "the shipped binary holds only the worker"
 commands=$(target/release/dialex-worker --help |
   awk '/^Commands:/ { listing = 1; next } listing && NF == 0 { exit } listing { print $1 }' |
   tr '\n' ' ')
-[ "$commands" = "run dnc check-config help " ] ||
+[ "$commands" = "run dnc dead check-config help " ] ||
   fail "dialex-worker --help lists '$commands'; the simulator, demo and bench belong in devkit/"
 # The devkit and the crates only tests use must not reach the shipped package's build.
 shipped=$(cargo tree --locked -p dialex-worker -e normal,build --prefix none --format '{p}')

@@ -86,6 +86,9 @@ pub async fn consume<C: CccClient, S: DialStore, L: Limiter>(
                         let acker = delivery.acker;
                         let incoming =
                             Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
+                        if incoming.replays > 0 {
+                            pipeline.metrics.replays_received.inc();
+                        }
                         let disposition = handle_guarded(&pipeline, &incoming).await;
                         if disposition == Disposition::DeadLetter {
                             // Rejected without requeue: the queue's dead-letter exchange parks it.

@@ -41,6 +41,7 @@ pub mod backend;
 pub mod ccc;
 pub mod config;
 pub mod credentials;
+pub mod dead;
 pub mod defer;
 pub mod dial;
 pub mod gates;

@@ -150,6 +150,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     pub requests_received: Counter,
+    pub replays_received: Counter,
     pub outcomes: Family<StatusLabels, Counter>,
     pub ccc_attempts: Family<AttemptLabels, Counter>,
     pub ccc_request_duration: Histogram,
@@ -171,6 +172,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let metrics = Metrics {
             requests_received: Counter::default(),
+            replays_received: Counter::default(),
             outcomes: Family::default(),
             ccc_attempts: Family::default(),
             ccc_request_duration: latency_histogram(),
@@ -351,6 +353,11 @@ impl Metrics {
             "requests_received",
             "Dial request deliveries taken from the request queue (redeliveries included)",
             self.requests_received.clone(),
+        );
+        r.register(
+            "replays_received",
+            "Request deliveries that `dialex-worker dead replay` put back on the request queue",
+            self.replays_received.clone(),
         );
         r.register(
             "outcomes",

@@ -106,6 +106,8 @@ pub struct Incoming {
     pub prior_attempts: u32,
     /// The W3C `traceparent` header, copied onto the outcome event.
     pub traceparent: Option<String>,
+    /// How often `dialex-worker dead replay` put this request back (`x-dialex-replays`).
+    pub replays: u32,
     /// How often the broker has delivered this message before without it being settled
     /// (quorum queues' `x-delivery-count`).
     pub delivery_count: u32,
@@ -141,6 +143,9 @@ impl Incoming {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
             traceparent: header("traceparent").filter(|s| is_traceparent(s)),
+            replays: header(publisher::REPLAYS_HEADER)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             message_id: properties
                 .message_id()
                 .as_ref()

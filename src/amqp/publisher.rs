@@ -22,6 +22,10 @@ use crate::outcome::{DeferReason, OutcomeEvent};
 pub const REASON_HEADER: &str = "x-dialex-reason";
 /// Header on dead letters: a human sentence about the reason.
 pub const DETAIL_HEADER: &str = "x-dialex-detail";
+/// Header on dead letters: when the worker parked it (RFC 3339).
+pub const PARKED_AT_HEADER: &str = "x-dialex-parked-at";
+/// Header on requests `dialex-worker dead replay` put back: how often this one was replayed.
+pub const REPLAYS_HEADER: &str = "x-dialex-replays";
 
 /// Header on deferred requests: why the request is waiting.
 pub const DEFERRED_HEADER: &str = "x-dialex-deferred";
@@ -161,7 +165,11 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let properties = annotated(
             incoming,
-            &[(REASON_HEADER, reason), (DETAIL_HEADER, detail)],
+            &[
+                (REASON_HEADER, reason),
+                (DETAIL_HEADER, detail),
+                (PARKED_AT_HEADER, &Timestamp::now().to_string()),
+            ],
         );
         self.publish_with_retry(&self.names.dead_exchange, "", &incoming.body, &properties)
             .await
