@@ -3,7 +3,7 @@
 #
 #   bash scripts/supply-chain.sh                 fetches the RustSec database as usual
 #   bash scripts/supply-chain.sh SNAPSHOT_DIR    uses a plain-files copy of the database
-#                                                instead, without touching the network
+#                                                instead of fetching it
 #
 # cargo-deny is installed from crates.io when it is missing (once per machine: cargo keeps
 # the binary in ~/.cargo/bin).
@@ -41,6 +41,10 @@ cp -R "$snapshot/." "$db/"
     git -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
     commit --quiet --message "RustSec advisory database snapshot of $newest"
 )
+
+# cargo-deny reads every crate the lock file names, for every platform, from cargo's cache;
+# offline it cannot download the ones a fresh machine's builds never needed.
+cargo fetch --locked --quiet
 
 # The same checks with the local copy. A snapshot is refreshed now and then rather than
 # daily, so it may be older than the default staleness limit of 90 days.
