@@ -4,6 +4,7 @@
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -166,6 +167,8 @@ pub struct Metrics {
     pub amqp_reconnects: Counter,
     pub paused: Family<CauseLabels, Gauge>,
     pub last_dial: Gauge,
+    /// `[limits] calls_per_second`, for dashboards to draw the pace against.
+    pub pace_cap: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -188,6 +191,7 @@ impl Default for Metrics {
             amqp_reconnects: Counter::default(),
             paused: Family::default(),
             last_dial: Gauge::default(),
+            pace_cap: Gauge::default(),
         };
         // Every status and pause cause exported from the start, at 0: a series that first
         // appears already at 1 shows no increase, so an alert on the first `unknown` outcome
@@ -433,6 +437,11 @@ impl Metrics {
             "last_dial_timestamp_seconds",
             "Unix time of the last accepted DialEx call",
             self.last_dial.clone(),
+        );
+        r.register(
+            "limit_calls_per_second",
+            "The configured pace of one CCC instance ([limits] calls_per_second): across replicas with the Redis store, per replica with the embedded one",
+            self.pace_cap.clone(),
         );
     }
 }

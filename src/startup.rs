@@ -95,6 +95,7 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
             health.set_shutting_down();
         }
     });
+    metrics.pace_cap.set(settings.limits.calls_per_second);
     let amqp_settings = &settings.amqp;
     let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
     let hours = BusinessHours::new(&settings.business_hours)?;

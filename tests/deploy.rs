@@ -1225,6 +1225,76 @@ fn reads(expr: &str) -> Result<Reads, String> {
     Ok(found)
 }
 
+/// What RabbitMQ's own Prometheus plugin exports that a dashboard of the worker reads: queue
+/// depths, per object (`prometheus.return_per_object_metrics`) or from
+/// `/metrics/detailed?family=queue_coarse_metrics`, labelled by queue and vhost.
+const RABBITMQ_METRICS: [&str; 4] = [
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages",
+    "rabbitmq_detailed_queue_messages_ready",
+    "rabbitmq_detailed_queue_messages",
+];
+
+/// Checks that `expr` parses and reads only series the worker (or RabbitMQ) exports, with
+/// labels they carry and closed-label values they take; `what` names it in a failure.
+/// Returns the names of the series it reads.
+fn check_expression(what: &str, expr: &str, exported: &BTreeMap<String, Labels>) -> Vec<String> {
+    let read = reads(expr).unwrap_or_else(|e| panic!("{what}: not PromQL: {e}"));
+    assert!(!read.selectors.is_empty(), "{what} reads some series");
+    let mut groupable: BTreeSet<String> = TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
+    let mut names = Vec::new();
+    for selector in &read.selectors {
+        let name = selector.name.as_deref().unwrap_or_default();
+        names.push(name.to_owned());
+        let rabbitmq: Labels = ["queue", "vhost"]
+            .into_iter()
+            .map(|label| (label.to_owned(), BTreeSet::new()))
+            .collect();
+        let known = if RABBITMQ_METRICS.contains(&name) {
+            &rabbitmq
+        } else {
+            exported
+                .get(name)
+                .unwrap_or_else(|| panic!("{what}: the worker exports no {name:?}"))
+        };
+        groupable.extend(known.keys().cloned());
+        if name.ends_with("_bucket") {
+            groupable.insert("le".to_owned());
+        }
+        let matchers = selector
+            .matchers
+            .matchers
+            .iter()
+            .chain(selector.matchers.or_matchers.iter().flatten())
+            .filter(|m| m.name != "__name__");
+        for matcher in matchers {
+            let label = &matcher.name;
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            let values = known.get(label).unwrap_or_else(|| {
+                panic!("{what}: {name} has no label {label} (it has {known:?})")
+            });
+            if !CLOSED_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            // A matcher that keeps every value or none is a typo.
+            let kept = values.iter().filter(|v| matcher.is_match(v)).count();
+            assert!(
+                kept > 0 && (kept < values.len() || values.len() == 1),
+                "{what}: {name}{{{matcher}}} keeps {kept} of the values {label} takes ({values:?})"
+            );
+        }
+    }
+    for label in &read.labels {
+        assert!(
+            groupable.contains(label),
+            "{what}: groups by {label}, which none of its series carries ({groupable:?})"
+        );
+    }
+    names
+}
+
 #[test]
 fn every_alert_parses_and_reads_metrics_and_labels_the_worker_exports() {
     let exported = exported_samples();
@@ -1241,51 +1311,12 @@ fn every_alert_parses_and_reads_metrics_and_labels_the_worker_exports() {
         for rule in group["rules"].as_sequence().expect("rules") {
             let alert = str_of(&rule["alert"], "alert name");
             let expr = str_of(&rule["expr"], "expr");
-            let read = reads(expr).unwrap_or_else(|e| panic!("{alert}: not PromQL: {e}"));
+            let names = check_expression(alert, expr, &exported);
             assert!(
-                !read.selectors.is_empty(),
-                "{alert} reads the worker's metrics"
+                names.iter().all(|n| n.starts_with("dialex_")),
+                "{alert} alerts on the worker's own metrics: {names:?}"
             );
-            let mut groupable: BTreeSet<String> =
-                TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
-            for selector in &read.selectors {
-                let name = selector.name.as_deref().unwrap_or_default();
-                let known = exported
-                    .get(name)
-                    .unwrap_or_else(|| panic!("{alert}: the worker exports no {name:?}"));
-                groupable.extend(known.keys().cloned());
-                if name.ends_with("_bucket") {
-                    groupable.insert("le".to_owned());
-                }
-                let matchers = selector
-                    .matchers
-                    .matchers
-                    .iter()
-                    .chain(selector.matchers.or_matchers.iter().flatten())
-                    .filter(|m| m.name != "__name__");
-                for matcher in matchers {
-                    let label = &matcher.name;
-                    let values = known.get(label).unwrap_or_else(|| {
-                        panic!("{alert}: {name} has no label {label} (it has {known:?})")
-                    });
-                    if !CLOSED_LABELS.contains(&label.as_str()) {
-                        continue;
-                    }
-                    // A matcher that keeps every value or none is a typo.
-                    let kept = values.iter().filter(|v| matcher.is_match(v)).count();
-                    assert!(
-                        kept > 0 && (kept < values.len() || values.len() == 1),
-                        "{alert}: {name}{{{matcher}}} keeps {kept} of the values {label} takes ({values:?})"
-                    );
-                }
-                checked += 1;
-            }
-            for label in &read.labels {
-                assert!(
-                    groupable.contains(label),
-                    "{alert}: groups by {label}, which none of its series carries ({groupable:?})"
-                );
-            }
+            checked += names.len();
             for annotation in ["summary", "description"] {
                 assert!(
                     !str_of(&rule["annotations"][annotation], annotation).is_empty(),
@@ -1295,6 +1326,82 @@ fn every_alert_parses_and_reads_metrics_and_labels_the_worker_exports() {
         }
     }
     assert!(checked >= 5, "the rules were read: {checked} selectors");
+}
+
+/// `expr` with the dashboard's variables filled in as Grafana would.
+fn with_dashboard_variables(expr: &str) -> String {
+    let filled = expr
+        .replace("$__rate_interval", "5m")
+        .replace("$namespace", ".*")
+        .replace("$request_queue", "dial.requests")
+        .replace("$dead_queue", "dial.dead");
+    assert!(!filled.contains('$'), "an unknown variable in {expr}");
+    filled
+}
+
+#[test]
+fn the_dashboard_draws_what_operators_ask_for_from_series_that_exist() {
+    const DASHBOARD: &str = "deploy/k8s/components/monitoring/grafana-dashboard.json";
+    let exported = exported_samples();
+    let dashboard: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).expect("JSON");
+    let variables: BTreeSet<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .map(|v| v["name"].as_str().expect("variable name"))
+        .collect();
+    assert_eq!(
+        variables,
+        ["datasource", "namespace", "request_queue", "dead_queue"].into()
+    );
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut read_series = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut cells: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("id")),
+            "{title}: id reused"
+        );
+        assert!(
+            !panel["description"].as_str().unwrap_or_default().is_empty(),
+            "{title} says what it shows"
+        );
+        // No two panels cover the same cell of the 24-column grid.
+        let grid = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| grid[k].as_u64().expect("gridPos"));
+        assert!(x + w <= 24, "{title} fits the grid");
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            assert!(cells.insert(cell), "{title} overlaps another panel");
+        }
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} queries something");
+        for target in targets {
+            let expr = with_dashboard_variables(target["expr"].as_str().expect("expr"));
+            read_series.extend(check_expression(title, &expr, &exported));
+        }
+    }
+    for wanted in [
+        "dialex_outcomes_total",
+        "dialex_ccc_attempts_total",
+        "dialex_limit_calls_per_second",
+        "dialex_queue_to_dial_seconds_bucket",
+        "dialex_in_flight",
+        "dialex_paused",
+        "dialex_dead_letters_total",
+        "dialex_replays_received_total",
+        "dialex_amqp_reconnects_total",
+        "rabbitmq_detailed_queue_messages_ready",
+    ] {
+        assert!(read_series.contains(wanted), "no panel draws {wanted}");
+    }
+
+    // Shipped beside the alerts as a ConfigMap the Grafana sidecar picks up.
+    let kustomization = documents("deploy/k8s/components/monitoring/kustomization.yaml");
+    let generator = &kustomization[0]["configMapGenerator"][0];
+    assert_eq!(generator["files"][0], "grafana-dashboard.json");
+    assert_eq!(generator["options"]["labels"]["grafana_dashboard"], "1");
 }
 
 #[test]
