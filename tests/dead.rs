@@ -303,3 +303,87 @@ async fn replay_puts_back_what_it_is_asked_to_and_nothing_is_dialed_twice() {
     assert!(!listed_ids(&h).iter().any(|l| l == "bad-json"));
     h.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bystanders_of_a_worker_that_keeps_dying_are_replayed_and_rung_at_most_once() {
+    // A message that kills the worker process takes every delivery in hand down with it; after
+    // the delivery limit the broker parks them all, the killer and its bystanders alike.
+    let mut s = settings();
+    s.amqp.delivery_limit = 2;
+    s.amqp.prefetch = 8;
+    let mut h = Harness::start(s, SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable");
+    h.publish_request_with(&request("killer", &callee(950), "ivr"), hooked("abort"))
+        .await
+        .unwrap();
+    const BYSTANDERS: usize = 5;
+    for i in 0..BYSTANDERS {
+        h.publish_request(&request(&format!("bystander-{i}"), &callee(i), "ivr"), None)
+            .await
+            .unwrap();
+    }
+    let mut crashes = 0;
+    let _survivor = loop {
+        let mut worker = helpers::spawn_worker_process(&h);
+        match tokio::time::timeout(Duration::from_secs(5), worker.wait()).await {
+            Ok(status) => {
+                assert!(!status.unwrap().success(), "the hook aborts the process");
+                crashes += 1;
+                assert!(crashes <= 10, "the killer was never parked");
+            }
+            // Still running: the killer is parked; this worker handles what comes back.
+            Err(_) => break worker,
+        }
+    };
+    let listing = dead_json(&h, &["list", "--reason", "delivery_limit"]);
+    let parked: Vec<String> = listing["shown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    eprintln!("{crashes} crashes; parked by the broker: {parked:?}");
+    assert!(parked.iter().any(|id| id == "killer"), "{parked:?}");
+
+    // Replay the bystanders one by one, never the killer.
+    for id in parked.iter().filter(|id| id.starts_with("bystander-")) {
+        let replayed = dead_json(&h, &["replay", "--request-id", id]);
+        assert_eq!(replayed["acted"], 1, "{id}: {replayed}");
+    }
+    // Every bystander ends with one terminal outcome (dialed, or unknown if a dying worker
+    // had claimed it mid-call), and nobody is rung twice.
+    let mut terminal: HashMap<String, Status> = HashMap::new();
+    while terminal.len() < BYSTANDERS {
+        let Some(r) = h.next_outcome(WAIT).await.unwrap() else {
+            panic!("no outcome with {terminal:?}");
+        };
+        if r.event.status != Status::Deferred {
+            let earlier = terminal.insert(r.event.request_id.clone(), r.event.status);
+            assert!(
+                earlier.is_none_or(|s| s == r.event.status),
+                "{}: {earlier:?} then {:?}",
+                r.event.request_id,
+                r.event.status
+            );
+        }
+    }
+    eprintln!("outcomes: {terminal:?}");
+    assert!(!terminal.contains_key("killer"));
+    let mut per_callee: HashMap<String, usize> = HashMap::new();
+    for d in h.simulator.dials() {
+        *per_callee.entry(d.callee).or_default() += 1;
+    }
+    assert!(per_callee.values().all(|n| *n == 1), "{per_callee:?}");
+    assert!(!per_callee.contains_key(&callee(950)), "the killer is never dialed");
+    for (id, status) in &terminal {
+        let i: usize = id.trim_start_matches("bystander-").parse().unwrap();
+        match status {
+            Status::Dialed => assert!(per_callee.contains_key(&callee(i)), "{id}"),
+            Status::Unknown => {}
+            other => panic!("{id} ended {other:?}"),
+        }
+    }
+    assert_eq!(listed_ids(&h), ["killer"]);
+    h.cleanup().await.unwrap();
+}
