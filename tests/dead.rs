@@ -375,7 +375,10 @@ async fn the_bystanders_of_a_worker_that_keeps_dying_are_replayed_and_rung_at_mo
         *per_callee.entry(d.callee).or_default() += 1;
     }
     assert!(per_callee.values().all(|n| *n == 1), "{per_callee:?}");
-    assert!(!per_callee.contains_key(&callee(950)), "the killer is never dialed");
+    assert!(
+        !per_callee.contains_key(&callee(950)),
+        "the killer is never dialed"
+    );
     for (id, status) in &terminal {
         let i: usize = id.trim_start_matches("bystander-").parse().unwrap();
         match status {
