@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use jiff::Timestamp;
+
 use super::{
     Attempt, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, Slots, WaitFor,
     gcra_advance, gcra_wait, lock,
@@ -105,11 +107,23 @@ impl Limiter for LocalLimiter {
         key: &CallKey<'_>,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.shared.common.acquire(self, key, max_wait).await
+        self.shared.common.acquire(self, key, max_wait, false).await
     }
 
     fn throttled(&self, instance_id: &str) {
         self.shared.common.throttled(instance_id);
+    }
+
+    async fn book(&self, key: &CallKey<'_>) -> Result<Timestamp, LimitError> {
+        self.shared.common.book(self, key).await
+    }
+
+    async fn acquire_booked(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> Result<Option<Permit>, LimitError> {
+        self.shared.common.acquire(self, key, max_wait, true).await
     }
 }
 
@@ -117,9 +131,32 @@ impl Slots for LocalLimiter {
     async fn attempt(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Attempt, LimitError> {
         Ok(self.try_now(key, pace))
     }
+
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+        Ok(self.book_now(key, pace))
+    }
 }
 
 impl LocalLimiter {
+    /// The GCRA with a future start: the earliest time the instance's rate (with its burst)
+    /// and the caller's allow, and both rates advanced from it.
+    fn book_now(&self, key: &CallKey<'_>, pace: &Pace) -> Duration {
+        let mut state = lock(&self.shared.state);
+        let now = state.base.elapsed();
+        let inst = state
+            .instances
+            .entry(key.instance_id.to_owned())
+            .or_default();
+        let mut slot = now.max(inst.tat.saturating_sub(pace.tolerance));
+        if let Some(interval) = pace.caller_interval {
+            let caller = inst.callers.entry(key.caller_key.to_owned()).or_default();
+            slot = slot.max(*caller);
+            *caller = gcra_advance(*caller, slot, interval);
+        }
+        inst.tat = gcra_advance(inst.tat, slot, pace.interval);
+        slot - now
+    }
+
     fn try_now(&self, key: &CallKey<'_>, pace: &Pace) -> Attempt {
         let rules = &self.shared.common.rules;
         let mut guard = lock(&self.shared.state);
@@ -138,8 +175,17 @@ impl LocalLimiter {
             unreachable!("inserted above");
         };
 
-        // Pacing first, every rule, reporting the longest wait: nothing can go before it.
-        let mut refused = (WaitFor::Pace, gcra_wait(inst.tat, now, pace.tolerance));
+        // Pacing first, every rule, reporting the longest wait: nothing can go before it. A
+        // zero interval is a booked call: its rate was counted when it was booked.
+        let rated = !pace.interval.is_zero();
+        let mut refused = (
+            WaitFor::Pace,
+            if rated {
+                gcra_wait(inst.tat, now, pace.tolerance)
+            } else {
+                Duration::ZERO
+            },
+        );
         let caller_tat = pace.caller_interval.map(|_| {
             let tat = inst.callers.get(key.caller_key).copied().unwrap_or(now);
             let wait = gcra_wait(tat, now, Duration::ZERO);
@@ -172,7 +218,9 @@ impl LocalLimiter {
         }
 
         // Everything passed: take it all.
-        inst.tat = gcra_advance(inst.tat, now, pace.interval);
+        if rated {
+            inst.tat = gcra_advance(inst.tat, now, pace.interval);
+        }
         if let (Some(interval), Some(tat)) = (pace.caller_interval, caller_tat) {
             inst.callers
                 .insert(key.caller_key.to_owned(), gcra_advance(tat, now, interval));

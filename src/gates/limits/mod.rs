@@ -40,6 +40,15 @@
 //! `Ok(None)` at once (or, waiting for a permit or its turn, at the deadline) and the caller
 //! defers the request instead of holding a consumer slot.
 //!
+//! # Booking a later start
+//!
+//! [`Limiter::book`] answers a call that would wait long with the earliest start the rates
+//! leave it (the GCRA can hand out a future slot: the instance's TAT less its burst
+//! tolerance, or the caller's TAT), and advances both rates from that start, so later calls
+//! and bookings queue behind it at the pace. A booked call later takes its start with
+//! [`Limiter::acquire_booked`], which checks only the pair spacing and the permits: its rate
+//! was counted once, when it was booked.
+//!
 //! # Backends
 //!
 //! The acquire loop is written once; a backend only makes one atomic all-or-nothing attempt
@@ -72,6 +81,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
@@ -200,6 +210,21 @@ pub trait Limiter: Send + Sync + 'static {
     /// CCC answered `Throttling*` for this instance: this replica slows it to
     /// `throttle_factor` of its pace for `throttle_cooldown`.
     fn throttled(&self, instance_id: &str);
+
+    /// Books the earliest start the instance's rate (and the caller's, when that rule is on)
+    /// leaves for this call, now or later, and says when it is. The rates advance as if the
+    /// call started then, so later calls and bookings queue behind it: a request sent away
+    /// until its slot takes it with [`Limiter::acquire_booked`].
+    fn book(&self, key: &CallKey<'_>)
+    -> impl Future<Output = Result<Timestamp, LimitError>> + Send;
+
+    /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
+    /// only the pair spacing and the permits are checked, and no rate is advanced again.
+    fn acquire_booked(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
 }
 
 /// One concurrency slot, held for the duration of a `DialEx` request.
@@ -362,6 +387,19 @@ pub(crate) struct Pace {
     pub(crate) pair_window: Duration,
 }
 
+impl Pace {
+    /// The pace of a call whose start was booked: no rate (an `interval` of zero switches the
+    /// instance's and the caller's rules off), only the pair spacing.
+    fn booked() -> Pace {
+        Pace {
+            interval: Duration::ZERO,
+            tolerance: Duration::ZERO,
+            caller_interval: None,
+            pair_window: PAIR_SPACING,
+        }
+    }
+}
+
 /// GCRA: how long until a call is allowed (zero: now). `tat` is the stored theoretical
 /// arrival time (anything in the past means "idle").
 fn gcra_wait(tat: Duration, now: Duration, tolerance: Duration) -> Duration {
@@ -405,6 +443,14 @@ pub(crate) trait Slots: Send + Sync {
         key: &CallKey<'_>,
         pace: &Pace,
     ) -> impl Future<Output = Result<Attempt, LimitError>> + Send;
+
+    /// Books the earliest start `pace` leaves for the call (see [`Limiter::book`]) and answers
+    /// how long from now it is.
+    fn book(
+        &self,
+        key: &CallKey<'_>,
+        pace: &Pace,
+    ) -> impl Future<Output = Result<Duration, LimitError>> + Send;
 }
 
 /// What both backends share: the rules, the in-process throttling state and the wake-ups.
@@ -463,11 +509,24 @@ impl Common {
     }
 
     /// The acquire loop both backends share; see the module documentation.
+    pub(crate) async fn book<S: Slots>(
+        &self,
+        backend: &S,
+        key: &CallKey<'_>,
+    ) -> Result<Timestamp, LimitError> {
+        let wait = backend.book(key, &self.pace(key.instance_id)).await?;
+        let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
+        Ok(Timestamp::now()
+            .saturating_add(wait)
+            .unwrap_or(Timestamp::MAX))
+    }
+
     pub(crate) async fn acquire<S: Slots>(
         &self,
         backend: &S,
         key: &CallKey<'_>,
         max_wait: Duration,
+        booked: bool,
     ) -> Result<Option<Permit>, LimitError> {
         let start = Instant::now();
         let deadline = start + self.rules.max_wait.min(max_wait);
@@ -482,7 +541,11 @@ impl Common {
             let mut released = std::pin::pin!(local.released.notified());
             released.as_mut().enable();
 
-            let pace = self.pace(key.instance_id);
+            let pace = if booked {
+                Pace::booked()
+            } else {
+                self.pace(key.instance_id)
+            };
             let (reason, after) = match backend.attempt(key, &pace).await? {
                 Attempt::Granted(permit) => return Ok(Some(permit)),
                 Attempt::Wait { reason, after } => (reason, after),

@@ -319,6 +319,10 @@ impl<B: Slots> Slots for Counting<B> {
         self.1.fetch_add(1, Ordering::SeqCst);
         self.0.attempt(key, pace).await
     }
+
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+        self.0.book(key, pace).await
+    }
 }
 
 /// A backlog waiting for the rate (30 at 40/s), then for permits (20 through 2): waiters
@@ -343,7 +347,7 @@ async fn waiters_queue_instead_of_stampeding<B: Slots + Clone + 'static>(
                         pair_key: &pair,
                     };
                     let permit = common(&counting.0)
-                        .acquire(&counting, &key, Duration::MAX)
+                        .acquire(&counting, &key, Duration::MAX, false)
                         .await
                         .expect("acquire")
                         .expect("granted");
@@ -361,6 +365,102 @@ async fn waiters_queue_instead_of_stampeding<B: Slots + Clone + 'static>(
             "{attempts} attempts for {tasks} grants (hold {hold:?})"
         );
     }
+}
+
+/// Rules for the booking scenarios: 10 calls/s, no burst, one permit, 2 calls/s per caller.
+fn booking_rules() -> LimitRules {
+    LimitRules {
+        max_in_flight: 1,
+        calls_per_second: 10.0,
+        burst: 1,
+        per_caller_calls_per_second: 2.0,
+        ..settings()
+    }
+}
+
+/// Milliseconds from `from` to `to`.
+fn ms_between(from: jiff::Timestamp, to: jiff::Timestamp) -> i64 {
+    to.duration_since(from).as_millis() as i64
+}
+
+/// Bookings for different callers queue at the instance's pace from now (100 ms apart), one
+/// caller's at its own slower pace (500 ms), and an ordinary call finds the rate taken.
+async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
+    let instance = unique();
+    let start = jiff::Timestamp::now();
+    let mut slots = Vec::new();
+    for i in 0..4 {
+        let (caller, pair) = (format!("caller-{i}"), unique());
+        let key = CallKey {
+            instance_id: &instance,
+            caller_key: &caller,
+            pair_key: &pair,
+        };
+        slots.push(ms_between(start, limiter.book(&key).await.expect("book")));
+    }
+    for (i, slot) in slots.iter().enumerate() {
+        let want = 100 * i as i64;
+        assert!(
+            (slot - want).abs() <= 40,
+            "slot {i} at {slot} ms, not {want}: {slots:?}"
+        );
+    }
+    // The same caller twice: its own rate (2/s) spaces them, after the instance's bookings.
+    let pair = unique();
+    let same = CallKey {
+        instance_id: &instance,
+        caller_key: "caller-0",
+        pair_key: &pair,
+    };
+    let again = ms_between(start, limiter.book(&same).await.expect("book"));
+    assert!((again - 500).abs() <= 40, "caller-0 again at {again} ms");
+    // Nothing left now for a call that cannot wait.
+    let pair = unique();
+    let ordinary = CallKey {
+        instance_id: &instance,
+        caller_key: "someone-else",
+        pair_key: &pair,
+    };
+    let refused = limiter
+        .acquire_within(&ordinary, Duration::ZERO)
+        .await
+        .expect("acquire");
+    assert!(refused.is_none(), "the booked slots are taken");
+}
+
+/// A booked call is not held back by the rate it already counted, only by the permits.
+async fn a_booked_call_skips_the_rate_but_not_the_permits<L: Limiter>(limiter: &L) {
+    let instance = unique();
+    let (first_pair, second_pair) = (unique(), unique());
+    let first = CallKey {
+        instance_id: &instance,
+        caller_key: "c-1",
+        pair_key: &first_pair,
+    };
+    let second = CallKey {
+        instance_id: &instance,
+        caller_key: "c-2",
+        pair_key: &second_pair,
+    };
+    for _ in 0..10 {
+        limiter.book(&first).await.expect("book");
+    }
+    let permit = limiter
+        .acquire_booked(&first, Duration::ZERO)
+        .await
+        .expect("acquire")
+        .expect("a booked call goes though the rate is booked a second ahead");
+    let none = limiter
+        .acquire_booked(&second, Duration::ZERO)
+        .await
+        .expect("acquire");
+    assert!(none.is_none(), "the one permit is taken");
+    permit.release().await;
+    let second_permit = limiter
+        .acquire_booked(&second, Duration::from_secs(1))
+        .await
+        .expect("acquire");
+    assert!(second_permit.is_some(), "the permit came back");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +574,16 @@ async fn local_state_is_swept_once_idle() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     drop(acquire(&limiter, "last").await.expect("granted"));
     assert_eq!(lock(&limiter.shared.state).instances.len(), 1);
+}
+
+#[tokio::test]
+async fn local_bookings_queue_at_the_pace() {
+    bookings_queue_at_the_pace(&LocalLimiter::new(booking_rules())).await;
+}
+
+#[tokio::test]
+async fn local_a_booked_call_skips_the_rate_but_not_the_permits() {
+    a_booked_call_skips_the_rate_but_not_the_permits(&LocalLimiter::new(booking_rules())).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,4 +965,18 @@ fn limiters_and_permits_can_cross_tasks() {
     send_sync::<RedisLimiter>();
     send_sync::<Permit>();
     send_sync::<LimitError>();
+}
+
+#[tokio::test]
+async fn redis_bookings_queue_at_the_pace() {
+    let limiter = redis_limiter(&prefix(), booking_rules()).await;
+    bookings_queue_at_the_pace(&limiter).await;
+    cleanup(&limiter).await;
+}
+
+#[tokio::test]
+async fn redis_a_booked_call_skips_the_rate_but_not_the_permits() {
+    let limiter = redis_limiter(&prefix(), booking_rules()).await;
+    a_booked_call_skips_the_rate_but_not_the_permits(&limiter).await;
+    cleanup(&limiter).await;
 }

@@ -47,6 +47,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use secrecy::SecretString;
@@ -66,7 +67,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One all-or-nothing attempt at every slot of a call.
 ///
-/// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair.
+/// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair. An interval of 0 is a call
+/// whose start was booked (`BOOK_LUA`): no rate is checked or advanced.
 /// `ARGV[1]` interval µs, `ARGV[2]` tolerance µs ((burst - 1) * interval), `ARGV[3]` caller
 /// interval µs (0: off), `ARGV[4]` pair window ms (0: off), `ARGV[5]` max in flight, `ARGV[6]`
 /// lease ms, `ARGV[7]` holder token.
@@ -93,15 +95,20 @@ local function tat_of(key)
   return math.max(n, now)
 end
 
--- Pacing first: every rule, keeping the longest wait (nothing can go before it).
+-- Pacing first: every rule, keeping the longest wait (nothing can go before it). An
+-- interval of 0 is a booked call: its rate was counted when it was booked.
 local reason, wait = 0, 0
-local tat = tat_of(KEYS[1])
-if not tat then
-  return {-1, 1}
-end
-local d = tat - tonumber(ARGV[2]) - now
-if d > wait then
-  reason, wait = 1, d
+local interval = tonumber(ARGV[1])
+local tat = now
+if interval > 0 then
+  tat = tat_of(KEYS[1])
+  if not tat then
+    return {-1, 1}
+  end
+  local d = tat - tonumber(ARGV[2]) - now
+  if d > wait then
+    reason, wait = 1, d
+  end
 end
 local caller_interval = tonumber(ARGV[3])
 local caller_tat = now
@@ -110,7 +117,7 @@ if caller_interval > 0 then
   if not caller_tat then
     return {-1, 3}
   end
-  d = caller_tat - now
+  local d = caller_tat - now
   if d > wait then
     reason, wait = 2, d
   end
@@ -139,10 +146,11 @@ end
 
 -- Everything passed: take it all. %.0f, not tostring: tostring switches to exponent
 -- notation (and loses digits) for numbers this large.
-local interval = tonumber(ARGV[1])
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
-  'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
+if interval > 0 then
+  local next_tat = tat + interval
+  redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
+    'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
+end
 if caller_interval > 0 then
   local next_caller = caller_tat + caller_interval
   redis.call('SET', KEYS[3], string.format('%.0f', next_caller),
@@ -161,6 +169,56 @@ end
 return {0, lease_end}
 ";
 
+/// Books the earliest start the rates leave for a call (see `Limiter::book`): the instance's
+/// TAT less its burst tolerance, or the caller's TAT, whichever is later, and not before now;
+/// both rates advance from that start.
+///
+/// `KEYS[1]` rate, `KEYS[2]` caller. `ARGV[1]` interval µs, `ARGV[2]` tolerance µs, `ARGV[3]`
+/// caller interval µs (0: off).
+///
+/// Returns `{0, µs from now to the start}`, or `{-1, n}` (`KEYS[n]` holds something this script
+/// did not write; `n` as in [`ACQUIRE_LUA`]: 1 rate, 3 caller).
+const BOOK_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function tat_of(key)
+  local v = redis.call('GET', key)
+  if not v then
+    return now
+  end
+  local n = tonumber(v)
+  if not n then
+    return nil
+  end
+  return math.max(n, now)
+end
+
+local tat = tat_of(KEYS[1])
+if not tat then
+  return {-1, 1}
+end
+local slot = math.max(now, tat - tonumber(ARGV[2]))
+local caller_interval = tonumber(ARGV[3])
+local caller_tat = now
+if caller_interval > 0 then
+  caller_tat = tat_of(KEYS[2])
+  if not caller_tat then
+    return {-1, 3}
+  end
+  slot = math.max(slot, caller_tat)
+end
+local next_tat = math.max(tat, slot) + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
+  'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
+if caller_interval > 0 then
+  local next_caller = math.max(caller_tat, slot) + caller_interval
+  redis.call('SET', KEYS[2], string.format('%.0f', next_caller),
+    'PX', string.format('%.0f', math.ceil((next_caller - now) / 1000) + 1))
+end
+return {0, slot - now}
+";
+
 /// Paces `DialEx` calls across every replica sharing one Redis. Cheap to clone: a
 /// multiplexed connection that reconnects by itself, and shared configuration.
 #[derive(Clone)]
@@ -174,6 +232,7 @@ pub(crate) struct Inner {
     pub(crate) key_prefix: String,
     lease_ms: u64,
     acquire: Script,
+    book: Script,
     redactor: Redactor<LimitError>,
 }
 
@@ -212,7 +271,9 @@ impl RedisLimiter {
             response: RESPONSE_TIMEOUT,
         };
         let acquire = Script::new(ACQUIRE_LUA);
-        let conn = conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire]).await?;
+        let book = Script::new(BOOK_LUA);
+        let conn =
+            conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire, &book]).await?;
         let common = Common::new(&settings);
         Ok(RedisLimiter {
             conn,
@@ -221,6 +282,7 @@ impl RedisLimiter {
                 common,
                 key_prefix: key_prefix.to_owned(),
                 acquire,
+                book,
                 redactor,
             }),
         })
@@ -244,11 +306,23 @@ impl Limiter for RedisLimiter {
         key: &CallKey<'_>,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.inner.common.acquire(self, key, max_wait).await
+        self.inner.common.acquire(self, key, max_wait, false).await
     }
 
     fn throttled(&self, instance_id: &str) {
         self.inner.common.throttled(instance_id);
+    }
+
+    async fn book(&self, key: &CallKey<'_>) -> Result<Timestamp, LimitError> {
+        self.inner.common.book(self, key).await
+    }
+
+    async fn acquire_booked(
+        &self,
+        key: &CallKey<'_>,
+        max_wait: Duration,
+    ) -> Result<Option<Permit>, LimitError> {
+        self.inner.common.acquire(self, key, max_wait, true).await
     }
 }
 
@@ -264,7 +338,7 @@ impl Slots for RedisLimiter {
             .key(&sem_key)
             .key(self.key(key.instance_id, &format!("caller:{}", key.caller_key)))
             .key(self.key(key.instance_id, &format!("pair:{}", key.pair_key)))
-            .arg(micros(pace.interval).max(1))
+            .arg(micros(pace.interval))
             .arg(micros(pace.tolerance))
             .arg(pace.caller_interval.map_or(0, |i| micros(i).max(1)))
             .arg(millis(pace.pair_window))
@@ -309,6 +383,32 @@ impl Slots for RedisLimiter {
             }
         };
         Ok(Attempt::Wait { reason, after })
+    }
+
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+        let mut conn = self.conn.clone();
+        let (code, value): (i64, i64) = self
+            .inner
+            .book
+            .key(self.key(key.instance_id, "rate"))
+            .key(self.key(key.instance_id, &format!("caller:{}", key.caller_key)))
+            .arg(micros(pace.interval).max(1))
+            .arg(micros(pace.tolerance))
+            .arg(pace.caller_interval.map_or(0, |i| micros(i).max(1)))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.inner.redactor.error("book", &e))?;
+        match code {
+            0 => Ok(Duration::from_micros(u64::try_from(value).unwrap_or(0))),
+            -1 => Err(LimitError::Corrupt(format!(
+                "a {} key of instance {} holds something the limiter did not write",
+                if value == 1 { "rate" } else { "caller" },
+                key.instance_id
+            ))),
+            other => Err(LimitError::Corrupt(format!(
+                "unexpected answer {other} from the booking script"
+            ))),
+        }
     }
 }
 
