@@ -42,6 +42,11 @@ impl Tiers {
         &self.0
     }
 
+    /// The shortest tier.
+    pub fn shortest(&self) -> &Tier {
+        &self.0[0]
+    }
+
     /// The largest tier not above `delay` (give or take [`TIER_TOLERANCE`]); the shortest tier
     /// for shorter delays.
     ///
@@ -50,7 +55,7 @@ impl Tiers {
     /// then comes back at most the tolerance late. One that comes back early (a longer delay is
     /// made of several hops) waits again: its deferral carries the time it waits for.
     pub fn for_delay(&self, delay: Duration) -> &Tier {
-        let shortest = &self.0[0];
+        let shortest = self.shortest();
         let delay = delay.saturating_add(TIER_TOLERANCE);
         self.0
             .iter()

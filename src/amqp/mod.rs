@@ -108,6 +108,9 @@ pub struct Incoming {
     pub traceparent: Option<String>,
     /// How often `dialex-worker dead replay` put this request back (`x-dialex-replays`).
     pub replays: u32,
+    /// The start the limiter booked for it, as signed when it was deferred
+    /// (`x-dialex-booking`); the pipeline checks the signature.
+    pub booking: Option<String>,
     /// How often the broker has delivered this message before without it being settled
     /// (quorum queues' `x-delivery-count`).
     pub delivery_count: u32,
@@ -143,6 +146,7 @@ impl Incoming {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
             traceparent: header("traceparent").filter(|s| is_traceparent(s)),
+            booking: header(publisher::BOOKING_HEADER),
             replays: header(publisher::REPLAYS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),

@@ -24,6 +24,8 @@ pub const REASON_HEADER: &str = "x-dialex-reason";
 pub const DETAIL_HEADER: &str = "x-dialex-detail";
 /// Header on dead letters: when the worker parked it (RFC 3339).
 pub const PARKED_AT_HEADER: &str = "x-dialex-parked-at";
+/// Header on deferred requests: the start the limiter booked for it, and its signature.
+pub const BOOKING_HEADER: &str = "x-dialex-booking";
 /// Header on requests `dialex-worker dead replay` put back: how often this one was replayed.
 pub const REPLAYS_HEADER: &str = "x-dialex-replays";
 
@@ -185,15 +187,23 @@ impl Publisher {
         reason: DeferReason,
         attempts: u32,
         not_before: Timestamp,
+        booking: Option<&str>,
     ) -> Result<(), PublishError> {
-        let properties = annotated(
-            incoming,
-            &[
-                (DEFERRED_HEADER, reason.as_str()),
-                (ATTEMPTS_HEADER, &attempts.to_string()),
-                (NOT_BEFORE_HEADER, &not_before.to_string()),
-            ],
-        );
+        let attempts = attempts.to_string();
+        let not_before = not_before.to_string();
+        let mut headers = vec![
+            (DEFERRED_HEADER, reason.as_str()),
+            (ATTEMPTS_HEADER, attempts.as_str()),
+            (NOT_BEFORE_HEADER, not_before.as_str()),
+        ];
+        if let Some(booking) = booking {
+            headers.push((BOOKING_HEADER, booking));
+        }
+        let mut properties = annotated(incoming, &headers);
+        if booking.is_none() {
+            // A booking is good for one start: a later deferral without one drops it.
+            properties = without_header(properties, BOOKING_HEADER);
+        }
         self.publish_with_retry("", wait_queue, &incoming.body, &properties)
             .await
     }
@@ -291,6 +301,20 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// `properties` without the header `name`.
+fn without_header(properties: BasicProperties, name: &str) -> BasicProperties {
+    let Some(headers) = properties.headers() else {
+        return properties;
+    };
+    let mut kept = FieldTable::default();
+    for (key, value) in headers.inner() {
+        if key.as_str() != name {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    properties.with_headers(kept)
 }
 
 /// The original message's properties, persistent, with `extra` headers added. The broker's

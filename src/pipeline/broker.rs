@@ -5,10 +5,9 @@
 
 use std::future::Future;
 
-use jiff::Timestamp;
-
+use super::Deferral;
 use crate::amqp::{Incoming, PublishError, Publisher};
-use crate::outcome::{DeferReason, OutcomeEvent};
+use crate::outcome::OutcomeEvent;
 
 /// Where the pipeline's decisions go. Every method returns once the broker confirmed.
 pub trait Broker: Send + Sync + 'static {
@@ -20,15 +19,13 @@ pub trait Broker: Send + Sync + 'static {
         traceparent: Option<&str>,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
-    /// Parks `incoming` on `wait_queue` until `not_before`, saying why and how many DialEx
-    /// attempts it has had.
+    /// Parks `incoming` on `wait_queue` until the deferral's time, saying why, how many
+    /// DialEx attempts it has had, and the start booked for it, if any.
     fn defer(
         &self,
         incoming: &Incoming,
         wait_queue: &str,
-        reason: DeferReason,
-        attempts: u32,
-        not_before: Timestamp,
+        deferral: &Deferral,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     /// Parks `incoming` on the dead-letter exchange with a reason.
@@ -63,11 +60,18 @@ impl Broker for Publisher {
         &self,
         incoming: &Incoming,
         wait_queue: &str,
-        reason: DeferReason,
-        attempts: u32,
-        not_before: Timestamp,
+        deferral: &Deferral,
     ) -> Result<(), PublishError> {
-        Publisher::defer(self, incoming, wait_queue, reason, attempts, not_before).await
+        Publisher::defer(
+            self,
+            incoming,
+            wait_queue,
+            deferral.reason,
+            deferral.attempts,
+            deferral.until,
+            deferral.booking.as_deref(),
+        )
+        .await
     }
 
     async fn dead_letter(

@@ -72,17 +72,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .try_into()
             .unwrap_or(Duration::ZERO);
         let tier = self.tiers.for_delay(delay);
-        match self
-            .publisher
-            .defer(
-                incoming,
-                &tier.queue,
-                deferral.reason,
-                deferral.attempts,
-                deferral.until,
-            )
-            .await
-        {
+        match self.publisher.defer(incoming, &tier.queue, &deferral).await {
             Ok(()) => {
                 self.metrics.deferred(deferral.reason);
                 Disposition::Ack

@@ -16,6 +16,17 @@ use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
 
+/// What the pace gate decided.
+enum Paced {
+    /// A permit: dial now.
+    Go(crate::gates::limits::Permit),
+    /// Not now: wait outside the process until `until`, with the start booked for it.
+    Later {
+        until: Timestamp,
+        booking: Option<String>,
+    },
+}
+
 impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Passes every gate (`Ok`, with the callee's hold and the permit in `held`), or says why
     /// not.
@@ -63,19 +74,27 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 
         self.callee_gate(request, incoming, held).await?;
 
-        match self.pace(request, held).await {
-            Some(permit) => {
+        match self.pace(request, incoming, held).await {
+            Paced::Go(permit) => {
                 held.permit = Some(permit);
                 Ok(())
             }
-            // Too long a wait for a slot: wait outside the process instead.
-            None => Err(Verdict::Wait(self.deferral(
-                request,
-                incoming,
-                DeferReason::Limits,
-                Timestamp::now(),
-                incoming.prior_attempts,
-            ))),
+            // Too long a wait for a slot: wait outside the process instead, until the start
+            // booked for it if there is one.
+            Paced::Later { until, booking } => {
+                if request.expires_at().is_some_and(|at| until >= at) {
+                    return Err(Verdict::Resolve(expired()));
+                }
+                let mut wait = self.deferral(
+                    request,
+                    incoming,
+                    DeferReason::Limits,
+                    until,
+                    incoming.prior_attempts,
+                );
+                wait.booking = booking;
+                Err(Verdict::Wait(wait))
+            }
         }
     }
 
@@ -167,12 +186,11 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     }
 
     /// A concurrency and pacing slot, waited for in-process, but never so long that the
-    /// claim's lease could end before the dial does; `None`: wait outside the process.
-    async fn pace(
-        &self,
-        request: &DialRequest,
-        held: &Held,
-    ) -> Option<crate::gates::limits::Permit> {
+    /// claim's lease could end before the dial does. Past that wait the request leaves the
+    /// process with a booked start (see [`crate::gates::limits`]), so a busy instance's
+    /// backlog never holds the prefetch window that another instance's requests need; a
+    /// request that comes back with its booking takes the start without the rate.
+    async fn pace(&self, request: &DialRequest, incoming: &Incoming, held: &Held) -> Paced {
         let caller_key = self
             .hasher
             .hash(&[request.instance_id(), request.caller().as_str()]);
@@ -186,29 +204,75 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             caller_key: &caller_key,
             pair_key: &pair_key,
         };
+        let booked = incoming
+            .booking
+            .as_deref()
+            .filter(|booking| self.booking_is_ours(request, booking));
+        // Waits for a permit only: its start stays booked.
+        let later_as_booked = || Paced::Later {
+            until: Timestamp::now(),
+            booking: booked.map(str::to_owned),
+        };
         let budget = self.wait_budget(held);
         if budget.is_zero() {
-            return None;
+            return later_as_booked();
         }
         let waiting = Instant::now();
-        let acquired = self.limiter.acquire_within(&key, budget).await;
+        let acquired = match booked {
+            Some(_) => self.limiter.acquire_booked(&key, budget).await,
+            None => self.limiter.acquire_within(&key, budget).await,
+        };
         self.metrics
             .limiter_wait
             .observe(waiting.elapsed().as_secs_f64());
         match acquired {
             // The last attempt may answer just past the budget: the lease decides.
-            Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Some(permit),
+            Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Paced::Go(permit),
             Ok(Some(permit)) => {
                 permit.release().await;
                 tracing::info!("a slot came too late to dial within the claim's lease; deferring");
-                None
+                later_as_booked()
             }
-            Ok(None) => None,
+            Ok(None) if booked.is_some() => later_as_booked(),
+            Ok(None) => match self.limiter.book(&key).await {
+                Ok(start) => Paced::Later {
+                    until: start,
+                    booking: Some(self.booking(request, start)),
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "the limiter could not book a start; deferring");
+                    later_as_booked()
+                }
+            },
             Err(error) => {
                 tracing::warn!(%error, "the limiter could not decide; deferring");
-                None
+                later_as_booked()
             }
         }
+    }
+
+    /// The `x-dialex-booking` value for `start`: the time and a keyed hash binding it to this
+    /// request, so a header an upstream sets cannot skip the pace.
+    fn booking(&self, request: &DialRequest, start: Timestamp) -> String {
+        let start = start.to_string();
+        let signature = self.booking_signature(request, &start);
+        format!("{start} {signature}")
+    }
+
+    fn booking_signature(&self, request: &DialRequest, start: &str) -> String {
+        self.hasher.hash(&[
+            "booking",
+            request.request_id().as_str(),
+            request.instance_id(),
+            start,
+        ])
+    }
+
+    /// Whether `booking` is one this deployment signed for this request.
+    fn booking_is_ours(&self, request: &DialRequest, booking: &str) -> bool {
+        booking
+            .split_once(' ')
+            .is_some_and(|(start, signature)| self.booking_signature(request, start) == signature)
     }
 
     /// How long the request may still wait for its slot: what its claim's lease leaves after

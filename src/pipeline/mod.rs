@@ -118,7 +118,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         if self.halt.is_raised() {
             return Step::GiveBack;
         }
-        if let Some(step) = self.back_early(request, incoming) {
+        if let Some(step) = self.back_early(request, incoming).await {
             return step;
         }
         let mut held = match self.claim(request, incoming).await {
@@ -133,20 +133,27 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     }
 
     /// A request back from a wait queue before the time its deferral named waits again
-    /// (tiers round the delay, and a longer one is made of several hops).
-    fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
+    /// (tiers round the delay, and a longer one is made of several hops), keeping its booked
+    /// start. One with a booked start that is nearer than the shortest tier waits for it here
+    /// instead: through that tier it would come back late, and booked requests that all come
+    /// back late would start together, faster than the pace they were booked at.
+    async fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
         let until = incoming.not_before?;
-        if until <= Timestamp::now() {
+        let left: Duration = until
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return None;
+        }
+        if incoming.booking.is_some() && left <= self.tiers.shortest().delay {
+            tokio::time::sleep(left).await;
             return None;
         }
         let reason = incoming.deferred_reason.unwrap_or(DeferReason::NotBefore);
-        Some(Step::Defer(self.deferral(
-            request,
-            incoming,
-            reason,
-            until,
-            incoming.prior_attempts,
-        )))
+        let mut wait = self.deferral(request, incoming, reason, until, incoming.prior_attempts);
+        wait.booking = incoming.booking.clone();
+        Some(Step::Defer(wait))
     }
 
     /// The dial stage: one hop's attempts, holding the permit the gates took.
@@ -295,6 +302,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             until,
             attempts,
             announce,
+            booking: None,
         }
     }
 

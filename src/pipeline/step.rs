@@ -43,6 +43,9 @@ pub struct Deferral {
     pub attempts: u32,
     /// The `deferred` event, the first time the request waits for this reason.
     pub announce: Option<OutcomeEvent>,
+    /// The start the limiter booked for it (`x-dialex-booking`), signed: it comes back to
+    /// take that start without counting the rate again.
+    pub booking: Option<String>,
 }
 
 /// A request that cannot be handled, parked for an operator.

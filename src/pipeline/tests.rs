@@ -13,7 +13,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use super::*;
-use crate::amqp::publisher::{ATTEMPTS_HEADER, DEFERRED_HEADER, NOT_BEFORE_HEADER};
+use crate::amqp::publisher::{ATTEMPTS_HEADER, BOOKING_HEADER, DEFERRED_HEADER, NOT_BEFORE_HEADER};
 use crate::amqp::{DELIVERY_COUNT_HEADER, PublishError};
 use crate::ccc::{ApiError, DialAccepted, DialParams};
 use crate::config::Settings;
@@ -274,15 +274,13 @@ impl Broker for Recorder {
         &self,
         _incoming: &Incoming,
         wait_queue: &str,
-        reason: DeferReason,
-        attempts: u32,
-        not_before: Timestamp,
+        deferral: &Deferral,
     ) -> Result<(), PublishError> {
         self.log(Call::Defer {
             queue: wait_queue.to_owned(),
-            reason,
-            attempts,
-            not_before,
+            reason: deferral.reason,
+            attempts: deferral.attempts,
+            not_before: deferral.until,
         })
     }
 
@@ -837,6 +835,62 @@ async fn no_slot_within_the_wait_defers_and_gives_everything_back() {
     assert!(wait.announce.is_some());
     assert!(claim_is_free(&f, "r-16b").await);
     assert_eq!(f.client.sends(), 1);
+}
+
+#[tokio::test]
+async fn a_request_without_a_slot_soon_books_one_and_comes_back_to_take_it_without_the_rate() {
+    let f = fixture(|s| {
+        s.limits.calls_per_second = 1.0;
+        s.limits.burst = 1;
+        s.limits.max_wait_ms = 10;
+        s.cooldown.window_ms = 0;
+    })
+    .await;
+    let request =
+        |id: &str, n: u32| body(id, serde_json::json!({"callee": format!("1380000{n:04}")}));
+    // The first takes the rate now; the next two are booked one second apart.
+    assert_eq!(
+        finished(&decide(&f, &incoming(request("r-b1", 1))).await).status,
+        Status::Dialed
+    );
+    let started = Timestamp::now();
+    let second = deferred(&decide(&f, &incoming(request("r-b2", 2))).await)
+        .booking
+        .clone()
+        .expect("booked");
+    let third = decide(&f, &incoming(request("r-b3", 3))).await;
+    let third = deferred(&third);
+    let gap = |at: Timestamp| at.duration_since(started).as_millis();
+    assert!(
+        (900..=1_100).contains(&gap(third.until)) || (1_900..=2_100).contains(&gap(third.until)),
+        "{:?}",
+        third.until
+    );
+    let (at, _) = second.split_once(' ').expect("start and signature");
+    let at: Timestamp = at.parse().unwrap();
+    assert!((900..=1_100).contains(&gap(at)), "booked for {at}");
+
+    // Back at its start (early by a little: it waits for it in-process), it is dialed though
+    // the rate is booked ahead; a copy of its booking on another request is worth nothing.
+    let back = |id: &str, n: u32, booking: &str| {
+        incoming_with(
+            request(id, n),
+            &[
+                (DEFERRED_HEADER, "limits".into()),
+                (NOT_BEFORE_HEADER, at.to_string()),
+                (BOOKING_HEADER, booking.to_owned()),
+            ],
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        finished(&decide(&f, &back("r-b2", 2, &second)).await).status,
+        Status::Dialed
+    );
+    assert!(Timestamp::now() >= at, "it waited for its start");
+    let forged = decide(&f, &back("r-b4", 4, &second)).await;
+    assert!(deferred(&forged).until > at, "a forged booking books anew");
+    assert_eq!(f.client.sends(), 2);
 }
 
 #[tokio::test]
