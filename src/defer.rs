@@ -47,6 +47,16 @@ impl Tiers {
         &self.0[0]
     }
 
+    /// The largest tier not above `delay`, without tolerance (the shortest for shorter
+    /// delays): for a request that must not come back late, such as one with a booked start.
+    pub fn at_most(&self, delay: Duration) -> &Tier {
+        self.0
+            .iter()
+            .rev()
+            .find(|tier| tier.delay <= delay)
+            .unwrap_or(self.shortest())
+    }
+
     /// The largest tier not above `delay` (give or take [`TIER_TOLERANCE`]); the shortest tier
     /// for shorter delays.
     ///

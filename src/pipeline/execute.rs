@@ -71,7 +71,12 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .duration_since(Timestamp::now())
             .try_into()
             .unwrap_or(Duration::ZERO);
-        let tier = self.tiers.for_delay(delay);
+        // A booked start must not be missed: such a request comes back early and waits for it.
+        let tier = if deferral.booking.is_some() {
+            self.tiers.at_most(delay)
+        } else {
+            self.tiers.for_delay(delay)
+        };
         match self.publisher.defer(incoming, &tier.queue, &deferral).await {
             Ok(()) => {
                 self.metrics.deferred(deferral.reason);

@@ -16,6 +16,9 @@ use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
 
+/// How late a booked request may take its start; later, it asks the rate again.
+const BOOKING_LATENESS_MS: i64 = 100;
+
 /// What the pace gate decided.
 enum Paced {
     /// A permit: dial now.
@@ -207,7 +210,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let booked = incoming
             .booking
             .as_deref()
-            .filter(|booking| self.booking_is_ours(request, booking));
+            .filter(|booking| self.booking_is_ours(request, booking))
+            .filter(|booking| !self.booking_missed(booking));
         // Waits for a permit only: its start stays booked.
         let later_as_booked = || Paced::Later {
             until: Timestamp::now(),
@@ -220,7 +224,12 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let waiting = Instant::now();
         let acquired = match booked {
             Some(_) => self.limiter.acquire_booked(&key, budget).await,
-            None => self.limiter.acquire_within(&key, budget).await,
+            // What the shortest wait queue takes is kept back: a start booked when this wait
+            // ends may be nearer than that, and is then waited for here.
+            None => {
+                let wait = budget.saturating_sub(self.tiers.shortest().delay);
+                self.limiter.acquire_within(&key, wait).await
+            }
         };
         self.metrics
             .limiter_wait
@@ -234,16 +243,47 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 later_as_booked()
             }
             Ok(None) if booked.is_some() => later_as_booked(),
-            Ok(None) => match self.limiter.book(&key).await {
-                Ok(start) => Paced::Later {
-                    until: start,
-                    booking: Some(self.booking(request, start)),
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "the limiter could not book a start; deferring");
-                    later_as_booked()
+            Ok(None) => {
+                let start = match self.limiter.book(&key).await {
+                    Ok(start) => start,
+                    Err(error) => {
+                        tracing::warn!(%error, "the limiter could not book a start; deferring");
+                        return later_as_booked();
+                    }
+                };
+                let booking = Some(self.booking(request, start));
+                let left: Duration = start
+                    .duration_since(Timestamp::now())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                if left > self.tiers.shortest().delay || left >= self.wait_budget(held) {
+                    return Paced::Later {
+                        until: start,
+                        booking,
+                    };
                 }
-            },
+                // Nearer than the shortest wait queue, which would bring it back late: wait
+                // for it here.
+                tokio::time::sleep(left).await;
+                match self
+                    .limiter
+                    .acquire_booked(&key, self.wait_budget(held))
+                    .await
+                {
+                    Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Paced::Go(permit),
+                    Ok(Some(permit)) => {
+                        permit.release().await;
+                        Paced::Later {
+                            until: Timestamp::now(),
+                            booking,
+                        }
+                    }
+                    Ok(None) | Err(_) => Paced::Later {
+                        until: Timestamp::now(),
+                        booking,
+                    },
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "the limiter could not decide; deferring");
                 later_as_booked()
@@ -266,6 +306,19 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             request.instance_id(),
             start,
         ])
+    }
+
+    /// Whether the start `booking` names passed too long ago to be taken now: booked calls
+    /// back late together would start faster than the pace they were booked at, so one that
+    /// missed its start asks the rate again.
+    fn booking_missed(&self, booking: &str) -> bool {
+        let start = booking
+            .split_once(' ')
+            .and_then(|(start, _)| start.parse::<Timestamp>().ok());
+        start.is_none_or(|start| {
+            Timestamp::now().duration_since(start)
+                > jiff::SignedDuration::from_millis(BOOKING_LATENESS_MS)
+        })
     }
 
     /// Whether `booking` is one this deployment signed for this request.

@@ -844,6 +844,8 @@ async fn a_request_without_a_slot_soon_books_one_and_comes_back_to_take_it_witho
         s.limits.burst = 1;
         s.limits.max_wait_ms = 10;
         s.cooldown.window_ms = 0;
+        // A start further off than the shortest wait queue leaves the process.
+        s.deferral.tiers_ms = vec![200, 1_000];
     })
     .await;
     let request =
@@ -882,7 +884,7 @@ async fn a_request_without_a_slot_soon_books_one_and_comes_back_to_take_it_witho
             ],
         )
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(850)).await;
     assert_eq!(
         finished(&decide(&f, &back("r-b2", 2, &second)).await).status,
         Status::Dialed

@@ -554,6 +554,11 @@ impl Common {
                 // Refused for another reason now: let the next in line for the old one go.
                 turn = None;
             }
+            if reason != WaitFor::Permit && Instant::now() + after > deadline {
+                // A known wait past the deadline holds for everyone in line as well: waiting
+                // for a turn would only keep this request from leaving.
+                return Ok(defer(key, start, reason));
+            }
             if turn.is_none()
                 && let Some(queue) = local.queue(reason)
             {
