@@ -27,10 +27,12 @@
 //! Redis; [`store::DialRecords`] and [`store::CalleeState`]; [`store::redis`] also holds the
 //! Redis side of the limiter and of the do-not-call list, behind [`gates::limits::Limiter`] and
 //! [`gates::dnc::SharedList`]). Around them: [`gates`] (the checks before a dial), [`dial`],
-//! [`defer`] (wait tiers), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`]
-//! (`/healthz`, `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of
-//! the small HTTP servers), [`credentials`]. Private: `tls` (the CA files), `test_hooks`
-//! (faults for tests, behind a feature).
+//! [`defer`] (wait tiers), [`outage`] (the breaker that pauses the worker when CCC fails for
+//! everyone), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`] (`/healthz`,
+//! `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of the small HTTP
+//! servers), [`credentials`], and [`dead`] (`dialex-worker dead`: the dead-letter queue, for
+//! operators). Private: `tls` (the CA files), `test_hooks` (faults for tests, behind a
+//! feature).
 //!
 //! The CCC simulator, the test harness, the demo and the bench are the `dialex-devkit` crate's.
 
