@@ -245,7 +245,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             Ok(None) if booked.is_some() => later_as_booked(),
             Ok(None) => {
                 let start = match self.limiter.book(&key).await {
-                    Ok(start) => start,
+                    Ok(Some(start)) => start,
+                    Ok(None) => return later_as_booked(),
                     Err(error) => {
                         tracing::warn!(%error, "the limiter could not book a start; deferring");
                         return later_as_booked();

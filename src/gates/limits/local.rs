@@ -114,7 +114,7 @@ impl Limiter for LocalLimiter {
         self.shared.common.throttled(instance_id);
     }
 
-    async fn book(&self, key: &CallKey<'_>) -> Result<Timestamp, LimitError> {
+    async fn book(&self, key: &CallKey<'_>) -> Result<Option<Timestamp>, LimitError> {
         self.shared.common.book(self, key).await
     }
 

@@ -211,12 +211,18 @@ pub trait Limiter: Send + Sync + 'static {
     /// `throttle_factor` of its pace for `throttle_cooldown`.
     fn throttled(&self, instance_id: &str);
 
-    /// Books the earliest start the instance's rate (and the caller's, when that rule is on)
-    /// leaves for this call, now or later, and says when it is. The rates advance as if the
-    /// call started then, so later calls and bookings queue behind it: a request sent away
-    /// until its slot takes it with [`Limiter::acquire_booked`].
-    fn book(&self, key: &CallKey<'_>)
-    -> impl Future<Output = Result<Timestamp, LimitError>> + Send;
+    /// Books the earliest start the instance's rate leaves for this call, now or later, and
+    /// says when it is. The rate advances as if the call started then, so later calls and
+    /// bookings queue behind it: a request sent away until its slot takes it with
+    /// [`Limiter::acquire_booked`].
+    ///
+    /// `Ok(None)` while per-caller pacing is on: one instance's rate is a single frontier, and
+    /// a call booked far ahead for a busy caller would push every other caller's calls behind
+    /// it. Such calls wait as before (in-process, then through the shortest wait queue).
+    fn book(
+        &self,
+        key: &CallKey<'_>,
+    ) -> impl Future<Output = Result<Option<Timestamp>, LimitError>> + Send;
 
     /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
     /// only the pair spacing and the permits are checked, and no rate is advanced again.
@@ -513,12 +519,20 @@ impl Common {
         &self,
         backend: &S,
         key: &CallKey<'_>,
-    ) -> Result<Timestamp, LimitError> {
-        let wait = backend.book(key, &self.pace(key.instance_id)).await?;
+    ) -> Result<Option<Timestamp>, LimitError> {
+        let pace = self.pace(key.instance_id);
+        if pace.caller_interval.is_some() {
+            // See `Limiter::book`: the backends could book the caller's rate too, but the
+            // instance's single frontier would follow the busiest caller.
+            return Ok(None);
+        }
+        let wait = backend.book(key, &pace).await?;
         let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
-        Ok(Timestamp::now()
-            .saturating_add(wait)
-            .unwrap_or(Timestamp::MAX))
+        Ok(Some(
+            Timestamp::now()
+                .saturating_add(wait)
+                .unwrap_or(Timestamp::MAX),
+        ))
     }
 
     pub(crate) async fn acquire<S: Slots>(

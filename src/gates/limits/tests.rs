@@ -367,13 +367,12 @@ async fn waiters_queue_instead_of_stampeding<B: Slots + Clone + 'static>(
     }
 }
 
-/// Rules for the booking scenarios: 10 calls/s, no burst, one permit, 2 calls/s per caller.
+/// Rules for the booking scenarios: 10 calls/s, no burst, one permit.
 fn booking_rules() -> LimitRules {
     LimitRules {
         max_in_flight: 1,
         calls_per_second: 10.0,
         burst: 1,
-        per_caller_calls_per_second: 2.0,
         ..settings()
     }
 }
@@ -383,9 +382,9 @@ fn ms_between(from: jiff::Timestamp, to: jiff::Timestamp) -> i64 {
     to.duration_since(from).as_millis() as i64
 }
 
-/// Bookings for different callers queue at the instance's pace from now (100 ms apart), one
-/// caller's at its own slower pace (500 ms), and an ordinary call finds the rate taken.
-async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
+/// Bookings queue at the instance's pace from now (100 ms apart), and an ordinary call finds
+/// the rate taken. With per-caller pacing on (`with_callers`), nothing is booked.
+async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L, with_callers: &L) {
     let instance = unique();
     let start = jiff::Timestamp::now();
     let mut slots = Vec::new();
@@ -396,7 +395,8 @@ async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
             caller_key: &caller,
             pair_key: &pair,
         };
-        slots.push(ms_between(start, limiter.book(&key).await.expect("book")));
+        let slot = limiter.book(&key).await.expect("book").expect("booked");
+        slots.push(ms_between(start, slot));
     }
     for (i, slot) in slots.iter().enumerate() {
         let want = 100 * i as i64;
@@ -405,15 +405,6 @@ async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
             "slot {i} at {slot} ms, not {want}: {slots:?}"
         );
     }
-    // The same caller twice: its own rate (2/s) spaces them, after the instance's bookings.
-    let pair = unique();
-    let same = CallKey {
-        instance_id: &instance,
-        caller_key: "caller-0",
-        pair_key: &pair,
-    };
-    let again = ms_between(start, limiter.book(&same).await.expect("book"));
-    assert!((again - 500).abs() <= 40, "caller-0 again at {again} ms");
     // Nothing left now for a call that cannot wait.
     let pair = unique();
     let ordinary = CallKey {
@@ -426,6 +417,13 @@ async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
         .await
         .expect("acquire");
     assert!(refused.is_none(), "the booked slots are taken");
+    let other = unique();
+    let key = CallKey {
+        instance_id: &other,
+        caller_key: "c",
+        pair_key: &pair,
+    };
+    assert_eq!(with_callers.book(&key).await.expect("book"), None);
 }
 
 /// A booked call is not held back by the rate it already counted, only by the permits.
@@ -443,7 +441,7 @@ async fn a_booked_call_skips_the_rate_but_not_the_permits<L: Limiter>(limiter: &
         pair_key: &second_pair,
     };
     for _ in 0..10 {
-        limiter.book(&first).await.expect("book");
+        limiter.book(&first).await.expect("book").expect("booked");
     }
     let permit = limiter
         .acquire_booked(&first, Duration::ZERO)
@@ -578,7 +576,15 @@ async fn local_state_is_swept_once_idle() {
 
 #[tokio::test]
 async fn local_bookings_queue_at_the_pace() {
-    bookings_queue_at_the_pace(&LocalLimiter::new(booking_rules())).await;
+    let with_callers = LimitRules {
+        per_caller_calls_per_second: 2.0,
+        ..booking_rules()
+    };
+    bookings_queue_at_the_pace(
+        &LocalLimiter::new(booking_rules()),
+        &LocalLimiter::new(with_callers),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -969,8 +975,14 @@ fn limiters_and_permits_can_cross_tasks() {
 
 #[tokio::test]
 async fn redis_bookings_queue_at_the_pace() {
-    let limiter = redis_limiter(&prefix(), booking_rules()).await;
-    bookings_queue_at_the_pace(&limiter).await;
+    let prefix = prefix();
+    let limiter = redis_limiter(&prefix, booking_rules()).await;
+    let with_callers = LimitRules {
+        per_caller_calls_per_second: 2.0,
+        ..booking_rules()
+    };
+    let with_callers = redis_limiter(&prefix, with_callers).await;
+    bookings_queue_at_the_pace(&limiter, &with_callers).await;
     cleanup(&limiter).await;
 }
 

@@ -313,7 +313,7 @@ impl Limiter for RedisLimiter {
         self.inner.common.throttled(instance_id);
     }
 
-    async fn book(&self, key: &CallKey<'_>) -> Result<Timestamp, LimitError> {
+    async fn book(&self, key: &CallKey<'_>) -> Result<Option<Timestamp>, LimitError> {
         self.inner.common.book(self, key).await
     }
 
