@@ -8,7 +8,16 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use crate::config::{AmqpNames, DeferralSettings};
+
+/// How long from now until `at`; zero once it has passed.
+pub fn time_until(at: Timestamp) -> Duration {
+    at.duration_since(Timestamp::now())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
 
 /// How much longer than the delay asked for a tier may be.
 pub const TIER_TOLERANCE: Duration = Duration::from_secs(1);

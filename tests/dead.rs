@@ -11,7 +11,7 @@ use std::time::Duration;
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, outcomes_until, request, settings, started};
+use helpers::{WAIT, callee, hooked, outcomes_until, request, settings, started};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
@@ -49,15 +49,6 @@ fn listed_ids(h: &Harness) -> Vec<String> {
         .iter()
         .map(|row| row["request_id"].as_str().unwrap_or("-").to_owned())
         .collect()
-}
-
-fn hooked(hook: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-dialex-test-hook".into(),
-        AMQPValue::LongString(LongString::from(hook)),
-    );
-    BasicProperties::default().with_headers(headers)
 }
 
 /// Parks a good request on the dead-letter queue the way the broker parks the bystanders of a

@@ -9,18 +9,9 @@ use std::time::Duration;
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, outcomes_until, request, settings, spawn_worker_process, started};
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString};
-
-fn hooked(hook: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-dialex-test-hook".into(),
-        AMQPValue::LongString(LongString::from(hook)),
-    );
-    BasicProperties::default().with_headers(headers)
-}
+use helpers::{
+    WAIT, callee, hooked, outcomes_until, request, settings, spawn_worker_process, started,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_panics_the_handler_is_parked_after_the_delivery_limit() {

@@ -231,7 +231,7 @@ impl ReplayRules {
 /// wrote about its parking and its earlier attempts (a replay is a fresh chance, counted in
 /// `x-dialex-replays`).
 pub fn replay_properties(properties: &BasicProperties, replays: u32) -> BasicProperties {
-    const DROPPED: [&str; 9] = [
+    const DROPPED: [&str; 8] = [
         REASON_HEADER,
         DETAIL_HEADER,
         PARKED_AT_HEADER,
@@ -240,7 +240,6 @@ pub fn replay_properties(properties: &BasicProperties, replays: u32) -> BasicPro
         NOT_BEFORE_HEADER,
         DELIVERY_COUNT_HEADER,
         "x-death",
-        "x-first-death-reason",
     ];
     let mut headers = FieldTable::default();
     if let Some(original) = properties.headers() {

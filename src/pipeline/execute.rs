@@ -1,10 +1,6 @@
 //! Carries a [`Step`] out against the broker and says how to settle the delivery: the only
 //! code in the pipeline that publishes.
 
-use std::time::Duration;
-
-use jiff::Timestamp;
-
 use super::{Broker, Deferral, HaltCause, Parking, Pipeline, Step};
 use crate::amqp::{Incoming, PublishError};
 use crate::ccc::CccClient;
@@ -66,11 +62,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         {
             tracing::warn!(%error, "could not publish the deferred event");
         }
-        let delay: Duration = deferral
-            .until
-            .duration_since(Timestamp::now())
-            .try_into()
-            .unwrap_or(Duration::ZERO);
+        let delay = crate::defer::time_until(deferral.until);
         // A booked start must not be missed: such a request comes back early and waits for it.
         let tier = if deferral.booking.is_some() {
             self.tiers.at_most(delay)

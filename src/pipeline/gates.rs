@@ -212,14 +212,13 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .as_deref()
             .filter(|booking| self.booking_is_ours(request, booking))
             .filter(|booking| !self.booking_missed(booking));
-        // Waits for a permit only: its start stays booked.
-        let later_as_booked = || Paced::Later {
-            until: Timestamp::now(),
-            booking: booked.map(str::to_owned),
-        };
         let budget = self.wait_budget(held);
         if budget.is_zero() {
-            return later_as_booked();
+            // A booked start stays booked.
+            return Paced::Later {
+                until: Timestamp::now(),
+                booking: booked.map(str::to_owned),
+            };
         }
         let waiting = Instant::now();
         let acquired = match booked {
@@ -234,61 +233,64 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         self.metrics
             .limiter_wait
             .observe(waiting.elapsed().as_secs_f64());
+        if booked.is_none() && matches!(acquired, Ok(None)) {
+            return self.book(request, &key, held).await;
+        }
+        self.take(acquired, held, booked.map(str::to_owned)).await
+    }
+
+    /// Books the request's start and sends it away until then, or, when the start is nearer
+    /// than the shortest wait queue (which would bring it back late), waits for it here.
+    async fn book(&self, request: &DialRequest, key: &CallKey<'_>, held: &Held) -> Paced {
+        let later = Paced::Later {
+            until: Timestamp::now(),
+            booking: None,
+        };
+        let start = match self.limiter.book(key).await {
+            Ok(Some(start)) => start,
+            Ok(None) => return later,
+            Err(error) => {
+                tracing::warn!(%error, "the limiter could not book a start; deferring");
+                return later;
+            }
+        };
+        let booking = Some(self.booking(request, start));
+        let left = crate::defer::time_until(start);
+        if left > self.tiers.shortest().delay || left >= self.wait_budget(held) {
+            return Paced::Later {
+                until: start,
+                booking,
+            };
+        }
+        tokio::time::sleep(left).await;
+        let acquired = self
+            .limiter
+            .acquire_booked(key, self.wait_budget(held))
+            .await;
+        self.take(acquired, held, booking).await
+    }
+
+    /// A permit if one came while the claim's lease still allows the dial (the last attempt
+    /// may answer just past the budget: the lease decides); otherwise not now, keeping
+    /// `booking`.
+    async fn take(
+        &self,
+        acquired: Result<Option<crate::gates::limits::Permit>, crate::gates::limits::LimitError>,
+        held: &Held,
+        booking: Option<String>,
+    ) -> Paced {
         match acquired {
-            // The last attempt may answer just past the budget: the lease decides.
-            Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Paced::Go(permit),
+            Ok(Some(permit)) if !self.wait_budget(held).is_zero() => return Paced::Go(permit),
             Ok(Some(permit)) => {
                 permit.release().await;
                 tracing::info!("a slot came too late to dial within the claim's lease; deferring");
-                later_as_booked()
             }
-            Ok(None) if booked.is_some() => later_as_booked(),
-            Ok(None) => {
-                let start = match self.limiter.book(&key).await {
-                    Ok(Some(start)) => start,
-                    Ok(None) => return later_as_booked(),
-                    Err(error) => {
-                        tracing::warn!(%error, "the limiter could not book a start; deferring");
-                        return later_as_booked();
-                    }
-                };
-                let booking = Some(self.booking(request, start));
-                let left: Duration = start
-                    .duration_since(Timestamp::now())
-                    .try_into()
-                    .unwrap_or(Duration::ZERO);
-                if left > self.tiers.shortest().delay || left >= self.wait_budget(held) {
-                    return Paced::Later {
-                        until: start,
-                        booking,
-                    };
-                }
-                // Nearer than the shortest wait queue, which would bring it back late: wait
-                // for it here.
-                tokio::time::sleep(left).await;
-                match self
-                    .limiter
-                    .acquire_booked(&key, self.wait_budget(held))
-                    .await
-                {
-                    Ok(Some(permit)) if !self.wait_budget(held).is_zero() => Paced::Go(permit),
-                    Ok(Some(permit)) => {
-                        permit.release().await;
-                        Paced::Later {
-                            until: Timestamp::now(),
-                            booking,
-                        }
-                    }
-                    Ok(None) | Err(_) => Paced::Later {
-                        until: Timestamp::now(),
-                        booking,
-                    },
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the limiter could not decide; deferring");
-                later_as_booked()
-            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "the limiter could not decide; deferring"),
+        }
+        Paced::Later {
+            until: Timestamp::now(),
+            booking,
         }
     }
 

@@ -139,10 +139,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// back late would start together, faster than the pace they were booked at.
     async fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
         let until = incoming.not_before?;
-        let left: Duration = until
-            .duration_since(Timestamp::now())
-            .try_into()
-            .unwrap_or(Duration::ZERO);
+        let left = crate::defer::time_until(until);
         if left.is_zero() {
             return None;
         }

@@ -192,3 +192,13 @@ pub fn request(request_id: &str, callee: &str, answer_mode: &str) -> Vec<u8> {
 pub fn callee(index: usize) -> String {
     format!("138{:08}", index)
 }
+
+/// Properties carrying the test hook `hook` (`panic`, `abort`; the `test-hooks` feature).
+pub fn hooked(hook: &str) -> lapin::BasicProperties {
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-dialex-test-hook".into(),
+        lapin::types::AMQPValue::LongString(lapin::types::LongString::from(hook)),
+    );
+    lapin::BasicProperties::default().with_headers(headers)
+}

@@ -65,6 +65,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// and a stalled Redis should fail the attempt (the request is deferred) rather than hang it.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What both scripts start with: `now`, Redis's clock in microseconds, and `tat_of(key)`, a
+/// stored TAT, or `now` when it is absent or past (`nil`: the key holds no number).
+macro_rules! tat_prelude {
+    () => {
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function tat_of(key)
+  local v = redis.call('GET', key)
+  if not v then
+    return now
+  end
+  local n = tonumber(v)
+  if not n then
+    return nil
+  end
+  return math.max(n, now)
+end
+"
+    };
+}
+
 /// One all-or-nothing attempt at every slot of a call.
 ///
 /// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair. An interval of 0 is a call
@@ -77,23 +100,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// added), `{1|2|3, wait µs}` (refused by the rate, the caller's rate or the pair mark: the
 /// longest of their waits), `{4, µs until the earliest lease ends}` (every permit taken), or
 /// `{-1, n}` (`KEYS[n]` holds something this script did not write).
-const ACQUIRE_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+const ACQUIRE_LUA: &str = concat!(
+    tat_prelude!(),
+    r"
 local now_ms = math.floor(now / 1000)
-
--- A stored TAT, or now when absent or past. nil: not a number.
-local function tat_of(key)
-  local v = redis.call('GET', key)
-  if not v then
-    return now
-  end
-  local n = tonumber(v)
-  if not n then
-    return nil
-  end
-  return math.max(n, now)
-end
 
 -- Pacing first: every rule, keeping the longest wait (nothing can go before it). An
 -- interval of 0 is a booked call: its rate was counted when it was booked.
@@ -167,7 +177,8 @@ if redis.call('PTTL', KEYS[2]) < lease then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 return {0, lease_end}
-";
+"
+);
 
 /// Books the earliest start the rates leave for a call (see `Limiter::book`): the instance's
 /// TAT less its burst tolerance, or the caller's TAT, whichever is later, and not before now;
@@ -178,21 +189,9 @@ return {0, lease_end}
 ///
 /// Returns `{0, µs from now to the start}`, or `{-1, n}` (`KEYS[n]` holds something this script
 /// did not write; `n` as in [`ACQUIRE_LUA`]: 1 rate, 3 caller).
-const BOOK_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-
-local function tat_of(key)
-  local v = redis.call('GET', key)
-  if not v then
-    return now
-  end
-  local n = tonumber(v)
-  if not n then
-    return nil
-  end
-  return math.max(n, now)
-end
+const BOOK_LUA: &str = concat!(
+    tat_prelude!(),
+    r"
 
 local tat = tat_of(KEYS[1])
 if not tat then
@@ -217,7 +216,8 @@ if caller_interval > 0 then
     'PX', string.format('%.0f', math.ceil((next_caller - now) / 1000) + 1))
 end
 return {0, slot - now}
-";
+"
+);
 
 /// Paces `DialEx` calls across every replica sharing one Redis. Cheap to clone: a
 /// multiplexed connection that reconnects by itself, and shared configuration.
