@@ -146,17 +146,21 @@ async fn listing_shows_why_each_is_parked_and_leaves_the_queue_as_it_was() {
     let rows = listing["shown"].as_array().unwrap();
     assert_eq!(rows.len(), 9);
     let reasons: Vec<&str> = rows.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    // The worker handles the two rejections concurrently: either may be parked first.
+    let mut first_three = reasons[..3].to_vec();
+    first_three.sort_unstable();
     assert_eq!(
-        &reasons[..3],
-        ["invalid_json", "invalid_callee", "poison_message"]
+        first_three,
+        ["invalid_callee", "invalid_json", "poison_message"]
     );
     assert!(reasons[3..].iter().all(|r| *r == "delivery_limit"));
+    let bad_json = rows.iter().find(|r| r["reason"] == "invalid_json").unwrap();
     assert_eq!(
-        rows[0]["request_id"], "bad-json",
+        bad_json["request_id"], "bad-json",
         "the message id stands in"
     );
     assert!(
-        rows[2]["parked_at"].is_string(),
+        rows[..3].iter().all(|r| r["parked_at"].is_string()),
         "the worker stamps when it parked"
     );
     assert_eq!(rows[3]["deaths"], 1);
