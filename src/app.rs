@@ -101,7 +101,8 @@ pub async fn serve(config: Option<&Path>) -> Result<(), AppError> {
     let settings = Settings::load(config)?;
     telemetry::init(&settings.log);
     let credentials = Credentials::from_env()?;
-    let app = App::build(settings, credentials, Arc::default()).await?;
+    let metrics = Arc::new(Metrics::for_limits(&settings.limits));
+    let app = App::build(settings, credentials, metrics).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     Ok(app.run(shutdown).await?)

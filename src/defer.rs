@@ -113,6 +113,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "dial.requests.wait.1s",
                 "dial.requests.wait.5s",
                 "dial.requests.wait.30s",
                 "dial.requests.wait.5m",
@@ -128,7 +129,8 @@ mod tests {
     fn the_largest_tier_not_above_the_delay_is_chosen() {
         let t = tiers();
         let pick = |secs: u64| t.for_delay(Duration::from_secs(secs)).delay.as_secs();
-        assert_eq!(pick(0), 5);
+        assert_eq!(pick(0), 1);
+        assert_eq!(pick(3), 1);
         assert_eq!(pick(4), 5);
         assert_eq!(pick(5), 5);
         assert_eq!(pick(28), 5);

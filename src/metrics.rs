@@ -4,6 +4,7 @@
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ccc::ErrorClass;
+use crate::gates::limits::{DEFAULT_CLASS, LimitsSettings};
 use crate::outcome::{DeferReason, Status, SuppressReason};
 
 /// What a duplicate delivery found in the dial-record store.
@@ -104,6 +106,11 @@ impl StoreOp {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreOpLabels {
     pub op: &'static str,
 }
@@ -155,7 +162,12 @@ pub struct Metrics {
     pub outcomes: Family<StatusLabels, Counter>,
     pub ccc_attempts: Family<AttemptLabels, Counter>,
     pub ccc_request_duration: Histogram,
-    pub queue_to_dial: Histogram,
+    /// By instance class (`[limits.instances."<id>"] class`); see [`Metrics::queue_to_dial`].
+    pub queue_to_dial: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    /// Each classed instance's `queue_to_dial` series, and the one of every other instance:
+    /// found without building a label on the hot path.
+    queue_to_dial_by_instance: HashMap<String, Histogram>,
+    queue_to_dial_default: Histogram,
     pub in_flight: Gauge,
     pub deferrals: Family<ReasonLabels, Counter>,
     pub dead_letters: Family<ReasonLabels, Counter>,
@@ -173,13 +185,44 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(std::iter::empty::<(&str, &str)>())
+    }
+}
+
+impl Metrics {
+    /// The metrics of a worker with these `[limits]`: its instances' classes.
+    pub fn for_limits(limits: &LimitsSettings) -> Self {
+        Metrics::new(limits.instances.iter().filter_map(|(instance, own)| {
+            own.class.as_deref().map(|class| (instance.as_str(), class))
+        }))
+    }
+
+    /// The metrics of a worker whose instances in `classes` (instance id, class) have a
+    /// class of their own; every other instance is [`DEFAULT_CLASS`].
+    pub fn new<'a>(classes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let queue_to_dial: Family<ClassLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let series = |class: &str| {
+            queue_to_dial
+                .get_or_create(&ClassLabels {
+                    class: class.to_owned(),
+                })
+                .clone()
+        };
+        let queue_to_dial_default = series(DEFAULT_CLASS);
+        let queue_to_dial_by_instance = classes
+            .into_iter()
+            .map(|(instance, class)| (instance.to_owned(), series(class)))
+            .collect();
         let metrics = Metrics {
             requests_received: Counter::default(),
             replays_received: Counter::default(),
             outcomes: Family::default(),
             ccc_attempts: Family::default(),
             ccc_request_duration: latency_histogram(),
-            queue_to_dial: latency_histogram(),
+            queue_to_dial,
+            queue_to_dial_by_instance,
+            queue_to_dial_default,
             in_flight: Gauge::default(),
             deferrals: Family::default(),
             dead_letters: Family::default(),
@@ -311,6 +354,16 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A request of `instance_id` reaches its `DialEx` call, `waited` after it was ready: its
+    /// delivery, or the first time it had to wait for a slot (see
+    /// [`crate::amqp::Incoming::ready_at`]).
+    pub fn queue_to_dial(&self, instance_id: &str, waited: Duration) {
+        self.queue_to_dial_by_instance
+            .get(instance_id)
+            .unwrap_or(&self.queue_to_dial_default)
+            .observe(waited.as_secs_f64());
+    }
+
     pub fn dialed_now(&self) {
         self.last_dial.set(jiff::Timestamp::now().as_second());
     }
@@ -380,7 +433,7 @@ impl Metrics {
         );
         r.register(
             "queue_to_dial_seconds",
-            "Time from a delivery reaching the worker to its first DialEx attempt",
+            "Time from a request being ready to dial (its delivery reaching the worker, or the first time it had to wait for a slot) to its DialEx call, by instance class",
             self.queue_to_dial.clone(),
         );
         r.register(
@@ -520,5 +573,32 @@ mod tests {
             let line = format!("dialex_paused{{cause=\"{}\"}} 0", cause.as_str());
             assert!(text.contains(&line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn queue_to_dial_is_labelled_by_class_not_by_instance() {
+        let metrics = Metrics::new([("inst-a", "vip"), ("inst-b", "vip")]);
+        metrics.queue_to_dial("inst-a", Duration::from_millis(10));
+        metrics.queue_to_dial("inst-b", Duration::from_millis(10));
+        for i in 0..100 {
+            metrics.queue_to_dial(&format!("inst-{i}"), Duration::from_millis(10));
+        }
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut counts: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("dialex_queue_to_dial_seconds_count"))
+            .collect();
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            [
+                "dialex_queue_to_dial_seconds_count{class=\"default\"} 100",
+                "dialex_queue_to_dial_seconds_count{class=\"vip\"} 2",
+            ],
+            "{text}"
+        );
     }
 }

@@ -134,7 +134,10 @@ async fn metrics_and_probes_tell_what_happened() {
         3.0
     );
     assert_eq!(value("dialex_ccc_request_duration_seconds_count"), 50.0);
-    assert_eq!(value("dialex_queue_to_dial_seconds_count"), 50.0);
+    assert_eq!(
+        value("dialex_queue_to_dial_seconds_count{class=\"default\"}"),
+        50.0
+    );
     assert_eq!(value("dialex_in_flight"), 0.0);
     assert!(value("dialex_last_dial_timestamp_seconds") > 1.7e9);
     assert!(value("dialex_publish_confirm_seconds_count") >= 56.0);

@@ -119,13 +119,13 @@ impl Harness {
         let tiers = Tiers::new(&base.deferral, &base.amqp.names);
         topology::declare(&channel, &base.amqp, &tiers).await?;
         Ok(Harness {
+            metrics: Arc::new(Metrics::for_limits(&base.limits)),
             settings: base,
             simulator,
             connection,
             channel,
             outcomes: None,
             workers: Vec::new(),
-            metrics: Arc::default(),
         })
     }
 

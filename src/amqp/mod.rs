@@ -97,6 +97,10 @@ pub struct Incoming {
     pub properties: BasicProperties,
     pub redelivered: bool,
     pub received_at: Timestamp,
+    /// Since when the request has been ready to dial: `received_at`, or, for one back from
+    /// waiting for a pace or concurrency slot, when that wait began (`x-dialex-ready-at`).
+    /// What `queue_to_dial_seconds` measures from.
+    pub ready_at: Timestamp,
     /// Why the request was last deferred (the `x-dialex-deferred` header), if it was.
     pub deferred_reason: Option<DeferReason>,
     /// When the last deferral said it may be evaluated again (the `x-dialex-not-before`
@@ -136,11 +140,19 @@ impl Incoming {
             _ => None,
         }
         .unwrap_or(0);
+        let deferred_reason =
+            header(publisher::DEFERRED_HEADER).and_then(|reason| DeferReason::parse(&reason));
+        let received_at = Timestamp::now();
+        // Only for a wait for a slot, and never later than now: the header only feeds a
+        // metric, but an upstream could set it too.
+        let ready_at = header(publisher::READY_AT_HEADER)
+            .filter(|_| deferred_reason == Some(DeferReason::Limits))
+            .and_then(|at| at.parse::<Timestamp>().ok())
+            .map_or(received_at, |at| at.min(received_at));
         Incoming {
             delivery_count,
             claimed: AtomicBool::new(false),
-            deferred_reason: header(publisher::DEFERRED_HEADER)
-                .and_then(|reason| DeferReason::parse(&reason)),
+            deferred_reason,
             not_before: header(publisher::NOT_BEFORE_HEADER).and_then(|at| at.parse().ok()),
             prior_attempts: header(publisher::ATTEMPTS_HEADER)
                 .and_then(|n| n.parse().ok())
@@ -157,7 +169,8 @@ impl Incoming {
             body,
             properties,
             redelivered,
-            received_at: Timestamp::now(),
+            received_at,
+            ready_at,
         }
     }
 

@@ -26,6 +26,9 @@ pub const DETAIL_HEADER: &str = "x-dialex-detail";
 pub const PARKED_AT_HEADER: &str = "x-dialex-parked-at";
 /// Header on deferred requests: the start the limiter booked for it, and its signature.
 pub const BOOKING_HEADER: &str = "x-dialex-booking";
+/// Header on requests deferred for a pace or concurrency slot: since when (RFC 3339) they
+/// have been ready to dial, across the hops of that wait.
+pub const READY_AT_HEADER: &str = "x-dialex-ready-at";
 /// Header on requests `dialex-worker dead replay` put back: how often this one was replayed.
 pub const REPLAYS_HEADER: &str = "x-dialex-replays";
 
@@ -191,11 +194,18 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let attempts = attempts.to_string();
         let not_before = not_before.to_string();
+        let ready_at = incoming.ready_at.to_string();
         let mut headers = vec![
             (DEFERRED_HEADER, reason.as_str()),
             (ATTEMPTS_HEADER, attempts.as_str()),
             (NOT_BEFORE_HEADER, not_before.as_str()),
         ];
+        // Only a wait for a slot keeps the time it has been ready since; any other wait
+        // (hours, a retry) ends with the request ready afresh.
+        let waiting_for_a_slot = reason == DeferReason::Limits;
+        if waiting_for_a_slot {
+            headers.push((READY_AT_HEADER, ready_at.as_str()));
+        }
         if let Some(booking) = booking {
             headers.push((BOOKING_HEADER, booking));
         }
@@ -203,6 +213,9 @@ impl Publisher {
         if booking.is_none() {
             // A booking is good for one start: a later deferral without one drops it.
             properties = without_header(properties, BOOKING_HEADER);
+        }
+        if !waiting_for_a_slot {
+            properties = without_header(properties, READY_AT_HEADER);
         }
         self.publish_with_retry("", wait_queue, &incoming.body, &properties)
             .await

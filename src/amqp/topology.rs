@@ -241,11 +241,11 @@ mod tests {
             .iter()
             .filter(|q| q.name.starts_with("dial.requests.wait."))
             .collect();
-        assert_eq!(waits.len(), 5);
+        assert_eq!(waits.len(), 6);
         assert!(
             waits[0]
                 .arguments
-                .contains(&("x-message-ttl", Argument::Number(5_000)))
+                .contains(&("x-message-ttl", Argument::Number(1_000)))
         );
         assert!(plan.bindings.contains(&Binding {
             queue: "dial.outcomes.all".into(),

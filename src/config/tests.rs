@@ -234,6 +234,10 @@ open_dates = { "2026-10-10" = ["09:00-18:00"] }
 [business_hours.instances."inst-1"]
 timezone = "Europe/Berlin"
 weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
+
+[limits.instances."inst-1"]
+calls_per_second = 2.5
+class = "vip"
 "#,
     )
     .unwrap();
@@ -273,7 +277,48 @@ weekly = { mon = ["08:00-12:00", "13:00-17:00"] }
         reloaded.ccc.error_classes.get("Busy.*"),
         Some(&ErrorClass::Retryable)
     );
+    let own = &reloaded.limits.instances["inst-1"];
+    assert_eq!(own.calls_per_second, Some(2.5));
+    assert_eq!(own.class.as_deref(), Some("vip"));
+    assert_eq!(own.max_in_flight, None, "left to [limits]");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn per_instance_limits_are_checked_like_the_section() {
+    let file = |toml: &str| {
+        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let loaded = Settings::load_from(Some(&path), Vec::new());
+        std::fs::remove_dir_all(dir).unwrap();
+        loaded
+    };
+    let err = file(
+        r#"
+[limits.instances."inst-1"]
+burst = 0
+calls_per_second = -1.0
+class = "Not A Label"
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "limits.instances.inst-1.burst",
+        "limits.instances.inst-1.calls_per_second",
+        "limits.instances.inst-1.class",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    let typo = file("[limits.instances.\"inst-1\"]\ncalls_per_secnd = 2.0\n");
+    assert!(typo.is_err(), "an unknown key is refused");
+    let many: String = (0..33)
+        .map(|i| format!("[limits.instances.\"i{i}\"]\nclass = \"c{i}\"\n"))
+        .collect();
+    let err = file(&many).unwrap_err().to_string();
+    assert!(err.contains("33 classes"), "{err}");
 }
 
 #[test]

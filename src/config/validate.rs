@@ -4,6 +4,49 @@
 use secrecy::ExposeSecret;
 
 use super::{ConfigError, Settings, StoreBackend};
+use crate::gates::limits::InstanceLimits as Caps;
+
+/// The most metrics classes `limits.instances` may name.
+const MAX_CLASSES: usize = 32;
+
+/// The caps of `[limits]` (`section` "limits") or of one `[limits.instances."<id>"]`, where
+/// a cap left out is `[limits]`'s.
+fn check_caps(problems: &mut Problems, section: &str, caps: &Caps) {
+    let key = |name: &str| format!("{section}.{name}");
+    if caps.max_in_flight == Some(0) {
+        problems.invalid_at(key("max_in_flight"), "must be at least 1");
+    }
+    if caps
+        .calls_per_second
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        problems.invalid_at(key("calls_per_second"), "must be a positive number");
+    }
+    if caps.burst == Some(0) {
+        problems.invalid_at(key("burst"), "must be at least 1");
+    }
+    if caps
+        .per_caller_calls_per_second
+        .is_some_and(|rate| !(rate.is_finite() && rate >= 0.0))
+    {
+        problems.invalid_at(
+            key("per_caller_calls_per_second"),
+            "must be 0 (off) or a positive number",
+        );
+    }
+    let class_ok = |class: &str| {
+        (1..=32).contains(&class.len())
+            && class
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    if caps.class.as_deref().is_some_and(|class| !class_ok(class)) {
+        problems.invalid_at(
+            key("class"),
+            "must be 1 to 32 characters of a-z, 0-9, `_` and `-`",
+        );
+    }
+}
 
 impl Settings {
     /// Every rule that serde's types cannot express.
@@ -145,21 +188,33 @@ impl Settings {
             });
         }
         let limits = &self.limits;
-        if limits.max_in_flight == 0 {
-            problems.invalid("limits.max_in_flight", "must be at least 1");
+        check_caps(
+            &mut problems,
+            "limits",
+            &Caps {
+                max_in_flight: Some(limits.max_in_flight),
+                calls_per_second: Some(limits.calls_per_second),
+                burst: Some(limits.burst),
+                per_caller_calls_per_second: Some(limits.per_caller_calls_per_second),
+                class: None,
+            },
+        );
+        for (id, own) in &limits.instances {
+            check_caps(&mut problems, &format!("limits.instances.{id}"), own);
         }
-        if !(limits.calls_per_second.is_finite() && limits.calls_per_second > 0.0) {
-            problems.invalid("limits.calls_per_second", "must be a positive number");
-        }
-        if limits.burst == 0 {
-            problems.invalid("limits.burst", "must be at least 1");
-        }
-        if !(limits.per_caller_calls_per_second.is_finite()
-            && limits.per_caller_calls_per_second >= 0.0)
-        {
+        let classes: std::collections::BTreeSet<_> = limits
+            .instances
+            .values()
+            .filter_map(|own| own.class.as_deref())
+            .collect();
+        if classes.len() > MAX_CLASSES {
             problems.invalid(
-                "limits.per_caller_calls_per_second",
-                "must be 0 (off) or a positive number",
+                "limits.instances",
+                format!(
+                    "names {} classes; at most {MAX_CLASSES} (each is a series of every \
+                     per-class metric)",
+                    classes.len()
+                ),
             );
         }
         if !(limits.throttle_factor > 0.0 && limits.throttle_factor <= 1.0) {
@@ -198,6 +253,13 @@ struct Problems(Vec<ConfigError>);
 impl Problems {
     fn invalid(&mut self, key: &'static str, reason: impl Into<String>) {
         self.0.push(ConfigError::Invalid {
+            key,
+            reason: reason.into(),
+        });
+    }
+
+    fn invalid_at(&mut self, key: String, reason: impl Into<String>) {
+        self.0.push(ConfigError::InvalidAt {
             key,
             reason: reason.into(),
         });

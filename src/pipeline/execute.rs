@@ -65,7 +65,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let delay = crate::defer::time_until(deferral.until);
         // A booked start must not be missed: such a request comes back early and waits for it.
         let tier = if deferral.booking.is_some() {
-            self.tiers.at_most(delay)
+            self.tiers
+                .at_most(delay.saturating_sub(super::gates::BOOKING_MARGIN))
         } else {
             self.tiers.for_delay(delay)
         };

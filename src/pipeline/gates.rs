@@ -11,7 +11,7 @@ use super::{Broker, Pipeline, Verdict};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::config::LEASE_MARGIN_MS;
-use crate::gates::limits::{CallKey, Limiter};
+use crate::gates::limits::{Booked, Booking, CallKey, LimitError, Limiter, Permit};
 use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
@@ -19,10 +19,15 @@ use crate::validate::DialRequest;
 /// How late a booked request may take its start; later, it asks the rate again.
 const BOOKING_LATENESS_MS: i64 = 100;
 
+/// How long before its booked start a request comes back from the wait queues, to wait the
+/// rest here: a wait queue hands a message back a little after its TTL (more on a busy
+/// broker), and a start missed is a slot of the pace lost.
+pub(super) const BOOKING_MARGIN: Duration = Duration::from_millis(500);
+
 /// What the pace gate decided.
 enum Paced {
     /// A permit: dial now.
-    Go(crate::gates::limits::Permit),
+    Go(Permit),
     /// Not now: wait outside the process until `until`, with the start booked for it.
     Later {
         until: Timestamp,
@@ -190,9 +195,9 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 
     /// A concurrency and pacing slot, waited for in-process, but never so long that the
     /// claim's lease could end before the dial does. Past that wait the request leaves the
-    /// process with a booked start (see [`crate::gates::limits`]), so a busy instance's
-    /// backlog never holds the prefetch window that another instance's requests need; a
-    /// request that comes back with its booking takes the start without the rate.
+    /// process with a booked start (see [`crate::gates::limits`]), so a busy instance's (or
+    /// caller's) backlog never holds the prefetch window that other requests need; a request
+    /// that comes back with its booking takes the start without the rates it booked.
     async fn pace(&self, request: &DialRequest, incoming: &Incoming, held: &Held) -> Paced {
         let caller_key = self
             .hasher
@@ -210,19 +215,23 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let booked = incoming
             .booking
             .as_deref()
-            .filter(|booking| self.booking_is_ours(request, booking))
-            .filter(|booking| !self.booking_missed(booking));
+            .and_then(|header| self.booking_of(request, header))
+            .filter(|booking| !booking_missed(booking));
         let budget = self.wait_budget(held);
         if budget.is_zero() {
             // A booked start stays booked.
             return Paced::Later {
                 until: Timestamp::now(),
-                booking: booked.map(str::to_owned),
+                booking: booked.and(incoming.booking.clone()),
             };
         }
         let waiting = Instant::now();
         let acquired = match booked {
-            Some(_) => self.limiter.acquire_booked(&key, budget).await,
+            Some(booking) => {
+                self.limiter
+                    .acquire_booked(&key, booking.booked, budget)
+                    .await
+            }
             // What the shortest wait queue takes is kept back: a start booked when this wait
             // ends may be nearer than that, and is then waited for here.
             None => {
@@ -236,38 +245,37 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         if booked.is_none() && matches!(acquired, Ok(None)) {
             return self.book(request, &key, held).await;
         }
-        self.take(acquired, held, booked.map(str::to_owned)).await
+        self.take(acquired, held, booked.and(incoming.booking.clone()))
+            .await
     }
 
     /// Books the request's start and sends it away until then, or, when the start is nearer
     /// than the shortest wait queue (which would bring it back late), waits for it here.
     async fn book(&self, request: &DialRequest, key: &CallKey<'_>, held: &Held) -> Paced {
-        let later = Paced::Later {
-            until: Timestamp::now(),
-            booking: None,
-        };
-        let start = match self.limiter.book(key).await {
-            Ok(Some(start)) => start,
-            Ok(None) => return later,
+        let booking = match self.limiter.book(key).await {
+            Ok(booking) => booking,
             Err(error) => {
                 tracing::warn!(%error, "the limiter could not book a start; deferring");
-                return later;
+                return Paced::Later {
+                    until: Timestamp::now(),
+                    booking: None,
+                };
             }
         };
-        let booking = Some(self.booking(request, start));
-        let left = crate::defer::time_until(start);
-        if left > self.tiers.shortest().delay || left >= self.wait_budget(held) {
+        let header = Some(self.booking_header(request, &booking));
+        let left = crate::defer::time_until(booking.start);
+        if !self.waits_here(left) || left >= self.wait_budget(held) {
             return Paced::Later {
-                until: start,
-                booking,
+                until: booking.start,
+                booking: header,
             };
         }
         tokio::time::sleep(left).await;
         let acquired = self
             .limiter
-            .acquire_booked(key, self.wait_budget(held))
+            .acquire_booked(key, booking.booked, self.wait_budget(held))
             .await;
-        self.take(acquired, held, booking).await
+        self.take(acquired, held, header).await
     }
 
     /// A permit if one came while the claim's lease still allows the dial (the last attempt
@@ -275,7 +283,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// `booking`.
     async fn take(
         &self,
-        acquired: Result<Option<crate::gates::limits::Permit>, crate::gates::limits::LimitError>,
+        acquired: Result<Option<Permit>, LimitError>,
         held: &Held,
         booking: Option<String>,
     ) -> Paced {
@@ -294,41 +302,42 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         }
     }
 
-    /// The `x-dialex-booking` value for `start`: the time and a keyed hash binding it to this
-    /// request, so a header an upstream sets cannot skip the pace.
-    fn booking(&self, request: &DialRequest, start: Timestamp) -> String {
-        let start = start.to_string();
-        let signature = self.booking_signature(request, &start);
-        format!("{start} {signature}")
+    /// The `x-dialex-booking` value for `booking`: its start, the rates it counted and a keyed
+    /// hash binding both to this request, so a header an upstream sets cannot skip the pace.
+    fn booking_header(&self, request: &DialRequest, booking: &Booking) -> String {
+        let start = booking.start.to_string();
+        let booked = booking.booked.as_str();
+        let signature = self.booking_signature(request, &start, booked);
+        format!("{start} {booked} {signature}")
     }
 
-    fn booking_signature(&self, request: &DialRequest, start: &str) -> String {
+    fn booking_signature(&self, request: &DialRequest, start: &str, booked: &str) -> String {
         self.hasher.hash(&[
             "booking",
             request.request_id().as_str(),
             request.instance_id(),
             start,
+            booked,
         ])
     }
 
-    /// Whether the start `booking` names passed too long ago to be taken now: booked calls
-    /// back late together would start faster than the pace they were booked at, so one that
-    /// missed its start asks the rate again.
-    fn booking_missed(&self, booking: &str) -> bool {
-        let start = booking
-            .split_once(' ')
-            .and_then(|(start, _)| start.parse::<Timestamp>().ok());
-        start.is_none_or(|start| {
-            Timestamp::now().duration_since(start)
-                > jiff::SignedDuration::from_millis(BOOKING_LATENESS_MS)
+    /// The booking `header` names, if this deployment signed it for this request.
+    fn booking_of(&self, request: &DialRequest, header: &str) -> Option<Booking> {
+        let mut parts = header.split(' ');
+        let (start, booked, signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || self.booking_signature(request, start, booked) != signature {
+            return None;
+        }
+        Some(Booking {
+            start: start.parse().ok()?,
+            booked: Booked::parse(booked)?,
         })
     }
 
-    /// Whether `booking` is one this deployment signed for this request.
-    fn booking_is_ours(&self, request: &DialRequest, booking: &str) -> bool {
-        booking
-            .split_once(' ')
-            .is_some_and(|(start, signature)| self.booking_signature(request, start) == signature)
+    /// Whether a booked start `left` from now is waited for in-process: through the shortest
+    /// wait queue it would come back late.
+    pub(super) fn waits_here(&self, left: Duration) -> bool {
+        left <= self.tiers.shortest().delay + BOOKING_MARGIN
     }
 
     /// How long the request may still wait for its slot: what its claim's lease leaves after
@@ -377,4 +386,12 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             tracing::warn!(%error, "could not update the callee's cooldown or daily count");
         }
     }
+}
+
+/// Whether a booked start passed too long ago to be taken now: booked calls back late
+/// together would start faster than the pace they were booked at, so one that missed its
+/// start asks the rates again.
+fn booking_missed(booking: &Booking) -> bool {
+    Timestamp::now().duration_since(booking.start)
+        > jiff::SignedDuration::from_millis(BOOKING_LATENESS_MS)
 }

@@ -143,7 +143,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         if left.is_zero() {
             return None;
         }
-        if incoming.booking.is_some() && left <= self.tiers.shortest().delay {
+        if incoming.booking.is_some() && self.waits_here(left) {
             tokio::time::sleep(left).await;
             return None;
         }
@@ -156,11 +156,10 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// The dial stage: one hop's attempts, holding the permit the gates took.
     async fn dial(&self, request: &DialRequest, incoming: &Incoming, held: &mut Held) -> Verdict {
         let hop_attempts = self.policy.attempts_for_hop(incoming.prior_attempts);
-        self.metrics.queue_to_dial.observe(
-            Timestamp::now()
-                .duration_since(incoming.received_at)
-                .as_secs_f64()
-                .max(0.0),
+        let waited = Timestamp::now().duration_since(incoming.ready_at);
+        self.metrics.queue_to_dial(
+            request.instance_id(),
+            Duration::try_from(waited).unwrap_or(Duration::ZERO),
         );
         let report = dial(
             &self.client,

@@ -293,7 +293,11 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
         Some(page) => {
             let store = "dialex_store_operation_duration_seconds";
             let waits = Waits {
-                delivery_to_dial: p50_p99(page, "dialex_queue_to_dial_seconds", ""),
+                delivery_to_dial: p50_p99(
+                    page,
+                    "dialex_queue_to_dial_seconds",
+                    "class=\"default\"",
+                ),
                 claim: p50_p99(page, store, "op=\"claim\""),
                 limiter: p50_p99(page, "dialex_limiter_wait_seconds", ""),
                 record: p50_p99(page, store, "op=\"record\""),

@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use jiff::Timestamp;
-
 use super::{
-    Attempt, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, Slots, WaitFor,
-    gcra_advance, gcra_wait, lock,
+    Attempt, Booked, Booking, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit,
+    Slots, WaitFor, gcra_advance, gcra_wait, lock,
 };
 
 /// How often expired entries (idle rate states, old pair marks) are swept out.
@@ -107,23 +105,27 @@ impl Limiter for LocalLimiter {
         key: &CallKey<'_>,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.shared.common.acquire(self, key, max_wait, false).await
+        self.shared.common.acquire(self, key, max_wait, None).await
     }
 
     fn throttled(&self, instance_id: &str) {
         self.shared.common.throttled(instance_id);
     }
 
-    async fn book(&self, key: &CallKey<'_>) -> Result<Option<Timestamp>, LimitError> {
+    async fn book(&self, key: &CallKey<'_>) -> Result<Booking, LimitError> {
         self.shared.common.book(self, key).await
     }
 
     async fn acquire_booked(
         &self,
         key: &CallKey<'_>,
+        booked: Booked,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.shared.common.acquire(self, key, max_wait, true).await
+        self.shared
+            .common
+            .acquire(self, key, max_wait, Some(booked))
+            .await
     }
 }
 
@@ -132,29 +134,34 @@ impl Slots for LocalLimiter {
         Ok(self.try_now(key, pace))
     }
 
-    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<(Duration, Booked), LimitError> {
         Ok(self.book_now(key, pace))
     }
 }
 
 impl LocalLimiter {
     /// The GCRA with a future start: the earliest time the instance's rate (with its burst)
-    /// and the caller's allow, and both rates advanced from it.
-    fn book_now(&self, key: &CallKey<'_>, pace: &Pace) -> Duration {
+    /// and the caller's allow, and the rate that decided advanced from it (both, when it is
+    /// the instance's).
+    fn book_now(&self, key: &CallKey<'_>, pace: &Pace) -> (Duration, Booked) {
         let mut state = lock(&self.shared.state);
         let now = state.base.elapsed();
         let inst = state
             .instances
             .entry(key.instance_id.to_owned())
             .or_default();
-        let mut slot = now.max(inst.tat.saturating_sub(pace.tolerance));
+        let slot = now.max(inst.tat.saturating_sub(pace.tolerance));
         if let Some(interval) = pace.caller_interval {
             let caller = inst.callers.entry(key.caller_key.to_owned()).or_default();
-            slot = slot.max(*caller);
+            if *caller > slot {
+                let start = *caller;
+                *caller = gcra_advance(*caller, start, interval);
+                return (start - now, Booked::Caller);
+            }
             *caller = gcra_advance(*caller, slot, interval);
         }
         inst.tat = gcra_advance(inst.tat, slot, pace.interval);
-        slot - now
+        (slot - now, Booked::Instance)
     }
 
     fn try_now(&self, key: &CallKey<'_>, pace: &Pace) -> Attempt {
@@ -209,7 +216,7 @@ impl LocalLimiter {
 
         // Then the permit; leases that ran out give their slot back first.
         inst.holders.retain(|(_, end)| *end > now);
-        if inst.holders.len() >= rules.max_in_flight as usize {
+        if inst.holders.len() >= pace.max_in_flight as usize {
             let earliest = inst.holders.iter().map(|(_, end)| *end).min();
             return Attempt::Wait {
                 reason: WaitFor::Permit,

@@ -44,10 +44,23 @@
 //!
 //! [`Limiter::book`] answers a call that would wait long with the earliest start the rates
 //! leave it (the GCRA can hand out a future slot: the instance's TAT less its burst
-//! tolerance, or the caller's TAT), and advances both rates from that start, so later calls
-//! and bookings queue behind it at the pace. A booked call later takes its start with
-//! [`Limiter::acquire_booked`], which checks only the pair spacing and the permits: its rate
-//! was counted once, when it was booked.
+//! tolerance, or the caller's TAT), and advances the rate that decided from that start, so
+//! later calls and bookings queue behind it at the pace:
+//!
+//! - the instance's rate is the later one: both rates advance ([`Booked::Instance`]); the
+//!   booked call later skips both.
+//! - the caller's rate is the later one: only the caller's advances ([`Booked::Caller`]); the
+//!   booked call later asks the instance's rate like any other. A busy caller's far start
+//!   never moves the instance's frontier, which every other caller shares.
+//!
+//! A booked call takes its start with [`Limiter::acquire_booked`], which checks the pair
+//! spacing, the permits and any rate the booking did not count: each rate counts a call once.
+//!
+//! # Per-instance caps
+//!
+//! `[limits.instances."<id>"]` gives one instance caps of its own (permits, rate, burst,
+//! per-caller rate); every other instance has `[limits]`'s. The pacing and permit state is
+//! per instance anyway, so an instance's own caps change nothing for the others.
 //!
 //! # Backends
 //!
@@ -75,7 +88,7 @@ mod local;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -120,7 +133,32 @@ pub struct LimitsSettings {
     pub max_wait_ms: u64,
     pub throttle_factor: f64,
     pub throttle_cooldown_ms: u64,
+    /// `[limits.instances."<id>"]`: caps of one instance that differ from the ones above, and
+    /// the class its metrics are labelled with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances: BTreeMap<String, InstanceLimits>,
 }
+
+/// One instance's own caps (each one left out is `[limits]`'s), and its class.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_caller_calls_per_second: Option<f64>,
+    /// The `class` label of this instance's per-instance metrics; instances without one share
+    /// [`DEFAULT_CLASS`]. Classes keep those series few: one per class, not one per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+}
+
+/// The metrics class of every instance that names none.
+pub const DEFAULT_CLASS: &str = "default";
 
 /// How fast and how many `DialEx` calls may run per instance.
 #[derive(Debug, Clone)]
@@ -143,6 +181,8 @@ pub struct LimitRules {
     pub throttle_factor: f64,
     /// How long the lowered pace lasts after the last `Throttling*` answer.
     pub throttle_cooldown: Duration,
+    /// Instances with caps of their own (the class is not the limiter's concern).
+    pub instances: BTreeMap<String, InstanceLimits>,
 }
 
 impl LimitRules {
@@ -158,6 +198,7 @@ impl LimitRules {
             permit_lease,
             throttle_factor: limits.throttle_factor,
             throttle_cooldown: Duration::from_millis(limits.throttle_cooldown_ms),
+            instances: limits.instances.clone(),
         }
     }
 }
@@ -211,26 +252,58 @@ pub trait Limiter: Send + Sync + 'static {
     /// `throttle_factor` of its pace for `throttle_cooldown`.
     fn throttled(&self, instance_id: &str);
 
-    /// Books the earliest start the instance's rate leaves for this call, now or later, and
-    /// says when it is. The rate advances as if the call started then, so later calls and
-    /// bookings queue behind it: a request sent away until its slot takes it with
-    /// [`Limiter::acquire_booked`].
+    /// Books the earliest start the rates leave for this call, now or later. The rate that
+    /// decided advances as if the call started then, so later calls and bookings queue behind
+    /// it: a request sent away until its start takes it with [`Limiter::acquire_booked`].
     ///
-    /// `Ok(None)` while per-caller pacing is on: one instance's rate is a single frontier, and
-    /// a call booked far ahead for a busy caller would push every other caller's calls behind
-    /// it. Such calls wait as before (in-process, then through the shortest wait queue).
-    fn book(
-        &self,
-        key: &CallKey<'_>,
-    ) -> impl Future<Output = Result<Option<Timestamp>, LimitError>> + Send;
+    /// When the caller's own rate is the later one, only it is booked ([`Booked::Caller`]):
+    /// the instance's rate is one frontier for every caller, and booking a busy caller's far
+    /// start on it would push every other caller's calls behind that start.
+    fn book(&self, key: &CallKey<'_>) -> impl Future<Output = Result<Booking, LimitError>> + Send;
 
     /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
-    /// only the pair spacing and the permits are checked, and no rate is advanced again.
+    /// the rates it booked are not checked or advanced again; the others, the pair spacing and
+    /// the permits are.
     fn acquire_booked(
         &self,
         key: &CallKey<'_>,
+        booked: Booked,
         max_wait: Duration,
     ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
+}
+
+/// A start [`Limiter::book`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Booking {
+    pub start: Timestamp,
+    pub booked: Booked,
+}
+
+/// Which rates a booking counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booked {
+    /// The instance's rate, and the caller's if that rule is on.
+    Instance,
+    /// The caller's rate alone: the instance's is asked at the start.
+    Caller,
+}
+
+impl Booked {
+    /// The name carried in a booking header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Booked::Instance => "instance",
+            Booked::Caller => "caller",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Booked> {
+        match name {
+            "instance" => Some(Booked::Instance),
+            "caller" => Some(Booked::Caller),
+            _ => None,
+        }
+    }
 }
 
 /// One concurrency slot, held for the duration of a `DialEx` request.
@@ -306,23 +379,68 @@ impl fmt::Debug for Permit {
 /// 0.01 becomes 0.01; `permit_lease` is at least 1 ms; durations are at most a day.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
-    pub(crate) max_in_flight: u32,
-    interval: Duration,
-    burst: u32,
-    caller_interval: Option<Duration>,
+    /// The caps of every instance without its own.
+    caps: Caps,
+    /// Instances with caps of their own.
+    instances: HashMap<String, Caps>,
     max_wait: Duration,
     pub(crate) lease: Duration,
     throttle_factor: f64,
     throttle_cooldown: Duration,
 }
 
+/// One instance's caps, made usable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Caps {
+    max_in_flight: u32,
+    interval: Duration,
+    burst: u32,
+    caller_interval: Option<Duration>,
+}
+
+impl Caps {
+    /// The caps, and whether any value had to be replaced.
+    fn new(max_in_flight: u32, rate: f64, burst: u32, caller_rate: f64) -> (Caps, bool) {
+        let caps = Caps {
+            max_in_flight: max_in_flight.max(1),
+            interval: interval(rate).unwrap_or(Duration::from_secs(1)),
+            burst: burst.max(1),
+            caller_interval: interval(caller_rate),
+        };
+        let clamped = max_in_flight == 0
+            || burst == 0
+            || interval(rate).is_none()
+            || !(caller_rate.is_finite() && caller_rate >= 0.0);
+        (caps, clamped)
+    }
+}
+
 impl Rules {
     fn new(s: &LimitRules) -> Rules {
+        let (caps, mut clamped) = Caps::new(
+            s.max_in_flight,
+            s.calls_per_second,
+            s.burst,
+            s.per_caller_calls_per_second,
+        );
+        let instances = s
+            .instances
+            .iter()
+            .map(|(id, own)| {
+                let (own_caps, own_clamped) = Caps::new(
+                    own.max_in_flight.unwrap_or(s.max_in_flight),
+                    own.calls_per_second.unwrap_or(s.calls_per_second),
+                    own.burst.unwrap_or(s.burst),
+                    own.per_caller_calls_per_second
+                        .unwrap_or(s.per_caller_calls_per_second),
+                );
+                clamped |= own_clamped;
+                (id.clone(), own_caps)
+            })
+            .collect();
         let mut rules = Rules {
-            max_in_flight: s.max_in_flight.max(1),
-            interval: interval(s.calls_per_second).unwrap_or(Duration::from_secs(1)),
-            burst: s.burst.max(1),
-            caller_interval: interval(s.per_caller_calls_per_second),
+            caps,
+            instances,
             max_wait: s.max_wait.min(MAX_DURATION),
             lease: s.permit_lease.clamp(Duration::from_millis(1), MAX_DURATION),
             throttle_factor: s.throttle_factor,
@@ -333,11 +451,7 @@ impl Rules {
             rules.throttle_factor = 1.0;
         }
         rules.throttle_factor = rules.throttle_factor.max(MIN_THROTTLE_FACTOR);
-        let clamped = s.max_in_flight == 0
-            || s.burst == 0
-            || interval(s.calls_per_second).is_none()
-            || !(s.throttle_factor > 0.0 && s.throttle_factor <= 1.0)
-            || !(s.per_caller_calls_per_second.is_finite() && s.per_caller_calls_per_second >= 0.0)
+        clamped |= !(s.throttle_factor > 0.0 && s.throttle_factor <= 1.0)
             || s.permit_lease.is_zero()
             || s.max_wait > MAX_DURATION;
         if clamped {
@@ -350,20 +464,26 @@ impl Rules {
         rules
     }
 
+    fn caps(&self, instance_id: &str) -> &Caps {
+        self.instances.get(instance_id).unwrap_or(&self.caps)
+    }
+
     /// The pace of one attempt, on an instance that is or is not being throttled.
-    fn pace(&self, throttled: bool) -> Pace {
+    fn pace(&self, instance_id: &str, throttled: bool) -> Pace {
+        let caps = self.caps(instance_id);
         let interval = if throttled {
-            Duration::try_from_secs_f64(self.interval.as_secs_f64() / self.throttle_factor)
+            Duration::try_from_secs_f64(caps.interval.as_secs_f64() / self.throttle_factor)
                 .unwrap_or(MAX_INTERVAL)
                 .min(MAX_INTERVAL)
         } else {
-            self.interval
+            caps.interval
         };
         Pace {
             interval,
-            tolerance: interval.saturating_mul(self.burst - 1),
-            caller_interval: self.caller_interval,
+            tolerance: interval.saturating_mul(caps.burst - 1),
+            caller_interval: caps.caller_interval,
             pair_window: PAIR_SPACING,
+            max_in_flight: caps.max_in_flight,
         }
     }
 }
@@ -391,17 +511,25 @@ pub(crate) struct Pace {
     pub(crate) caller_interval: Option<Duration>,
     /// How long a pair stays marked after its call started.
     pub(crate) pair_window: Duration,
+    /// The instance's permits.
+    pub(crate) max_in_flight: u32,
 }
 
 impl Pace {
-    /// The pace of a call whose start was booked: no rate (an `interval` of zero switches the
-    /// instance's and the caller's rules off), only the pair spacing.
-    fn booked() -> Pace {
-        Pace {
-            interval: Duration::ZERO,
-            tolerance: Duration::ZERO,
+    /// The pace of a call whose start was booked: without the rates the booking counted (an
+    /// `interval` of zero switches the instance's rule off).
+    fn booked(self, booked: Booked) -> Pace {
+        let caller_off = Pace {
             caller_interval: None,
-            pair_window: PAIR_SPACING,
+            ..self
+        };
+        match booked {
+            Booked::Instance => Pace {
+                interval: Duration::ZERO,
+                tolerance: Duration::ZERO,
+                ..caller_off
+            },
+            Booked::Caller => caller_off,
         }
     }
 }
@@ -451,12 +579,12 @@ pub(crate) trait Slots: Send + Sync {
     ) -> impl Future<Output = Result<Attempt, LimitError>> + Send;
 
     /// Books the earliest start `pace` leaves for the call (see [`Limiter::book`]) and answers
-    /// how long from now it is.
+    /// how long from now it is, and which rates it counted.
     fn book(
         &self,
         key: &CallKey<'_>,
         pace: &Pace,
-    ) -> impl Future<Output = Result<Duration, LimitError>> + Send;
+    ) -> impl Future<Output = Result<(Duration, Booked), LimitError>> + Send;
 }
 
 /// What both backends share: the rules, the in-process throttling state and the wake-ups.
@@ -511,36 +639,33 @@ impl Common {
         let throttled = lock(&self.throttles)
             .get(instance_id)
             .is_some_and(|end| *end > Instant::now());
-        self.rules.pace(throttled)
+        self.rules.pace(instance_id, throttled)
     }
 
-    /// The acquire loop both backends share; see the module documentation.
+    /// Books a start; see [`Limiter::book`].
     pub(crate) async fn book<S: Slots>(
         &self,
         backend: &S,
         key: &CallKey<'_>,
-    ) -> Result<Option<Timestamp>, LimitError> {
-        let pace = self.pace(key.instance_id);
-        if pace.caller_interval.is_some() {
-            // See `Limiter::book`: the backends could book the caller's rate too, but the
-            // instance's single frontier would follow the busiest caller.
-            return Ok(None);
-        }
-        let wait = backend.book(key, &pace).await?;
+    ) -> Result<Booking, LimitError> {
+        let (wait, booked) = backend.book(key, &self.pace(key.instance_id)).await?;
         let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
-        Ok(Some(
-            Timestamp::now()
+        Ok(Booking {
+            start: Timestamp::now()
                 .saturating_add(wait)
                 .unwrap_or(Timestamp::MAX),
-        ))
+            booked,
+        })
     }
 
+    /// The acquire loop both backends share; see the module documentation. `booked`: the
+    /// rates a booking already counted for this call.
     pub(crate) async fn acquire<S: Slots>(
         &self,
         backend: &S,
         key: &CallKey<'_>,
         max_wait: Duration,
-        booked: bool,
+        booked: Option<Booked>,
     ) -> Result<Option<Permit>, LimitError> {
         let start = Instant::now();
         let deadline = start + self.rules.max_wait.min(max_wait);
@@ -555,10 +680,10 @@ impl Common {
             let mut released = std::pin::pin!(local.released.notified());
             released.as_mut().enable();
 
-            let pace = if booked {
-                Pace::booked()
-            } else {
-                self.pace(key.instance_id)
+            let pace = self.pace(key.instance_id);
+            let pace = match booked {
+                Some(booked) => pace.booked(booked),
+                None => pace,
             };
             let (reason, after) = match backend.attempt(key, &pace).await? {
                 Attempt::Granted(permit) => return Ok(Some(permit)),

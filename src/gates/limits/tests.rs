@@ -27,6 +27,7 @@ fn settings() -> LimitRules {
         permit_lease: Duration::from_secs(30),
         throttle_factor: 0.5,
         throttle_cooldown: Duration::from_secs(30),
+        instances: BTreeMap::new(),
     }
 }
 
@@ -320,7 +321,7 @@ impl<B: Slots> Slots for Counting<B> {
         self.0.attempt(key, pace).await
     }
 
-    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<(Duration, Booked), LimitError> {
         self.0.book(key, pace).await
     }
 }
@@ -347,7 +348,7 @@ async fn waiters_queue_instead_of_stampeding<B: Slots + Clone + 'static>(
                         pair_key: &pair,
                     };
                     let permit = common(&counting.0)
-                        .acquire(&counting, &key, Duration::MAX, false)
+                        .acquire(&counting, &key, Duration::MAX, None)
                         .await
                         .expect("acquire")
                         .expect("granted");
@@ -377,14 +378,22 @@ fn booking_rules() -> LimitRules {
     }
 }
 
+/// [`booking_rules`] with each caller paced at 2 calls/s.
+fn with_callers() -> LimitRules {
+    LimitRules {
+        per_caller_calls_per_second: 2.0,
+        ..booking_rules()
+    }
+}
+
 /// Milliseconds from `from` to `to`.
 fn ms_between(from: jiff::Timestamp, to: jiff::Timestamp) -> i64 {
     to.duration_since(from).as_millis() as i64
 }
 
 /// Bookings queue at the instance's pace from now (100 ms apart), and an ordinary call finds
-/// the rate taken. With per-caller pacing on (`with_callers`), nothing is booked.
-async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L, with_callers: &L) {
+/// the rate taken.
+async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L) {
     let instance = unique();
     let start = jiff::Timestamp::now();
     let mut slots = Vec::new();
@@ -395,8 +404,9 @@ async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L, with_callers: &L) {
             caller_key: &caller,
             pair_key: &pair,
         };
-        let slot = limiter.book(&key).await.expect("book").expect("booked");
-        slots.push(ms_between(start, slot));
+        let booking = limiter.book(&key).await.expect("book");
+        assert_eq!(booking.booked, Booked::Instance);
+        slots.push(ms_between(start, booking.start));
     }
     for (i, slot) in slots.iter().enumerate() {
         let want = 100 * i as i64;
@@ -417,13 +427,136 @@ async fn bookings_queue_at_the_pace<L: Limiter>(limiter: &L, with_callers: &L) {
         .await
         .expect("acquire");
     assert!(refused.is_none(), "the booked slots are taken");
+}
+
+/// With per-caller pacing (2/s under the instance's 10/s), a busy caller's bookings follow its
+/// own pace and leave the instance's rate to the other callers; the booked call asks the
+/// instance's rate when it starts.
+async fn caller_bookings_leave_the_instance_alone<L: Limiter>(limiter: &L) {
+    let instance = unique();
+    let start = jiff::Timestamp::now();
+    let pairs: Vec<String> = (0..4).map(|_| unique()).collect();
+    let key = |caller: &'static str, pair: usize| CallKey {
+        instance_id: &instance,
+        caller_key: caller,
+        pair_key: &pairs[pair],
+    };
+    let mut busy = Vec::new();
+    for pair in 0..3 {
+        let booking = limiter.book(&key("busy", pair)).await.expect("book");
+        busy.push((ms_between(start, booking.start), booking.booked));
+    }
+    let quiet = limiter.book(&key("quiet", 3)).await.expect("book");
+    let quiet_at = ms_between(start, quiet.start);
+    // The busy caller's first call takes the instance's rate now; its next ones its own
+    // pace, 500 ms apart. The quiet caller's call comes next at the instance's pace (100 ms),
+    // not behind the busy caller's second.
+    let wants = [
+        (0, Booked::Instance),
+        (500, Booked::Caller),
+        (1000, Booked::Caller),
+    ];
+    for ((at, booked), (want_at, want_booked)) in busy.iter().zip(wants) {
+        assert_eq!(*booked, want_booked, "{busy:?}");
+        assert!((at - want_at).abs() <= 60, "{busy:?}");
+    }
+    assert_eq!(quiet.booked, Booked::Instance);
+    assert!(
+        (quiet_at - 100).abs() <= 60,
+        "quiet caller at {quiet_at} ms"
+    );
+    // At its start, the busy caller's call takes the instance's rate too: right after it,
+    // a call that cannot wait is refused by the instance's pace.
+    tokio::time::sleep(
+        Duration::from_millis(500).saturating_sub(Duration::from_millis(
+            u64::try_from(ms_between(start, jiff::Timestamp::now())).unwrap_or(0),
+        )),
+    )
+    .await;
+    let permit = limiter
+        .acquire_booked(&key("busy", 1), Booked::Caller, Duration::from_millis(200))
+        .await
+        .expect("acquire")
+        .expect("the caller's booked start");
+    permit.release().await;
+    let refused = limiter
+        .acquire_within(&key("third", 2), Duration::ZERO)
+        .await
+        .expect("acquire");
+    assert!(
+        refused.is_none(),
+        "the booked call counted the instance's rate"
+    );
+}
+
+/// [`booking_rules`] with 3 permits, and instance `own` with one permit at 2 calls/s.
+fn own_caps_rules(own: &str) -> LimitRules {
+    let mut rules = LimitRules {
+        max_in_flight: 3,
+        ..booking_rules()
+    };
+    rules.instances.insert(
+        own.to_owned(),
+        InstanceLimits {
+            max_in_flight: Some(1),
+            calls_per_second: Some(2.0),
+            ..InstanceLimits::default()
+        },
+    );
+    rules
+}
+
+/// Per-instance caps ([`own_caps_rules`]): `own` has its own permits and rate, every other
+/// instance `[limits]`'s.
+async fn an_instance_has_caps_of_its_own<L: Limiter>(limiter: &L, own: &str) {
     let other = unique();
-    let key = CallKey {
-        instance_id: &other,
+    let pairs: Vec<String> = (0..5).map(|_| unique()).collect();
+    let call = |instance: &str, pair: usize| {
+        // Built per call: `CallKey` borrows.
+        (instance.to_owned(), pairs[pair].clone())
+    };
+    let mut held = Vec::new();
+    // Any other instance: 3 permits, at 10/s.
+    for pair in 0..3 {
+        let (instance, pair) = call(&other, pair);
+        let key = CallKey {
+            instance_id: &instance,
+            caller_key: "c",
+            pair_key: &pair,
+        };
+        let permit = limiter
+            .acquire_within(&key, Duration::from_millis(500))
+            .await
+            .expect("acquire");
+        held.push(permit.expect("one of the default three permits"));
+    }
+    // `own`: one permit, and its next start 500 ms after its first (2/s).
+    let (instance, pair) = call(own, 3);
+    let first = CallKey {
+        instance_id: &instance,
         caller_key: "c",
         pair_key: &pair,
     };
-    assert_eq!(with_callers.book(&key).await.expect("book"), None);
+    let permit = limiter.acquire_within(&first, Duration::ZERO).await;
+    held.push(permit.expect("acquire").expect("its one permit"));
+    let (instance, pair) = call(own, 4);
+    let second = CallKey {
+        instance_id: &instance,
+        caller_key: "c",
+        pair_key: &pair,
+    };
+    let start = jiff::Timestamp::now();
+    let booking = limiter.book(&second).await.expect("book");
+    let at = ms_between(start, booking.start);
+    assert!((at - 500).abs() <= 60, "booked {at} ms ahead, not 500");
+    let refused = limiter
+        .acquire_booked(&second, booking.booked, Duration::ZERO)
+        .await
+        .expect("acquire");
+    assert!(refused.is_none(), "its one permit is taken");
+    for permit in held {
+        permit.release().await;
+    }
 }
 
 /// A booked call is not held back by the rate it already counted, only by the permits.
@@ -441,21 +574,21 @@ async fn a_booked_call_skips_the_rate_but_not_the_permits<L: Limiter>(limiter: &
         pair_key: &second_pair,
     };
     for _ in 0..10 {
-        limiter.book(&first).await.expect("book").expect("booked");
+        limiter.book(&first).await.expect("book");
     }
     let permit = limiter
-        .acquire_booked(&first, Duration::ZERO)
+        .acquire_booked(&first, Booked::Instance, Duration::ZERO)
         .await
         .expect("acquire")
         .expect("a booked call goes though the rate is booked a second ahead");
     let none = limiter
-        .acquire_booked(&second, Duration::ZERO)
+        .acquire_booked(&second, Booked::Instance, Duration::ZERO)
         .await
         .expect("acquire");
     assert!(none.is_none(), "the one permit is taken");
     permit.release().await;
     let second_permit = limiter
-        .acquire_booked(&second, Duration::from_secs(1))
+        .acquire_booked(&second, Booked::Instance, Duration::from_secs(1))
         .await
         .expect("acquire");
     assert!(second_permit.is_some(), "the permit came back");
@@ -576,15 +709,18 @@ async fn local_state_is_swept_once_idle() {
 
 #[tokio::test]
 async fn local_bookings_queue_at_the_pace() {
-    let with_callers = LimitRules {
-        per_caller_calls_per_second: 2.0,
-        ..booking_rules()
-    };
-    bookings_queue_at_the_pace(
-        &LocalLimiter::new(booking_rules()),
-        &LocalLimiter::new(with_callers),
-    )
-    .await;
+    bookings_queue_at_the_pace(&LocalLimiter::new(booking_rules())).await;
+}
+
+#[tokio::test]
+async fn local_caller_bookings_leave_the_instance_alone() {
+    caller_bookings_leave_the_instance_alone(&LocalLimiter::new(with_callers())).await;
+}
+
+#[tokio::test]
+async fn local_an_instance_has_caps_of_its_own() {
+    let own = unique();
+    an_instance_has_caps_of_its_own(&LocalLimiter::new(own_caps_rules(&own)), &own).await;
 }
 
 #[tokio::test]
@@ -910,11 +1046,19 @@ fn out_of_range_settings_are_clamped() {
         permit_lease: Duration::ZERO,
         throttle_factor: 0.0,
         throttle_cooldown: Duration::MAX,
+        instances: BTreeMap::from([(
+            "own".to_owned(),
+            InstanceLimits {
+                max_in_flight: Some(0),
+                ..InstanceLimits::default()
+            },
+        )]),
     });
-    assert_eq!(rules.max_in_flight, 1);
-    assert_eq!(rules.burst, 1);
-    assert_eq!(rules.interval, Duration::from_secs(1));
-    assert_eq!(rules.caller_interval, None);
+    assert_eq!(rules.caps.max_in_flight, 1);
+    assert_eq!(rules.caps.burst, 1);
+    assert_eq!(rules.caps.interval, Duration::from_secs(1));
+    assert_eq!(rules.caps.caller_interval, None);
+    assert_eq!(rules.caps("own").max_in_flight, 1);
     assert_eq!(rules.max_wait, MAX_DURATION);
     assert_eq!(rules.lease, Duration::from_millis(1));
     assert_eq!(rules.throttle_factor, 1.0);
@@ -923,9 +1067,9 @@ fn out_of_range_settings_are_clamped() {
         throttle_factor: 1e-9,
         ..settings()
     });
-    assert_eq!(tiny.interval, MAX_INTERVAL);
+    assert_eq!(tiny.caps.interval, MAX_INTERVAL);
     assert_eq!(tiny.throttle_factor, MIN_THROTTLE_FACTOR);
-    assert_eq!(tiny.pace(true).interval, MAX_INTERVAL);
+    assert_eq!(tiny.pace("i", true).interval, MAX_INTERVAL);
 }
 
 #[test]
@@ -937,12 +1081,12 @@ fn pace_follows_rate_burst_and_throttling() {
         throttle_factor: 0.5,
         ..settings()
     });
-    let normal = rules.pace(false);
+    let normal = rules.pace("i", false);
     assert_eq!(normal.interval, Duration::from_millis(100));
     assert_eq!(normal.tolerance, Duration::from_millis(400));
     assert_eq!(normal.caller_interval, Some(Duration::from_millis(500)));
     assert_eq!(normal.pair_window, PAIR_SPACING);
-    let slow = rules.pace(true);
+    let slow = rules.pace("i", true);
     assert_eq!(slow.interval, Duration::from_millis(200));
     assert_eq!(slow.tolerance, Duration::from_millis(800));
     // The caller rule is not the instance's pace: throttling leaves it alone.
@@ -975,14 +1119,23 @@ fn limiters_and_permits_can_cross_tasks() {
 
 #[tokio::test]
 async fn redis_bookings_queue_at_the_pace() {
-    let prefix = prefix();
-    let limiter = redis_limiter(&prefix, booking_rules()).await;
-    let with_callers = LimitRules {
-        per_caller_calls_per_second: 2.0,
-        ..booking_rules()
-    };
-    let with_callers = redis_limiter(&prefix, with_callers).await;
-    bookings_queue_at_the_pace(&limiter, &with_callers).await;
+    let limiter = redis_limiter(&prefix(), booking_rules()).await;
+    bookings_queue_at_the_pace(&limiter).await;
+    cleanup(&limiter).await;
+}
+
+#[tokio::test]
+async fn redis_caller_bookings_leave_the_instance_alone() {
+    let limiter = redis_limiter(&prefix(), with_callers()).await;
+    caller_bookings_leave_the_instance_alone(&limiter).await;
+    cleanup(&limiter).await;
+}
+
+#[tokio::test]
+async fn redis_an_instance_has_caps_of_its_own() {
+    let own = unique();
+    let limiter = redis_limiter(&prefix(), own_caps_rules(&own)).await;
+    an_instance_has_caps_of_its_own(&limiter, &own).await;
     cleanup(&limiter).await;
 }
 

@@ -47,7 +47,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use secrecy::SecretString;
@@ -55,7 +54,8 @@ use secrecy::SecretString;
 use super::conn::{self, Redactor, Timeouts};
 use super::millis;
 use crate::gates::limits::{
-    Attempt, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit, Slots, WaitFor,
+    Attempt, Booked, Booking, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit,
+    Slots, WaitFor,
 };
 
 /// How long [`RedisLimiter::connect`] waits for Redis, all reconnection attempts included.
@@ -181,17 +181,25 @@ return {0, lease_end}
 );
 
 /// Books the earliest start the rates leave for a call (see `Limiter::book`): the instance's
-/// TAT less its burst tolerance, or the caller's TAT, whichever is later, and not before now;
-/// both rates advance from that start.
+/// TAT less its burst tolerance, or the caller's TAT, whichever is later, and not before now.
+/// When the instance's is the later, both rates advance from that start; when the caller's
+/// is, only the caller's does.
 ///
 /// `KEYS[1]` rate, `KEYS[2]` caller. `ARGV[1]` interval µs, `ARGV[2]` tolerance µs, `ARGV[3]`
 /// caller interval µs (0: off).
 ///
-/// Returns `{0, µs from now to the start}`, or `{-1, n}` (`KEYS[n]` holds something this script
-/// did not write; `n` as in [`ACQUIRE_LUA`]: 1 rate, 3 caller).
+/// Returns `{1, µs from now to the start}` (the instance's rate booked), `{2, µs}` (the
+/// caller's alone), or `{-1, n}` (`KEYS[n]` holds something this script did not write; `n` as
+/// in [`ACQUIRE_LUA`]: 1 rate, 3 caller).
 const BOOK_LUA: &str = concat!(
     tat_prelude!(),
     r"
+
+local function advance(key, from, interval)
+  local next_tat = from + interval
+  redis.call('SET', key, string.format('%.0f', next_tat),
+    'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
+end
 
 local tat = tat_of(KEYS[1])
 if not tat then
@@ -199,23 +207,19 @@ if not tat then
 end
 local slot = math.max(now, tat - tonumber(ARGV[2]))
 local caller_interval = tonumber(ARGV[3])
-local caller_tat = now
 if caller_interval > 0 then
-  caller_tat = tat_of(KEYS[2])
+  local caller_tat = tat_of(KEYS[2])
   if not caller_tat then
     return {-1, 3}
   end
-  slot = math.max(slot, caller_tat)
+  if caller_tat > slot then
+    advance(KEYS[2], caller_tat, caller_interval)
+    return {2, caller_tat - now}
+  end
+  advance(KEYS[2], slot, caller_interval)
 end
-local next_tat = math.max(tat, slot) + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
-  'PX', string.format('%.0f', math.ceil((next_tat - now) / 1000) + 1))
-if caller_interval > 0 then
-  local next_caller = math.max(caller_tat, slot) + caller_interval
-  redis.call('SET', KEYS[2], string.format('%.0f', next_caller),
-    'PX', string.format('%.0f', math.ceil((next_caller - now) / 1000) + 1))
-end
-return {0, slot - now}
+advance(KEYS[1], math.max(tat, slot), tonumber(ARGV[1]))
+return {1, slot - now}
 "
 );
 
@@ -306,23 +310,27 @@ impl Limiter for RedisLimiter {
         key: &CallKey<'_>,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.inner.common.acquire(self, key, max_wait, false).await
+        self.inner.common.acquire(self, key, max_wait, None).await
     }
 
     fn throttled(&self, instance_id: &str) {
         self.inner.common.throttled(instance_id);
     }
 
-    async fn book(&self, key: &CallKey<'_>) -> Result<Option<Timestamp>, LimitError> {
+    async fn book(&self, key: &CallKey<'_>) -> Result<Booking, LimitError> {
         self.inner.common.book(self, key).await
     }
 
     async fn acquire_booked(
         &self,
         key: &CallKey<'_>,
+        booked: Booked,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
-        self.inner.common.acquire(self, key, max_wait, true).await
+        self.inner
+            .common
+            .acquire(self, key, max_wait, Some(booked))
+            .await
     }
 }
 
@@ -342,7 +350,7 @@ impl Slots for RedisLimiter {
             .arg(micros(pace.tolerance))
             .arg(pace.caller_interval.map_or(0, |i| micros(i).max(1)))
             .arg(millis(pace.pair_window))
-            .arg(self.inner.common.rules.max_in_flight)
+            .arg(pace.max_in_flight)
             .arg(self.inner.lease_ms)
             .arg(&token)
             .invoke_async(&mut conn)
@@ -385,7 +393,7 @@ impl Slots for RedisLimiter {
         Ok(Attempt::Wait { reason, after })
     }
 
-    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Duration, LimitError> {
+    async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<(Duration, Booked), LimitError> {
         let mut conn = self.conn.clone();
         let (code, value): (i64, i64) = self
             .inner
@@ -398,8 +406,10 @@ impl Slots for RedisLimiter {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.inner.redactor.error("book", &e))?;
+        let wait = Duration::from_micros(u64::try_from(value).unwrap_or(0));
         match code {
-            0 => Ok(Duration::from_micros(u64::try_from(value).unwrap_or(0))),
+            1 => Ok((wait, Booked::Instance)),
+            2 => Ok((wait, Booked::Caller)),
             -1 => Err(LimitError::Corrupt(format!(
                 "a {} key of instance {} holds something the limiter did not write",
                 if value == 1 { "rate" } else { "caller" },
