@@ -106,6 +106,12 @@ impl StoreOp {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabels {
+    /// `instance` or `caller`.
+    pub rate: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
     pub class: String,
 }
@@ -179,6 +185,10 @@ pub struct Metrics {
     pub amqp_reconnects: Counter,
     pub paused: Family<CauseLabels, Gauge>,
     pub last_dial: Gauge,
+    /// Starts booked for later (see [`crate::gates::limits`]), by the rate that decided.
+    pub bookings: Family<RateLabels, Counter>,
+    /// Booked requests back too late to take their start, which asked the rates again.
+    pub bookings_missed: Counter,
     /// `[limits] calls_per_second`, for dashboards to draw the pace against.
     pub pace_cap: Gauge<f64, AtomicU64>,
 }
@@ -234,6 +244,8 @@ impl Metrics {
             amqp_reconnects: Counter::default(),
             paused: Family::default(),
             last_dial: Gauge::default(),
+            bookings: Family::default(),
+            bookings_missed: Counter::default(),
             pace_cap: Gauge::default(),
         };
         // Every status and pause cause exported from the start, at 0: a series that first
@@ -490,6 +502,16 @@ impl Metrics {
             "last_dial_timestamp_seconds",
             "Unix time of the last accepted DialEx call",
             self.last_dial.clone(),
+        );
+        r.register(
+            "limit_bookings",
+            "Starts booked for later instead of waited for in-process, by the rate that decided (instance or caller)",
+            self.bookings.clone(),
+        );
+        r.register(
+            "limit_bookings_missed",
+            "Booked requests back too late to take their start, which asked the rates again",
+            self.bookings_missed.clone(),
         );
         r.register(
             "limit_calls_per_second",

@@ -12,6 +12,7 @@ use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::config::LEASE_MARGIN_MS;
 use crate::gates::limits::{Booked, Booking, CallKey, LimitError, Limiter, Permit};
+use crate::metrics::RateLabels;
 use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
@@ -22,7 +23,7 @@ const BOOKING_LATENESS_MS: i64 = 100;
 /// How long before its booked start a request comes back from the wait queues, to wait the
 /// rest here: a wait queue hands a message back a little after its TTL (more on a busy
 /// broker), and a start missed is a slot of the pace lost.
-pub(super) const BOOKING_MARGIN: Duration = Duration::from_millis(500);
+pub(super) const BOOKING_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the pace gate decided.
 enum Paced {
@@ -216,7 +217,14 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .booking
             .as_deref()
             .and_then(|header| self.booking_of(request, header))
-            .filter(|booking| !booking_missed(booking));
+            .filter(|booking| {
+                let missed = booking_missed(booking);
+                if missed {
+                    self.metrics.bookings_missed.inc();
+                    tracing::debug!(start = %booking.start, "back after the booked start; asking the rates again");
+                }
+                !missed
+            });
         let budget = self.wait_budget(held);
         if budget.is_zero() {
             // A booked start stays booked.
@@ -228,16 +236,22 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let waiting = Instant::now();
         let acquired = match booked {
             Some(booking) => {
+                // Back a little early on purpose (`BOOKING_MARGIN`): the rest is waited here.
+                let left = crate::defer::time_until(booking.start);
+                if left >= budget {
+                    return Paced::Later {
+                        until: booking.start,
+                        booking: incoming.booking.clone(),
+                    };
+                }
+                tokio::time::sleep(left).await;
                 self.limiter
-                    .acquire_booked(&key, booking.booked, budget)
+                    .acquire_booked(&key, booking.booked, self.wait_budget(held))
                     .await
             }
-            // What the shortest wait queue takes is kept back: a start booked when this wait
-            // ends may be nearer than that, and is then waited for here.
-            None => {
-                let wait = budget.saturating_sub(self.tiers.shortest().delay);
-                self.limiter.acquire_within(&key, wait).await
-            }
+            // No waiting here for a slot that is not free: a booking says when it will be,
+            // and only a start near enough is waited for in-process (`book`).
+            None => self.limiter.acquire_within(&key, Duration::ZERO).await,
         };
         self.metrics
             .limiter_wait
@@ -262,6 +276,12 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 };
             }
         };
+        self.metrics
+            .bookings
+            .get_or_create(&RateLabels {
+                rate: booking.booked.as_str(),
+            })
+            .inc();
         let header = Some(self.booking_header(request, &booking));
         let left = crate::defer::time_until(booking.start);
         if !self.waits_here(left) || left >= self.wait_budget(held) {

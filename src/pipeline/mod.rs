@@ -118,7 +118,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         if self.halt.is_raised() {
             return Step::GiveBack;
         }
-        if let Some(step) = self.back_early(request, incoming).await {
+        if let Some(step) = self.back_early(request, incoming) {
             return step;
         }
         let mut held = match self.claim(request, incoming).await {
@@ -134,17 +134,18 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 
     /// A request back from a wait queue before the time its deferral named waits again
     /// (tiers round the delay, and a longer one is made of several hops), keeping its booked
-    /// start. One with a booked start that is nearer than the shortest tier waits for it here
-    /// instead: through that tier it would come back late, and booked requests that all come
-    /// back late would start together, faster than the pace they were booked at.
-    async fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
+    /// start. One with a booked start near enough goes on: it is claimed and passes the gates
+    /// first, and waits for its start only then, right before taking it (see the gates'
+    /// `pace`), so a slow store cannot make it miss its start.
+    fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
         let until = incoming.not_before?;
         let left = crate::defer::time_until(until);
-        if left.is_zero() {
-            return None;
-        }
-        if incoming.booking.is_some() && self.waits_here(left) {
-            tokio::time::sleep(left).await;
+        tracing::debug!(
+            left_ms = left.as_millis() as u64,
+            booked = incoming.booking.is_some(),
+            "back from a wait queue"
+        );
+        if left.is_zero() || (incoming.booking.is_some() && self.waits_here(left)) {
             return None;
         }
         let reason = incoming.deferred_reason.unwrap_or(DeferReason::NotBefore);

@@ -274,6 +274,10 @@ impl Hold for LocalHold {
         &self.instance
     }
 
+    fn common(&self) -> &Common {
+        &self.shared.common
+    }
+
     fn backend(&self) -> &'static str {
         "local"
     }

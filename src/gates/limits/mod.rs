@@ -315,12 +315,16 @@ impl Booked {
 #[must_use = "dropping a permit gives it back at once"]
 pub struct Permit {
     hold: Option<Box<dyn Hold>>,
+    taken: Instant,
 }
 
 /// A slot a backend granted, as that backend gives it back.
 pub(crate) trait Hold: Send + Sync + 'static {
     /// The instance the slot belongs to.
     fn instance(&self) -> &str;
+
+    /// The limiter's shared state, told how long the slot was held.
+    fn common(&self) -> &Common;
 
     /// The backend's name, for `Debug`.
     fn backend(&self) -> &'static str;
@@ -334,7 +338,10 @@ pub(crate) trait Hold: Send + Sync + 'static {
 
 impl Permit {
     pub(crate) fn new(hold: Box<dyn Hold>) -> Permit {
-        Permit { hold: Some(hold) }
+        Permit {
+            hold: Some(hold),
+            taken: Instant::now(),
+        }
     }
 
     /// Gives the slot back and wakes this process's waiters for it. For Redis the removal
@@ -342,18 +349,22 @@ impl Permit {
     /// logged (the lease frees the slot later) rather than returned, as there is nothing the
     /// caller could do about it.
     pub async fn release(mut self) {
-        if let Some(task) = self.hold.take().and_then(Hold::give_back) {
+        if let Some(task) = self.give_back() {
             // A JoinError means the runtime is shutting down; the lease covers it.
             let _ = task.await;
         }
+    }
+
+    fn give_back(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let hold = self.hold.take()?;
+        hold.common().held(hold.instance(), self.taken.elapsed());
+        hold.give_back()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(hold) = self.hold.take() {
-            let _ = hold.give_back();
-        }
+        let _ = self.give_back();
     }
 }
 
@@ -587,21 +598,63 @@ pub(crate) trait Slots: Send + Sync {
     ) -> impl Future<Output = Result<(Duration, Booked), LimitError>> + Send;
 }
 
-/// What both backends share: the rules, the in-process throttling state and the wake-ups.
+/// What both backends share: the rules, the in-process throttling state, how long permits
+/// are held, and the wake-ups.
 pub(crate) struct Common {
     pub(crate) rules: Rules,
     /// Instance -> end of its throttling cool-down.
     throttles: Mutex<HashMap<String, Instant>>,
+    /// Instance -> how long its permits were held lately (a moving average), in this process.
+    holds: Mutex<HashMap<String, Duration>>,
     wakers: Wakers,
 }
+
+/// The weight of the newest hold in [`Common::holds`]' moving average.
+const HOLD_WEIGHT: f64 = 0.2;
+
+/// [`Common::holds`] is emptied when it reaches this many instances, so instance ids that
+/// come and go cannot grow it without bound. It fills again with the next calls.
+const MAX_HOLDS: usize = 4096;
+
+/// Bookings of a permit-bound instance follow what its permits pass, a little faster: a
+/// permit that comes back a moment late is waited for in-process, a booked start with no
+/// call in it is capacity lost.
+const PERMIT_PACE_FACTOR: f64 = 0.9;
 
 impl Common {
     pub(crate) fn new(settings: &LimitRules) -> Common {
         Common {
             rules: Rules::new(settings),
             throttles: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
             wakers: Wakers::default(),
         }
+    }
+
+    /// A permit of `instance_id` was held for `held`.
+    fn held(&self, instance_id: &str, held: Duration) {
+        let mut holds = lock(&self.holds);
+        if let Some(average) = holds.get_mut(instance_id) {
+            *average = average.mul_f64(1.0 - HOLD_WEIGHT) + held.mul_f64(HOLD_WEIGHT);
+            return;
+        }
+        if holds.len() >= MAX_HOLDS {
+            holds.clear();
+        }
+        holds.insert(instance_id.to_owned(), held.min(MAX_DURATION));
+    }
+
+    /// The pace bookings follow: [`Common::pace`], or, when the instance's permits pass fewer
+    /// calls than its rate (`max_in_flight` permits each held for the average hold), the pace
+    /// of its permits. Booked at the rate alone, a permit-bound backlog would come back to
+    /// wait for permits in-process, holding the prefetch window as before.
+    fn booking_pace(&self, instance_id: &str) -> Pace {
+        let mut pace = self.pace(instance_id);
+        if let Some(hold) = lock(&self.holds).get(instance_id) {
+            let by_permits = hold.mul_f64(PERMIT_PACE_FACTOR) / pace.max_in_flight;
+            pace.interval = pace.interval.max(by_permits.min(MAX_INTERVAL));
+        }
+        pace
     }
 
     pub(crate) fn throttled(&self, instance_id: &str) {
@@ -648,7 +701,9 @@ impl Common {
         backend: &S,
         key: &CallKey<'_>,
     ) -> Result<Booking, LimitError> {
-        let (wait, booked) = backend.book(key, &self.pace(key.instance_id)).await?;
+        let (wait, booked) = backend
+            .book(key, &self.booking_pace(key.instance_id))
+            .await?;
         let wait = SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX);
         Ok(Booking {
             start: Timestamp::now()

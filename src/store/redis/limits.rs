@@ -436,6 +436,10 @@ impl Hold for RedisHold {
         &self.instance
     }
 
+    fn common(&self) -> &Common {
+        &self.inner.common
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
