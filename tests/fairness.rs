@@ -9,7 +9,6 @@ use std::time::Duration;
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::{DialRecord, SimConfig};
 use dialex_worker::config::{Settings, StoreBackend};
-use dialex_worker::gates::limits::InstanceLimits;
 use dialex_worker::metrics::{RateLabels, ReasonLabels};
 use helpers::{WAIT, callee, settings, settings_with, started};
 use jiff::Timestamp;
