@@ -19,6 +19,11 @@ pub fn time_until(at: Timestamp) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// How long before its booked start a request comes back from the wait queues, to wait the
+/// rest in-process: a wait queue hands a message back a little after its TTL (up to about a
+/// second on a busy broker, as measured), and a start missed is a slot of the pace lost.
+pub const BOOKING_MARGIN: Duration = Duration::from_secs(1);
+
 /// How much longer than the delay asked for a tier may be.
 pub const TIER_TOLERANCE: Duration = Duration::from_secs(1);
 
@@ -56,14 +61,16 @@ impl Tiers {
         &self.0[0]
     }
 
-    /// The largest tier not above `delay`, without tolerance (the shortest for shorter
-    /// delays): for a request that must not come back late, such as one with a booked start.
-    pub fn at_most(&self, delay: Duration) -> &Tier {
-        self.0
-            .iter()
-            .rev()
-            .find(|tier| tier.delay <= delay)
-            .unwrap_or(self.shortest())
+    /// Where a request with a booked start `left` from now waits next: the largest tier that
+    /// brings it back at least [`BOOKING_MARGIN`] before its start, never after it. `None`
+    /// when the start is near enough (within the shortest tier and the margin) to be waited
+    /// for in-process: through the shortest tier it could come back late.
+    pub fn for_booked(&self, left: Duration) -> Option<&Tier> {
+        if left <= self.shortest().delay + BOOKING_MARGIN {
+            return None;
+        }
+        let delay = left - BOOKING_MARGIN;
+        self.0.iter().rev().find(|tier| tier.delay <= delay)
     }
 
     /// The largest tier not above `delay` (give or take [`TIER_TOLERANCE`]); the shortest tier
@@ -149,5 +156,23 @@ mod tests {
         assert_eq!(pick(29_001), 30);
         assert_eq!(pick(28_999), 5);
         assert_eq!(pick(299_990), 300);
+    }
+
+    #[test]
+    fn a_booked_start_comes_back_early_and_never_late() {
+        let t = tiers();
+        let hop = |ms: u64| {
+            t.for_booked(Duration::from_millis(ms))
+                .map(|tier| tier.delay.as_millis() as u64)
+        };
+        // Within the shortest tier and the margin: waited for in-process.
+        assert_eq!(hop(0), None);
+        assert_eq!(hop(2_000), None);
+        // Otherwise the largest tier that comes back at least the margin before the start.
+        assert_eq!(hop(2_001), Some(1_000));
+        assert_eq!(hop(6_500), Some(5_000));
+        assert_eq!(hop(30_999), Some(5_000));
+        assert_eq!(hop(31_000), Some(30_000));
+        assert_eq!(hop(86_400_000), Some(7_200_000));
     }
 }

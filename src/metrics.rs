@@ -405,6 +405,11 @@ impl Metrics {
     }
 
     /// Current value of one dedup counter (for tests and the demo).
+    /// Outcome events published with `status` so far.
+    pub fn outcome_count(&self, status: Status) -> u64 {
+        self.outcome_series(status).get()
+    }
+
     pub fn dedup_count(&self, kind: DedupKind) -> u64 {
         self.dedup_hits.get_or_create(&DedupLabels { kind }).get()
     }

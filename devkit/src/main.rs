@@ -77,6 +77,16 @@ enum Command {
         /// Rate of the paced runs in requests/s (default: half the floor's measured rate).
         #[arg(long)]
         paced_rate: Option<f64>,
+        /// Instead of the throughput rounds: a backlog of this many requests for one instance
+        /// at `--backlog-rate`, and a trickle for another instance behind it (fair dispatch).
+        #[arg(long)]
+        backlog: Option<usize>,
+        /// The backlog instance's pace, calls per second.
+        #[arg(long, default_value_t = 5.0)]
+        backlog_rate: f64,
+        /// How long the trickle runs, in seconds.
+        #[arg(long, default_value_t = 180)]
+        backlog_seconds: u64,
     },
     /// The bare floor `bench` compares the worker against (started by `bench`).
     #[command(hide = true)]
@@ -147,12 +157,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             no_paced,
             rounds,
             paced_rate,
+            backlog,
+            backlog_rate,
+            backlog_seconds,
         } => {
             let store = match store.as_str() {
                 "embedded" => StoreBackend::Embedded,
                 "redis" => StoreBackend::Redis,
                 other => anyhow::bail!("--store must be embedded or redis, not {other:?}"),
             };
+            if let Some(requests) = backlog {
+                return bench::backlog::run(&bench::backlog::BacklogOptions {
+                    requests,
+                    rate: backlog_rate,
+                    duration: Duration::from_secs(backlog_seconds),
+                    store,
+                    prefetch,
+                })
+                .await;
+            }
             bench::run(&bench::Options {
                 requests,
                 store,

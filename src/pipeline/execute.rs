@@ -66,7 +66,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         // A booked start must not be missed: such a request comes back early and waits for it.
         let tier = if deferral.booking.is_some() {
             self.tiers
-                .at_most(delay.saturating_sub(super::gates::BOOKING_MARGIN))
+                .for_booked(delay)
+                .unwrap_or_else(|| self.tiers.shortest())
         } else {
             self.tiers.for_delay(delay)
         };

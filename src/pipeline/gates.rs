@@ -11,19 +11,13 @@ use super::{Broker, Pipeline, Verdict};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::config::LEASE_MARGIN_MS;
-use crate::gates::limits::{Booked, Booking, CallKey, LimitError, Limiter, Permit};
+use crate::gates::limits::{
+    BOOKING_LATENESS, Booked, Booking, CallKey, LimitError, Limiter, Permit,
+};
 use crate::metrics::RateLabels;
 use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
 use crate::validate::DialRequest;
-
-/// How late a booked request may take its start; later, it asks the rate again.
-const BOOKING_LATENESS_MS: i64 = 100;
-
-/// How long before its booked start a request comes back from the wait queues, to wait the
-/// rest here: a wait queue hands a message back a little after its TTL (more on a busy
-/// broker), and a start missed is a slot of the pace lost.
-pub(super) const BOOKING_MARGIN: Duration = Duration::from_secs(1);
 
 /// What the pace gate decided.
 enum Paced {
@@ -236,7 +230,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let waiting = Instant::now();
         let acquired = match booked {
             Some(booking) => {
-                // Back a little early on purpose (`BOOKING_MARGIN`): the rest is waited here.
+                // Back a little early on purpose (`defer::BOOKING_MARGIN`): the rest is waited
+                // here.
                 let left = crate::defer::time_until(booking.start);
                 if left >= budget {
                     return Paced::Later {
@@ -246,7 +241,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 }
                 tokio::time::sleep(left).await;
                 self.limiter
-                    .acquire_booked(&key, booking.booked, self.wait_budget(held))
+                    .acquire_booked(&key, &booking, self.wait_budget(held))
                     .await
             }
             // No waiting here for a slot that is not free: a booking says when it will be,
@@ -284,7 +279,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .inc();
         let header = Some(self.booking_header(request, &booking));
         let left = crate::defer::time_until(booking.start);
-        if !self.waits_here(left) || left >= self.wait_budget(held) {
+        if self.tiers.for_booked(left).is_some() || left >= self.wait_budget(held) {
             return Paced::Later {
                 until: booking.start,
                 booking: header,
@@ -293,7 +288,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         tokio::time::sleep(left).await;
         let acquired = self
             .limiter
-            .acquire_booked(key, booking.booked, self.wait_budget(held))
+            .acquire_booked(key, &booking, self.wait_budget(held))
             .await;
         self.take(acquired, held, header).await
     }
@@ -354,12 +349,6 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         })
     }
 
-    /// Whether a booked start `left` from now is waited for in-process: through the shortest
-    /// wait queue it would come back late.
-    pub(super) fn waits_here(&self, left: Duration) -> bool {
-        left <= self.tiers.shortest().delay + BOOKING_MARGIN
-    }
-
     /// How long the request may still wait for its slot: what its claim's lease leaves after
     /// the longest dial, less a margin for the record and the clocks of worker and store.
     fn wait_budget(&self, held: &Held) -> Duration {
@@ -412,6 +401,5 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 /// together would start faster than the pace they were booked at, so one that missed its
 /// start asks the rates again.
 fn booking_missed(booking: &Booking) -> bool {
-    Timestamp::now().duration_since(booking.start)
-        > jiff::SignedDuration::from_millis(BOOKING_LATENESS_MS)
+    Timestamp::now().duration_since(booking.start) > BOOKING_LATENESS
 }

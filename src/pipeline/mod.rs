@@ -145,7 +145,8 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             booked = incoming.booking.is_some(),
             "back from a wait queue"
         );
-        if left.is_zero() || (incoming.booking.is_some() && self.waits_here(left)) {
+        let near = || self.tiers.for_booked(left).is_none();
+        if left.is_zero() || (incoming.booking.is_some() && near()) {
             return None;
         }
         let reason = incoming.deferred_reason.unwrap_or(DeferReason::NotBefore);

@@ -5,6 +5,7 @@
 //!
 //! Machines are shared and noisy; the ratio, not the absolute figures, is what compares.
 
+pub mod backlog;
 pub mod floor;
 
 use std::collections::HashMap;
@@ -175,10 +176,10 @@ fn print_report(phases: &[Phase]) {
 
 /// The settings every benchmark process runs with: the defaults, open around the clock, no
 /// cooldown, limits far above what the machine can push, quiet logs.
-fn bench_settings(options: &Options) -> anyhow::Result<Settings> {
+fn bench_settings(store: StoreBackend, prefetch: u16) -> anyhow::Result<Settings> {
     let mut settings = Settings::load_from(None, Vec::new())?;
-    settings.store.backend = options.store;
-    settings.amqp.prefetch = options.prefetch;
+    settings.store.backend = store;
+    settings.amqp.prefetch = prefetch;
     settings.cooldown.window_ms = 0;
     settings.limits.max_in_flight = 100_000;
     settings.limits.calls_per_second = 1_000_000.0;
@@ -211,7 +212,7 @@ async fn measure(kind: Kind, options: &Options, pace: Option<f64>) -> anyhow::Re
         latency: options.latency,
         ..SimConfig::default()
     };
-    let mut h = Harness::start(bench_settings(options)?, sim)
+    let mut h = Harness::start(bench_settings(options.store, options.prefetch)?, sim)
         .await
         .context("starting the simulator and declaring the topology (is RabbitMQ running?)")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

@@ -119,12 +119,12 @@ impl Limiter for LocalLimiter {
     async fn acquire_booked(
         &self,
         key: &CallKey<'_>,
-        booked: Booked,
+        booking: &Booking,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
         self.shared
             .common
-            .acquire(self, key, max_wait, Some(booked))
+            .acquire(self, key, max_wait, Some(booking))
             .await
     }
 }

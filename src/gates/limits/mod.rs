@@ -263,14 +263,20 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
     /// the rates it booked are not checked or advanced again; the others, the pair spacing and
-    /// the permits are.
+    /// the permits are. Only until [`BOOKING_LATENESS`] (at most half the instance's interval)
+    /// past the start, though: booked calls that start late together (held up waiting for
+    /// permits, or back late from a wait queue) would start faster than the pace they were
+    /// booked at, so past it the call asks every rate like any other.
     fn acquire_booked(
         &self,
         key: &CallKey<'_>,
-        booked: Booked,
+        booking: &Booking,
         max_wait: Duration,
     ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
 }
+
+/// How late a booked call may take its start; later, it asks the rates again.
+pub const BOOKING_LATENESS: SignedDuration = SignedDuration::from_millis(100);
 
 /// A start [`Limiter::book`] counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +292,24 @@ pub enum Booked {
     Instance,
     /// The caller's rate alone: the instance's is asked at the start.
     Caller,
+}
+
+impl Booking {
+    /// Until when (on the monotonic clock) the booking holds for an instance paced at
+    /// `interval`: [`BOOKING_LATENESS`] past its start, or a quarter interval if that is
+    /// shorter. Booked calls each at most half an interval late are still at least half an
+    /// interval apart, so no second holds more than one call over the rate.
+    fn holds_until(&self, interval: Duration) -> Instant {
+        let lateness = SignedDuration::try_from(interval / 4)
+            .unwrap_or(BOOKING_LATENESS)
+            .min(BOOKING_LATENESS);
+        let left = self
+            .start
+            .duration_since(Timestamp::now())
+            .saturating_add(lateness);
+        let now = Instant::now();
+        Duration::try_from(left).map_or(now, |left| now + left.min(MAX_DURATION))
+    }
 }
 
 impl Booked {
@@ -713,15 +737,17 @@ impl Common {
         })
     }
 
-    /// The acquire loop both backends share; see the module documentation. `booked`: the
-    /// rates a booking already counted for this call.
+    /// The acquire loop both backends share; see the module documentation. `booking`: the
+    /// start a booking already counted for this call.
     pub(crate) async fn acquire<S: Slots>(
         &self,
         backend: &S,
         key: &CallKey<'_>,
         max_wait: Duration,
-        booked: Option<Booked>,
+        booking: Option<&Booking>,
     ) -> Result<Option<Permit>, LimitError> {
+        let interval = self.pace(key.instance_id).interval;
+        let booked = booking.map(|booking| (booking.booked, booking.holds_until(interval)));
         let start = Instant::now();
         let deadline = start + self.rules.max_wait.min(max_wait);
         let local = self.wakers.get(key.instance_id);
@@ -737,8 +763,8 @@ impl Common {
 
             let pace = self.pace(key.instance_id);
             let pace = match booked {
-                Some(booked) => pace.booked(booked),
-                None => pace,
+                Some((booked, until)) if Instant::now() <= until => pace.booked(booked),
+                _ => pace,
             };
             let (reason, after) = match backend.attempt(key, &pace).await? {
                 Attempt::Granted(permit) => return Ok(Some(permit)),

@@ -442,10 +442,13 @@ async fn caller_bookings_leave_the_instance_alone<L: Limiter>(limiter: &L) {
         pair_key: &pairs[pair],
     };
     let mut busy = Vec::new();
+    let mut bookings = Vec::new();
     for pair in 0..3 {
         let booking = limiter.book(&key("busy", pair)).await.expect("book");
         busy.push((ms_between(start, booking.start), booking.booked));
+        bookings.push(booking);
     }
+    let busy_second = bookings[1];
     let quiet = limiter.book(&key("quiet", 3)).await.expect("book");
     let quiet_at = ms_between(start, quiet.start);
     // The busy caller's first call takes the instance's rate now; its next ones its own
@@ -474,7 +477,7 @@ async fn caller_bookings_leave_the_instance_alone<L: Limiter>(limiter: &L) {
     )
     .await;
     let permit = limiter
-        .acquire_booked(&key("busy", 1), Booked::Caller, Duration::from_millis(200))
+        .acquire_booked(&key("busy", 1), &busy_second, Duration::from_millis(200))
         .await
         .expect("acquire")
         .expect("the caller's booked start");
@@ -550,7 +553,7 @@ async fn an_instance_has_caps_of_its_own<L: Limiter>(limiter: &L, own: &str) {
     let at = ms_between(start, booking.start);
     assert!((at - 500).abs() <= 60, "booked {at} ms ahead, not 500");
     let refused = limiter
-        .acquire_booked(&second, booking.booked, Duration::ZERO)
+        .acquire_booked(&second, &booking, Duration::ZERO)
         .await
         .expect("acquire");
     assert!(refused.is_none(), "its one permit is taken");
@@ -576,19 +579,24 @@ async fn a_booked_call_skips_the_rate_but_not_the_permits<L: Limiter>(limiter: &
     for _ in 0..10 {
         limiter.book(&first).await.expect("book");
     }
+    // Taken as booked now (the rates are the test's concern elsewhere).
+    let now = Booking {
+        start: jiff::Timestamp::now(),
+        booked: Booked::Instance,
+    };
     let permit = limiter
-        .acquire_booked(&first, Booked::Instance, Duration::ZERO)
+        .acquire_booked(&first, &now, Duration::ZERO)
         .await
         .expect("acquire")
         .expect("a booked call goes though the rate is booked a second ahead");
     let none = limiter
-        .acquire_booked(&second, Booked::Instance, Duration::ZERO)
+        .acquire_booked(&second, &now, Duration::ZERO)
         .await
         .expect("acquire");
     assert!(none.is_none(), "the one permit is taken");
     permit.release().await;
     let second_permit = limiter
-        .acquire_booked(&second, Booked::Instance, Duration::from_secs(1))
+        .acquire_booked(&second, &now, Duration::from_secs(1))
         .await
         .expect("acquire");
     assert!(second_permit.is_some(), "the permit came back");

@@ -47,6 +47,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use secrecy::SecretString;
@@ -188,8 +189,8 @@ return {0, lease_end}
 /// `KEYS[1]` rate, `KEYS[2]` caller. `ARGV[1]` interval µs, `ARGV[2]` tolerance µs, `ARGV[3]`
 /// caller interval µs (0: off).
 ///
-/// Returns `{1, µs from now to the start}` (the instance's rate booked), `{2, µs}` (the
-/// caller's alone), or `{-1, n}` (`KEYS[n]` holds something this script did not write; `n` as
+/// Returns `{1, µs from now to the start, now}` (the instance's rate booked), `{2, µs, now}`
+/// (the caller's alone), with `now` in µs of server time, or `{-1, n, 0}` (`KEYS[n]` holds something this script did not write; `n` as
 /// in [`ACQUIRE_LUA`]: 1 rate, 3 caller).
 const BOOK_LUA: &str = concat!(
     tat_prelude!(),
@@ -203,23 +204,23 @@ end
 
 local tat = tat_of(KEYS[1])
 if not tat then
-  return {-1, 1}
+  return {-1, 1, 0}
 end
 local slot = math.max(now, tat - tonumber(ARGV[2]))
 local caller_interval = tonumber(ARGV[3])
 if caller_interval > 0 then
   local caller_tat = tat_of(KEYS[2])
   if not caller_tat then
-    return {-1, 3}
+    return {-1, 3, 0}
   end
   if caller_tat > slot then
     advance(KEYS[2], caller_tat, caller_interval)
-    return {2, caller_tat - now}
+    return {2, caller_tat - now, now}
   end
   advance(KEYS[2], slot, caller_interval)
 end
 advance(KEYS[1], math.max(tat, slot), tonumber(ARGV[1]))
-return {1, slot - now}
+return {1, slot - now, now}
 "
 );
 
@@ -233,6 +234,7 @@ pub struct RedisLimiter {
 
 pub(crate) struct Inner {
     common: Common,
+    clock: ServerClock,
     pub(crate) key_prefix: String,
     lease_ms: u64,
     acquire: Script,
@@ -284,6 +286,7 @@ impl RedisLimiter {
             inner: Arc::new(Inner {
                 lease_ms: millis(common.rules.lease),
                 common,
+                clock: ServerClock::default(),
                 key_prefix: key_prefix.to_owned(),
                 acquire,
                 book,
@@ -324,12 +327,12 @@ impl Limiter for RedisLimiter {
     async fn acquire_booked(
         &self,
         key: &CallKey<'_>,
-        booked: Booked,
+        booking: &Booking,
         max_wait: Duration,
     ) -> Result<Option<Permit>, LimitError> {
         self.inner
             .common
-            .acquire(self, key, max_wait, Some(booked))
+            .acquire(self, key, max_wait, Some(booking))
             .await
     }
 }
@@ -395,7 +398,7 @@ impl Slots for RedisLimiter {
 
     async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<(Duration, Booked), LimitError> {
         let mut conn = self.conn.clone();
-        let (code, value): (i64, i64) = self
+        let (code, value, server_now): (i64, i64, i64) = self
             .inner
             .book
             .key(self.key(key.instance_id, "rate"))
@@ -406,7 +409,12 @@ impl Slots for RedisLimiter {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.inner.redactor.error("book", &e))?;
-        let wait = Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        // The answer may have waited (for this task to run) before it is read here, and the
+        // start is "wait from now": that wait would push the start later by as much, and
+        // bookings made on different replicas would no longer keep their spacing. So the
+        // wait is counted from when Redis answered, as this replica's clock saw it.
+        let late = self.inner.clock.answer_delay(server_now);
+        let wait = Duration::from_micros(u64::try_from(value).unwrap_or(0)).saturating_sub(late);
         match code {
             1 => Ok((wait, Booked::Instance)),
             2 => Ok((wait, Booked::Caller)),
@@ -419,6 +427,35 @@ impl Slots for RedisLimiter {
                 "unexpected answer {other} from the booking script"
             ))),
         }
+    }
+}
+
+/// How this replica's wall clock relates to Redis's, from the booking script's answers: the
+/// smallest `local - server` difference seen lately is the offset plus the quickest answer's
+/// delay, so an answer's delay is how far its difference exceeds that. Renewed every
+/// [`CLOCK_WINDOW`], so a clock that is stepped or drifts is followed.
+#[derive(Default)]
+struct ServerClock {
+    least: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
+}
+
+const CLOCK_WINDOW: Duration = Duration::from_secs(10);
+
+impl ServerClock {
+    /// How long after `server_now` (µs of Redis time) this answer is being read.
+    fn answer_delay(&self, server_now: i64) -> Duration {
+        let difference = Timestamp::now().as_microsecond() - server_now;
+        let mut least = self
+            .least
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let renew =
+            least.is_none_or(|(value, since)| difference < value || since.elapsed() > CLOCK_WINDOW);
+        if renew {
+            *least = Some((difference, std::time::Instant::now()));
+        }
+        let base = least.map_or(difference, |(value, _)| value);
+        Duration::from_micros(u64::try_from(difference - base).unwrap_or(0))
     }
 }
 
