@@ -227,39 +227,26 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 booking: booked.and(incoming.booking.clone()),
             };
         }
+        if let Some(booking) = booked {
+            return self
+                .start_booked(&key, &booking, held, incoming.booking.clone())
+                .await;
+        }
+        // No waiting here for a slot that is not free: a booking says when it will be, and
+        // only a start near enough is waited for in-process.
         let waiting = Instant::now();
-        let acquired = match booked {
-            Some(booking) => {
-                // Back a little early on purpose (`defer::BOOKING_MARGIN`): the rest is waited
-                // here.
-                let left = crate::defer::time_until(booking.start);
-                if left >= budget {
-                    return Paced::Later {
-                        until: booking.start,
-                        booking: incoming.booking.clone(),
-                    };
-                }
-                tokio::time::sleep(left).await;
-                self.limiter
-                    .acquire_booked(&key, &booking, self.wait_budget(held))
-                    .await
-            }
-            // No waiting here for a slot that is not free: a booking says when it will be,
-            // and only a start near enough is waited for in-process (`book`).
-            None => self.limiter.acquire_within(&key, Duration::ZERO).await,
-        };
+        let acquired = self.limiter.acquire_within(&key, Duration::ZERO).await;
         self.metrics
             .limiter_wait
             .observe(waiting.elapsed().as_secs_f64());
-        if booked.is_none() && matches!(acquired, Ok(None)) {
+        if matches!(acquired, Ok(None)) {
             return self.book(request, &key, held).await;
         }
-        self.take(acquired, held, booked.and(incoming.booking.clone()))
-            .await
+        self.take(acquired, held, None).await
     }
 
-    /// Books the request's start and sends it away until then, or, when the start is nearer
-    /// than the shortest wait queue (which would bring it back late), waits for it here.
+    /// Books the request's start and sends it away until then, or, when the start is near
+    /// enough that the wait queues could bring it back late, takes it here.
     async fn book(&self, request: &DialRequest, key: &CallKey<'_>, held: &Held) -> Paced {
         let booking = match self.limiter.book(key).await {
             Ok(booking) => booking,
@@ -279,17 +266,41 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .inc();
         let header = Some(self.booking_header(request, &booking));
         let left = crate::defer::time_until(booking.start);
-        if self.tiers.for_booked(left).is_some() || left >= self.wait_budget(held) {
+        if self.tiers.for_booked(left).is_some() {
+            return Paced::Later {
+                until: booking.start,
+                booking: header,
+            };
+        }
+        self.start_booked(key, &booking, held, header).await
+    }
+
+    /// Waits for a booked start (a request comes back a little early on purpose, see
+    /// [`crate::defer::BOOKING_MARGIN`]) and takes it, if the claim's lease leaves room for
+    /// that; otherwise sends the request away until then, keeping the booking (`header`).
+    async fn start_booked(
+        &self,
+        key: &CallKey<'_>,
+        booking: &Booking,
+        held: &Held,
+        header: Option<String>,
+    ) -> Paced {
+        let left = crate::defer::time_until(booking.start);
+        if left >= self.wait_budget(held) {
             return Paced::Later {
                 until: booking.start,
                 booking: header,
             };
         }
         tokio::time::sleep(left).await;
+        let waiting = Instant::now();
         let acquired = self
             .limiter
-            .acquire_booked(key, &booking, self.wait_budget(held))
+            .acquire_booked(key, booking, self.wait_budget(held))
             .await;
+        self.metrics
+            .limiter_wait
+            .observe(waiting.elapsed().as_secs_f64());
         self.take(acquired, held, header).await
     }
 
