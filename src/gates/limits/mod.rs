@@ -263,10 +263,8 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
     /// the rates it booked are not checked or advanced again; the others, the pair spacing and
-    /// the permits are. Only until [`BOOKING_LATENESS`] (at most half the instance's interval)
-    /// past the start, though: booked calls that start late together (held up waiting for
-    /// permits, or back late from a wait queue) would start faster than the pace they were
-    /// booked at, so past it the call asks every rate like any other.
+    /// the permits are. The caller decides whether a booking is still good to take (see
+    /// [`BOOKING_LATENESS`]).
     fn acquire_booked(
         &self,
         key: &CallKey<'_>,
@@ -275,7 +273,8 @@ pub trait Limiter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
 }
 
-/// How late a booked call may take its start; later, it asks the rates again.
+/// How late a booked call may come back for its start; later, it asks the rates again (booked
+/// calls back late together would start faster than the pace they were booked at).
 pub const BOOKING_LATENESS: SignedDuration = SignedDuration::from_millis(100);
 
 /// A start [`Limiter::book`] counted.
@@ -292,24 +291,6 @@ pub enum Booked {
     Instance,
     /// The caller's rate alone: the instance's is asked at the start.
     Caller,
-}
-
-impl Booking {
-    /// Until when (on the monotonic clock) the booking holds for an instance paced at
-    /// `interval`: [`BOOKING_LATENESS`] past its start, or a quarter interval if that is
-    /// shorter. Booked calls each at most half an interval late are still at least half an
-    /// interval apart, so no second holds more than one call over the rate.
-    fn holds_until(&self, interval: Duration) -> Instant {
-        let lateness = SignedDuration::try_from(interval / 4)
-            .unwrap_or(BOOKING_LATENESS)
-            .min(BOOKING_LATENESS);
-        let left = self
-            .start
-            .duration_since(Timestamp::now())
-            .saturating_add(lateness);
-        let now = Instant::now();
-        Duration::try_from(left).map_or(now, |left| now + left.min(MAX_DURATION))
-    }
 }
 
 impl Booked {
@@ -746,8 +727,7 @@ impl Common {
         max_wait: Duration,
         booking: Option<&Booking>,
     ) -> Result<Option<Permit>, LimitError> {
-        let interval = self.pace(key.instance_id).interval;
-        let booked = booking.map(|booking| (booking.booked, booking.holds_until(interval)));
+        let booked = booking.map(|booking| booking.booked);
         let start = Instant::now();
         let deadline = start + self.rules.max_wait.min(max_wait);
         let local = self.wakers.get(key.instance_id);
@@ -763,8 +743,8 @@ impl Common {
 
             let pace = self.pace(key.instance_id);
             let pace = match booked {
-                Some((booked, until)) if Instant::now() <= until => pace.booked(booked),
-                _ => pace,
+                Some(booked) => pace.booked(booked),
+                None => pace,
             };
             let (reason, after) = match backend.attempt(key, &pace).await? {
                 Attempt::Granted(permit) => return Ok(Some(permit)),
