@@ -343,11 +343,10 @@ async fn three_replicas_share_the_concurrency_and_pace_limits() {
         pace / 20.0 * 100.0
     );
     assert!(peak <= 5, "concurrency {peak} exceeded 5");
-    // Calls are granted at their slots, 50 ms apart; their arrival at the simulator (three
-    // replicas and the simulator on two threads) can lag by tens of milliseconds, and since
-    // most of these requests book their start, about one run in three shows a second with
-    // two calls over the rate at its edges (seen: 41 and 56 ms after the window opened, then
-    // the 50 ms grid). Not yet explained further: tracked with the fair-dispatch work.
+    // Every grant, booked or not, keeps the instance's spacing from the grants before it (the
+    // limiter's starts frontier): at most 21 in a second as granted. Measured here at the
+    // simulator, a call's arrival can lag its grant (three replicas and the simulator share two
+    // threads), so one call of slack is allowed for that.
     assert!(busiest <= 22, "{busiest} calls in one second");
     assert!(pace >= 18.0, "pace {pace:.1}/s is below 90% of 20/s");
     h.cleanup().await.unwrap();

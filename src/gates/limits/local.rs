@@ -44,6 +44,8 @@ pub(super) struct State {
 pub(super) struct InstanceState {
     /// The instance's TAT.
     tat: Duration,
+    /// The TAT of the instance's granted starts (see `Pace::spacing`).
+    starts: Duration,
     /// Permit id and lease end of each holder.
     holders: Vec<(u64, Duration)>,
     /// Caller key -> its TAT.
@@ -55,6 +57,7 @@ pub(super) struct InstanceState {
 impl InstanceState {
     fn is_idle(&self, now: Duration) -> bool {
         self.tat <= now
+            && self.starts <= now
             && self.holders.is_empty()
             && self.callers.is_empty()
             && self.pairs.is_empty()
@@ -193,6 +196,10 @@ impl LocalLimiter {
                 Duration::ZERO
             },
         );
+        let spacing = gcra_wait(inst.starts, now, pace.spacing_tolerance);
+        if spacing > refused.1 {
+            refused = (WaitFor::Pace, spacing);
+        }
         let caller_tat = pace.caller_interval.map(|_| {
             let tat = inst.callers.get(key.caller_key).copied().unwrap_or(now);
             let wait = gcra_wait(tat, now, Duration::ZERO);
@@ -228,6 +235,7 @@ impl LocalLimiter {
         if rated {
             inst.tat = gcra_advance(inst.tat, now, pace.interval);
         }
+        inst.starts = gcra_advance(inst.starts, now, pace.spacing);
         if let (Some(interval), Some(tat)) = (pace.caller_interval, caller_tat) {
             inst.callers
                 .insert(key.caller_key.to_owned(), gcra_advance(tat, now, interval));

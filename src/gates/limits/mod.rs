@@ -497,6 +497,8 @@ impl Rules {
         Pace {
             interval,
             tolerance: interval.saturating_mul(caps.burst - 1),
+            spacing: interval,
+            spacing_tolerance: interval.saturating_mul(caps.burst - 1),
             caller_interval: caps.caller_interval,
             pair_window: PAIR_SPACING,
             max_in_flight: caps.max_in_flight,
@@ -527,6 +529,12 @@ pub(crate) struct Pace {
     pub(crate) caller_interval: Option<Duration>,
     /// How long a pair stays marked after its call started.
     pub(crate) pair_window: Duration,
+    /// The instance's interval and burst tolerance again, for its *starts*: every granted call,
+    /// booked or not, keeps this spacing from the calls granted before it (a second GCRA
+    /// state). Bookings count the rate ahead of time; booked calls that wake late together
+    /// (a busy machine) are spread out again here instead of starting in a bunch.
+    pub(crate) spacing: Duration,
+    pub(crate) spacing_tolerance: Duration,
     /// The instance's permits.
     pub(crate) max_in_flight: u32,
 }

@@ -31,6 +31,8 @@
 //!   replica's permits come back after their lease. The key expires one lease after its
 //!   latest holder joined, so an idle instance leaves nothing behind.
 //! - `…:caller:<caller_key>`: a caller's TAT, like `rate`, when per-caller pacing is on.
+//! - `…:starts`: the TAT of the instance's granted starts, like `rate`: every grant keeps the
+//!   instance's spacing from the grants before it, booked calls included.
 //! - `…:pair:<pair_key>`: a marker set with `PX`
 //!   [`PAIR_SPACING`](crate::gates::limits::PAIR_SPACING).
 //!
@@ -91,11 +93,12 @@ end
 
 /// One all-or-nothing attempt at every slot of a call.
 ///
-/// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair. An interval of 0 is a call
-/// whose start was booked (`BOOK_LUA`): no rate is checked or advanced.
+/// `KEYS[1]` rate, `KEYS[2]` sem, `KEYS[3]` caller, `KEYS[4]` pair, `KEYS[5]` starts. An
+/// interval of 0 is a call whose start was booked (`BOOK_LUA`): no rate is checked or
+/// advanced; the starts' spacing always is.
 /// `ARGV[1]` interval µs, `ARGV[2]` tolerance µs ((burst - 1) * interval), `ARGV[3]` caller
 /// interval µs (0: off), `ARGV[4]` pair window ms (0: off), `ARGV[5]` max in flight, `ARGV[6]`
-/// lease ms, `ARGV[7]` holder token.
+/// lease ms, `ARGV[7]` holder token, `ARGV[8]` spacing µs, `ARGV[9]` spacing tolerance µs.
 ///
 /// Returns `{0, lease end ms}` (granted: rate and caller TATs advanced, pair marked, holder
 /// added), `{1|2|3, wait µs}` (refused by the rate, the caller's rate or the pair mark: the
@@ -117,6 +120,18 @@ if interval > 0 then
     return {-1, 1}
   end
   local d = tat - tonumber(ARGV[2]) - now
+  if d > wait then
+    reason, wait = 1, d
+  end
+end
+local spacing = tonumber(ARGV[8])
+local starts = now
+if spacing > 0 then
+  starts = tat_of(KEYS[5])
+  if not starts then
+    return {-1, 5}
+  end
+  local d = starts - tonumber(ARGV[9]) - now
   if d > wait then
     reason, wait = 1, d
   end
@@ -166,6 +181,11 @@ if caller_interval > 0 then
   local next_caller = caller_tat + caller_interval
   redis.call('SET', KEYS[3], string.format('%.0f', next_caller),
     'PX', string.format('%.0f', math.ceil((next_caller - now) / 1000) + 1))
+end
+if spacing > 0 then
+  local next_start = starts + spacing
+  redis.call('SET', KEYS[5], string.format('%.0f', next_start),
+    'PX', string.format('%.0f', math.ceil((next_start - now) / 1000) + 1))
 end
 if pair_window > 0 then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
@@ -349,6 +369,7 @@ impl Slots for RedisLimiter {
             .key(&sem_key)
             .key(self.key(key.instance_id, &format!("caller:{}", key.caller_key)))
             .key(self.key(key.instance_id, &format!("pair:{}", key.pair_key)))
+            .key(self.key(key.instance_id, "starts"))
             .arg(micros(pace.interval))
             .arg(micros(pace.tolerance))
             .arg(pace.caller_interval.map_or(0, |i| micros(i).max(1)))
@@ -356,6 +377,8 @@ impl Slots for RedisLimiter {
             .arg(pace.max_in_flight)
             .arg(self.inner.lease_ms)
             .arg(&token)
+            .arg(micros(pace.spacing).max(1))
+            .arg(micros(pace.spacing_tolerance))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.inner.redactor.error("acquire", &e))?;
@@ -378,6 +401,7 @@ impl Slots for RedisLimiter {
                 let which = match value {
                     1 => "rate",
                     3 => "caller",
+                    5 => "starts",
                     _ => "pair",
                 };
                 // Names the instance and the kind of key only: keys hold no phone numbers,
