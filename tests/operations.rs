@@ -341,8 +341,10 @@ async fn outcomes_the_broker_refuses_are_never_dead_lettered_and_keep_their_task
         .unwrap();
     let refused_at = tally.terminal();
     let mut paused = false;
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < until {
+    // Requests without a free pace slot book one and wait outside first, so the next dial
+    // (and the refused outcome) may come a few seconds later.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !paused && tokio::time::Instant::now() < until {
         let (status, body) = h.readyz().await.unwrap();
         paused |= status == 503 && body.contains("RabbitMQ does not take");
         tokio::time::sleep(Duration::from_millis(50)).await;
