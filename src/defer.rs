@@ -6,7 +6,8 @@
 //! (RabbitMQ only expires messages at the head of a queue). Requeueing with `nack` is never
 //! used to mean "not now": that would spin the message through the worker at full speed.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
@@ -20,9 +21,68 @@ pub fn time_until(at: Timestamp) -> Duration {
 }
 
 /// How long before its booked start a request comes back from the wait queues, to wait the
-/// rest in-process: a wait queue hands a message back a little after its TTL (up to about a
-/// second on a busy broker, as measured), and a start missed is a slot of the pace lost.
+/// rest in-process, when the wait queues hand messages back on time: a start missed is a
+/// slot of the pace lost. On top of it comes how late they have handed messages back lately
+/// (see [`Lateness`]).
 pub const BOOKING_MARGIN: Duration = Duration::from_secs(1);
+
+/// The most lateness [`Lateness`] adds to [`BOOKING_MARGIN`]: a broker later than that for
+/// long has a problem of its own, and every second of margin keeps `calls_per_second`
+/// requests per busy instance waiting in the prefetch window.
+pub const MAX_LATENESS: Duration = Duration::from_secs(30);
+
+/// How fast an observed lateness is forgotten: it halves every minute.
+const LATENESS_HALF_LIFE: Duration = Duration::from_secs(60);
+
+/// How late the wait queues have handed messages back lately: the latest of the recent
+/// returns, forgotten at [`LATENESS_HALF_LIFE`]. Each hop carries when it was due back
+/// (`x-dialex-due`); a booked request comes back this much earlier, so a broker that is slow
+/// for a while makes its requests come back earlier instead of missing their starts (each
+/// miss a slot of the pace lost, and the request at the end of the line again).
+#[derive(Debug, Clone, Default)]
+pub struct Lateness(Arc<Mutex<Peak>>);
+
+#[derive(Debug, Default)]
+struct Peak {
+    seconds: f64,
+    at: Option<Instant>,
+}
+
+impl Peak {
+    fn at(&self, now: Instant) -> f64 {
+        let Some(at) = self.at else { return 0.0 };
+        let halvings = now.duration_since(at).as_secs_f64() / LATENESS_HALF_LIFE.as_secs_f64();
+        self.seconds * 0.5_f64.powf(halvings)
+    }
+}
+
+impl Lateness {
+    /// One return from a wait queue, `late` after it was due.
+    pub fn observe(&self, late: Duration) {
+        let late = late.min(MAX_LATENESS).as_secs_f64();
+        let now = Instant::now();
+        let mut peak = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = peak.at(now);
+        if late >= current {
+            *peak = Peak {
+                seconds: late,
+                at: Some(now),
+            };
+        }
+    }
+
+    /// How late returns are taken to be now.
+    pub fn current(&self) -> Duration {
+        let peak = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Duration::from_secs_f64(peak.at(Instant::now()))
+    }
+}
 
 /// How much longer than the delay asked for a tier may be.
 pub const TIER_TOLERANCE: Duration = Duration::from_secs(1);
@@ -34,14 +94,17 @@ pub struct Tier {
     pub queue: String,
 }
 
-/// The configured tiers, shortest first.
+/// The configured tiers, shortest first, and how late they have handed messages back lately.
 #[derive(Debug, Clone)]
-pub struct Tiers(Vec<Tier>);
+pub struct Tiers {
+    tiers: Vec<Tier>,
+    pub lateness: Lateness,
+}
 
 impl Tiers {
     pub fn new(settings: &DeferralSettings, names: &AmqpNames) -> Self {
-        Tiers(
-            settings
+        Tiers {
+            tiers: settings
                 .tiers_ms
                 .iter()
                 .map(|&ms| Tier {
@@ -49,28 +112,36 @@ impl Tiers {
                     queue: format!("{}.wait.{}", names.request_queue, label(ms)),
                 })
                 .collect(),
-        )
+            lateness: Lateness::default(),
+        }
     }
 
     pub fn all(&self) -> &[Tier] {
-        &self.0
+        &self.tiers
     }
 
     /// The shortest tier.
     pub fn shortest(&self) -> &Tier {
-        &self.0[0]
+        &self.tiers[0]
+    }
+
+    /// How long before its booked start a request comes back: [`BOOKING_MARGIN`] plus how
+    /// late the wait queues have been lately.
+    pub fn booking_margin(&self) -> Duration {
+        BOOKING_MARGIN + self.lateness.current()
     }
 
     /// Where a request with a booked start `left` from now waits next: the largest tier that
-    /// brings it back at least [`BOOKING_MARGIN`] before its start, never after it. `None`
-    /// when the start is near enough (within the shortest tier and the margin) to be waited
-    /// for in-process: through the shortest tier it could come back late.
+    /// brings it back at least [`Tiers::booking_margin`] before its start, never after it.
+    /// `None` when the start is near enough (within the shortest tier and the margin) to be
+    /// waited for in-process: through the shortest tier it could come back late.
     pub fn for_booked(&self, left: Duration) -> Option<&Tier> {
-        if left <= self.shortest().delay + BOOKING_MARGIN {
+        let margin = self.booking_margin();
+        if left <= self.shortest().delay + margin {
             return None;
         }
-        let delay = left - BOOKING_MARGIN;
-        self.0.iter().rev().find(|tier| tier.delay <= delay)
+        let delay = left - margin;
+        self.tiers.iter().rev().find(|tier| tier.delay <= delay)
     }
 
     /// The largest tier not above `delay` (give or take [`TIER_TOLERANCE`]); the shortest tier
@@ -83,7 +154,7 @@ impl Tiers {
     pub fn for_delay(&self, delay: Duration) -> &Tier {
         let shortest = self.shortest();
         let delay = delay.saturating_add(TIER_TOLERANCE);
-        self.0
+        self.tiers
             .iter()
             .rev()
             .find(|tier| tier.delay <= delay)
@@ -174,5 +245,41 @@ mod tests {
         assert_eq!(hop(30_999), Some(5_000));
         assert_eq!(hop(31_000), Some(30_000));
         assert_eq!(hop(86_400_000), Some(7_200_000));
+    }
+
+    #[test]
+    fn late_returns_bring_booked_requests_back_earlier_for_a_while() {
+        let t = tiers();
+        let hop = |ms: u64| {
+            t.for_booked(Duration::from_millis(ms))
+                .map(|tier| tier.delay.as_millis() as u64)
+        };
+        assert_eq!(t.booking_margin(), BOOKING_MARGIN);
+        t.lateness.observe(Duration::from_millis(1_500));
+        t.lateness.observe(Duration::from_millis(200));
+        let margin = t.booking_margin();
+        assert!(
+            margin > Duration::from_millis(2_490) && margin <= Duration::from_millis(2_500),
+            "{margin:?}"
+        );
+        // 3 s before its start a request now waits in-process; 6.5 s before, it takes the 1 s
+        // tier where it took the 5 s one.
+        assert_eq!(hop(3_000), None);
+        assert_eq!(hop(6_500), Some(1_000));
+        assert_eq!(hop(7_500), Some(5_000));
+        // An absurd lateness is capped.
+        t.lateness.observe(Duration::from_secs(3_600));
+        assert!(t.booking_margin() <= BOOKING_MARGIN + MAX_LATENESS);
+    }
+
+    #[test]
+    fn lateness_is_forgotten_by_halves() {
+        let peak = Peak {
+            seconds: 4.0,
+            at: Some(Instant::now() - LATENESS_HALF_LIFE * 2),
+        };
+        let now = peak.at(Instant::now());
+        assert!((0.99..=1.0).contains(&now), "{now}");
+        assert_eq!(Peak::default().at(Instant::now()), 0.0);
     }
 }

@@ -187,8 +187,12 @@ pub struct Metrics {
     pub last_dial: Gauge,
     /// Starts booked for later (see [`crate::gates::limits`]), by the rate that decided.
     pub bookings: Family<RateLabels, Counter>,
-    /// Booked requests back too late to take their start, which asked the rates again.
+    /// Booked requests back after their start (see [`crate::gates::limits::Limiter::takes_late`]).
     pub bookings_missed: Counter,
+    /// How late the wait queues hand requests back, after their tier's delay.
+    pub wait_lateness: Histogram,
+    /// How long before its booked start a request comes back (see [`crate::defer::Lateness`]).
+    pub booking_margin: Gauge<f64, AtomicU64>,
     /// `[limits] calls_per_second`, for dashboards to draw the pace against.
     pub pace_cap: Gauge<f64, AtomicU64>,
 }
@@ -246,6 +250,8 @@ impl Metrics {
             last_dial: Gauge::default(),
             bookings: Family::default(),
             bookings_missed: Counter::default(),
+            wait_lateness: latency_histogram(),
+            booking_margin: Gauge::default(),
             pace_cap: Gauge::default(),
         };
         // Every status and pause cause exported from the start, at 0: a series that first
@@ -515,8 +521,18 @@ impl Metrics {
         );
         r.register(
             "limit_bookings_missed",
-            "Booked requests back too late to take their start, which asked the rates again",
+            "Booked requests back more than 100 ms after their start: taken late when only the instance's rate counted them (its spacing holds), else asked the rates again",
             self.bookings_missed.clone(),
+        );
+        r.register(
+            "wait_queue_lateness_seconds",
+            "How late the wait queues handed requests back, after their tier's delay",
+            self.wait_lateness.clone(),
+        );
+        r.register(
+            "limit_booking_margin_seconds",
+            "How long before its booked start a request comes back from the wait queues: 1 s plus how late they have been lately",
+            self.booking_margin.clone(),
         );
         r.register(
             "limit_calls_per_second",

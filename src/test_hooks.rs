@@ -3,7 +3,11 @@
 //! worker itself has to be made on purpose.
 //!
 //! - `panic`: handling the delivery panics, every time;
-//! - `abort`: the process aborts, as an out-of-memory kill or a segfault would end it.
+//! - `abort`: the process aborts, as an out-of-memory kill or a segfault would end it;
+//! - `late:<ms>`: every delivery of it back from a wait queue is handled `<ms>` late, as a
+//!   busy broker handing messages back late would deliver it.
+
+use std::time::Duration;
 
 use lapin::types::AMQPValue;
 
@@ -11,18 +15,25 @@ use crate::amqp::Incoming;
 
 pub const HOOK_HEADER: &str = "x-dialex-test-hook";
 
-pub fn fire(incoming: &Incoming) {
+/// Fires the request's hook, if it has one; returns how long to hold the delivery first.
+pub fn fire(incoming: &Incoming) -> Option<Duration> {
     let hook = incoming
         .properties
         .headers()
         .as_ref()
         .and_then(|h| h.inner().get(HOOK_HEADER).cloned());
     let Some(AMQPValue::LongString(hook)) = hook else {
-        return;
+        return None;
     };
     match hook.as_bytes() {
         b"panic" => panic!("test hook: this request makes the handler panic"),
         b"abort" => std::process::abort(),
-        _ => {}
+        late => std::str::from_utf8(late)
+            .ok()?
+            .strip_prefix("late:")?
+            .parse()
+            .ok()
+            .filter(|_| incoming.deferred_reason.is_some())
+            .map(Duration::from_millis),
     }
 }

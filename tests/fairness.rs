@@ -10,7 +10,7 @@ use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::{DialRecord, SimConfig};
 use dialex_worker::config::{Settings, StoreBackend};
 use dialex_worker::metrics::{RateLabels, ReasonLabels};
-use helpers::{WAIT, callee, settings, settings_with, started};
+use helpers::{WAIT, callee, hooked, settings, settings_with, started};
 use jiff::Timestamp;
 
 const CALLER: &str = "02285196281";
@@ -25,6 +25,8 @@ struct Backlog {
     rate: f64,
     /// The instance's permits (`None`: not this test's concern).
     in_flight: Option<u32>,
+    /// The `x-dialex-test-hook` its requests carry, if any.
+    hook: Option<&'static str>,
 }
 
 /// Requests published one at a time, slower than their own caps: each should be dialed as
@@ -75,7 +77,8 @@ async fn run(h: &Harness, backlogs: &[Backlog], trickle: &Trickle) -> HashMap<St
         for (lane, b) in backlogs.iter().enumerate().filter(|(_, b)| i < b.requests) {
             let id = format!("busy-{lane}-{i}");
             let body = request_for(b.instance, b.caller, &id, &callee(n));
-            h.publish_request(&body, None).await.unwrap();
+            let properties = b.hook.map(hooked).unwrap_or_default();
+            h.publish_request_with(&body, properties).await.unwrap();
             n += 1;
         }
     }
@@ -234,6 +237,7 @@ async fn an_idle_instance_is_dialed_at_once_behind_another_instances_backlog() {
         requests: 400,
         rate: 5.0,
         in_flight: Some(10),
+        hook: None,
     };
     let idle = Trickle {
         instance: "bbbbbbbb-0000-4000-8000-000000000002",
@@ -261,6 +265,7 @@ async fn three_instances_with_their_own_caps(backend: StoreBackend, replicas: us
             requests: 120,
             rate: 8.0,
             in_flight: Some(3),
+            hook: None,
         },
         Backlog {
             instance: "cccccccc-0000-4000-8000-000000000002",
@@ -268,6 +273,7 @@ async fn three_instances_with_their_own_caps(backend: StoreBackend, replicas: us
             requests: 60,
             rate: 4.0,
             in_flight: Some(2),
+            hook: None,
         },
         Backlog {
             instance: "cccccccc-0000-4000-8000-000000000003",
@@ -275,6 +281,7 @@ async fn three_instances_with_their_own_caps(backend: StoreBackend, replicas: us
             requests: 30,
             rate: 2.0,
             in_flight: Some(1),
+            hook: None,
         },
     ];
     let idle = Trickle {
@@ -327,6 +334,7 @@ async fn a_busy_caller_never_holds_back_another_caller_of_its_instance() {
         requests: 60,
         rate: 4.0,
         in_flight: None,
+        hook: None,
     };
     let idle = Trickle {
         instance: INSTANCE,
@@ -345,5 +353,45 @@ async fn a_busy_caller_never_holds_back_another_caller_of_its_instance() {
         &published,
     );
     assert_paced("busy caller", &dials_of(&dials, INSTANCE, CALLER), &busy);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_hands_requests_back_late_costs_no_pace() {
+    // Every return from a wait queue handled 1.5 s late, as a busy broker would hand it back:
+    // beyond the 1 s a booked request comes back early by default. Before the worker learnt
+    // how late the returns are (and took late instance bookings), a third of the bookings
+    // were missed and asked the rates again at the back of the line, each a slot of the pace
+    // lost: 74 % of it used.
+    let busy = Backlog {
+        instance: "eeeeeeee-0000-4000-8000-000000000001",
+        caller: CALLER,
+        requests: 250,
+        rate: 5.0,
+        in_flight: Some(10),
+        hook: Some("late:1500"),
+    };
+    let idle = Trickle {
+        instance: "eeeeeeee-0000-4000-8000-000000000002",
+        caller: CALLER,
+        requests: 8,
+        every: Duration::from_millis(500),
+    };
+    let mut s = settings();
+    cap(&mut s, &busy, false);
+    // The hook holds each late return in the prefetch window, where a slow broker would
+    // hold it in its queue: room for those.
+    s.amqp.prefetch = 128;
+    // A request waits in-process only as long as its claim's lease leaves after the longest
+    // dial: room for the shortest tier and the learnt margin (the defaults leave 30 s).
+    s.store.lease_ms = 20_000;
+    let h = started(s, SimConfig::default()).await;
+    let published = run(&h, std::slice::from_ref(&busy), &idle).await;
+    let dials = h.simulator.dials();
+    assert_prompt("idle", &dials_of(&dials, idle.instance, CALLER), &published);
+    assert_paced("busy", &dials_of(&dials, busy.instance, CALLER), &busy);
+    let margin = h.metrics.booking_margin.get();
+    eprintln!("booking margin at the end: {margin:.2} s");
+    assert!(margin > 2.2, "the margin learnt the lateness: {margin} s");
     h.cleanup().await.unwrap();
 }

@@ -106,6 +106,9 @@ pub struct Incoming {
     /// When the last deferral said it may be evaluated again (the `x-dialex-not-before`
     /// header): a request back from a wait queue early waits again.
     pub not_before: Option<Timestamp>,
+    /// When the wait queue it was last deferred to was due to hand it back (the
+    /// `x-dialex-due` header).
+    pub due: Option<Timestamp>,
     /// DialEx attempts made on earlier hops (the `x-dialex-attempts` header).
     pub prior_attempts: u32,
     /// The W3C `traceparent` header, copied onto the outcome event.
@@ -154,6 +157,9 @@ impl Incoming {
             claimed: AtomicBool::new(false),
             deferred_reason,
             not_before: header(publisher::NOT_BEFORE_HEADER).and_then(|at| at.parse().ok()),
+            due: header(publisher::DUE_HEADER)
+                .filter(|_| deferred_reason.is_some())
+                .and_then(|at| at.parse().ok()),
             prior_attempts: header(publisher::ATTEMPTS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),

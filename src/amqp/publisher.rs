@@ -15,6 +15,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionStatus};
 
 use super::{AmqpError, Incoming, op};
 use crate::config::{AmqpNames, AmqpSettings};
+use crate::defer::Tier;
 use crate::metrics::Metrics;
 use crate::outcome::{DeferReason, OutcomeEvent};
 
@@ -38,6 +39,9 @@ pub const DEFERRED_HEADER: &str = "x-dialex-deferred";
 pub const ATTEMPTS_HEADER: &str = "x-dialex-attempts";
 /// Header on deferred requests: the earliest time (RFC 3339) they may be evaluated again.
 pub const NOT_BEFORE_HEADER: &str = "x-dialex-not-before";
+/// When the wait queue a request was deferred to is due to hand it back: how late it came
+/// back is what [`crate::defer::Lateness`] learns from.
+pub const DUE_HEADER: &str = "x-dialex-due";
 
 const PERSISTENT: u8 = 2;
 
@@ -186,7 +190,7 @@ impl Publisher {
     pub async fn defer(
         &self,
         incoming: &Incoming,
-        wait_queue: &str,
+        tier: &Tier,
         reason: DeferReason,
         attempts: u32,
         not_before: Timestamp,
@@ -195,10 +199,15 @@ impl Publisher {
         let attempts = attempts.to_string();
         let not_before = not_before.to_string();
         let ready_at = incoming.ready_at.to_string();
+        let due = Timestamp::now()
+            .checked_add(tier.delay)
+            .unwrap_or(Timestamp::MAX)
+            .to_string();
         let mut headers = vec![
             (DEFERRED_HEADER, reason.as_str()),
             (ATTEMPTS_HEADER, attempts.as_str()),
             (NOT_BEFORE_HEADER, not_before.as_str()),
+            (DUE_HEADER, due.as_str()),
         ];
         // Only a wait for a slot keeps the time it has been ready since; any other wait
         // (hours, a retry) ends with the request ready afresh.
@@ -217,7 +226,7 @@ impl Publisher {
         if !waiting_for_a_slot {
             properties = without_header(properties, READY_AT_HEADER);
         }
-        self.publish_with_retry("", wait_queue, &incoming.body, &properties)
+        self.publish_with_retry("", &tier.queue, &incoming.body, &properties)
             .await
     }
 

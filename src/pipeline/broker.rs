@@ -7,6 +7,7 @@ use std::future::Future;
 
 use super::Deferral;
 use crate::amqp::{Incoming, PublishError, Publisher};
+use crate::defer::Tier;
 use crate::outcome::OutcomeEvent;
 
 /// Where the pipeline's decisions go. Every method returns once the broker confirmed.
@@ -19,12 +20,13 @@ pub trait Broker: Send + Sync + 'static {
         traceparent: Option<&str>,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
-    /// Parks `incoming` on `wait_queue` until the deferral's time, saying why, how many
-    /// DialEx attempts it has had, and the start booked for it, if any.
+    /// Parks `incoming` on the wait queue of `tier` until the deferral's time, saying why,
+    /// how many DialEx attempts it has had, the start booked for it, if any, and when the
+    /// tier is due to hand it back.
     fn defer(
         &self,
         incoming: &Incoming,
-        wait_queue: &str,
+        tier: &Tier,
         deferral: &Deferral,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
@@ -59,13 +61,13 @@ impl Broker for Publisher {
     async fn defer(
         &self,
         incoming: &Incoming,
-        wait_queue: &str,
+        tier: &Tier,
         deferral: &Deferral,
     ) -> Result<(), PublishError> {
         Publisher::defer(
             self,
             incoming,
-            wait_queue,
+            tier,
             deferral.reason,
             deferral.attempts,
             deferral.until,

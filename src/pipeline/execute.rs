@@ -71,7 +71,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         } else {
             self.tiers.for_delay(delay)
         };
-        match self.publisher.defer(incoming, &tier.queue, &deferral).await {
+        match self.publisher.defer(incoming, tier, &deferral).await {
             Ok(()) => {
                 self.metrics.deferred(deferral.reason);
                 Disposition::Ack

@@ -11,9 +11,7 @@ use super::{Broker, Pipeline, Verdict};
 use crate::amqp::Incoming;
 use crate::ccc::CccClient;
 use crate::config::LEASE_MARGIN_MS;
-use crate::gates::limits::{
-    BOOKING_LATENESS, Booked, Booking, CallKey, LimitError, Limiter, Permit,
-};
+use crate::gates::limits::{Booked, Booking, CallKey, LimitError, Limiter, Permit};
 use crate::metrics::RateLabels;
 use crate::outcome::{DeferReason, OutcomeEvent, SuppressReason};
 use crate::store::{Cooldown, DialStore, StoreError};
@@ -212,12 +210,15 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             .as_deref()
             .and_then(|header| self.booking_of(request, header))
             .filter(|booking| {
-                let missed = booking_missed(booking);
-                if missed {
-                    self.metrics.bookings_missed.inc();
+                if !booking.is_late() {
+                    return true;
+                }
+                self.metrics.bookings_missed.inc();
+                let taken = self.limiter.takes_late(request.instance_id(), booking);
+                if !taken {
                     tracing::debug!(start = %booking.start, "back after the booked start; asking the rates again");
                 }
-                !missed
+                taken
             });
         let budget = self.wait_budget(held);
         if budget.is_zero() {
@@ -406,11 +407,4 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             tracing::warn!(%error, "could not update the callee's cooldown or daily count");
         }
     }
-}
-
-/// Whether a booked start passed too long ago to be taken now: booked calls back late
-/// together would start faster than the pace they were booked at, so one that missed its
-/// start asks the rates again.
-fn booking_missed(booking: &Booking) -> bool {
-    Timestamp::now().duration_since(booking.start) > BOOKING_LATENESS
 }

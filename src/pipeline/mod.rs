@@ -82,7 +82,9 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// Takes one delivery through every stage and returns how to settle it.
     pub async fn handle(&self, incoming: &Incoming) -> Disposition {
         #[cfg(feature = "test-hooks")]
-        crate::test_hooks::fire(incoming);
+        if let Some(late) = crate::test_hooks::fire(incoming) {
+            tokio::time::sleep(late).await;
+        }
         match validate::decode(&incoming.body, incoming.message_id.as_deref()) {
             Ok(request) => {
                 let span = tracing::info_span!(
@@ -138,6 +140,9 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     /// first, and waits for its start only then, right before taking it (see the gates'
     /// `pace`), so a slow store cannot make it miss its start.
     fn back_early(&self, request: &DialRequest, incoming: &Incoming) -> Option<Step> {
+        if let Some(due) = incoming.due {
+            self.returned(due);
+        }
         let until = incoming.not_before?;
         let left = crate::defer::time_until(until);
         tracing::debug!(
@@ -153,6 +158,17 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         let mut wait = self.deferral(request, incoming, reason, until, incoming.prior_attempts);
         wait.booking = incoming.booking.clone();
         Some(Step::Defer(wait))
+    }
+
+    /// Learns how late a wait queue handed a request back (`due` is when its tier's delay
+    /// ended), so booked requests come back that much earlier for a while.
+    fn returned(&self, due: Timestamp) {
+        let late = Duration::try_from(Timestamp::now().duration_since(due)).unwrap_or_default();
+        self.metrics.wait_lateness.observe(late.as_secs_f64());
+        self.tiers.lateness.observe(late);
+        self.metrics
+            .booking_margin
+            .set(self.tiers.booking_margin().as_secs_f64());
     }
 
     /// The dial stage: one hop's attempts, holding the permit the gates took.

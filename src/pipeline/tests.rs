@@ -13,10 +13,13 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
 use super::*;
-use crate::amqp::publisher::{ATTEMPTS_HEADER, BOOKING_HEADER, DEFERRED_HEADER, NOT_BEFORE_HEADER};
+use crate::amqp::publisher::{
+    ATTEMPTS_HEADER, BOOKING_HEADER, DEFERRED_HEADER, DUE_HEADER, NOT_BEFORE_HEADER,
+};
 use crate::amqp::{DELIVERY_COUNT_HEADER, PublishError};
 use crate::ccc::{ApiError, DialAccepted, DialParams};
 use crate::config::Settings;
+use crate::defer::Tier;
 use crate::gates::dnc::DncSources;
 use crate::gates::limits::{LimitRules, LocalLimiter};
 use crate::store::embedded::EmbeddedStore;
@@ -273,11 +276,11 @@ impl Broker for Recorder {
     async fn defer(
         &self,
         _incoming: &Incoming,
-        wait_queue: &str,
+        tier: &Tier,
         deferral: &Deferral,
     ) -> Result<(), PublishError> {
         self.log(Call::Defer {
-            queue: wait_queue.to_owned(),
+            queue: tier.queue.clone(),
             reason: deferral.reason,
             attempts: deferral.attempts,
             not_before: deferral.until,
@@ -894,6 +897,107 @@ async fn a_request_without_a_slot_soon_books_one_and_comes_back_to_take_it_witho
     let forged = decide(&f, &back("r-b4", 4, &second)).await;
     assert!(deferred(&forged).until > at, "a forged booking books anew");
     assert_eq!(f.client.sends(), 2);
+}
+
+/// A booking for `request_id` to `n`, made by the fixture's limiter, and the request coming
+/// back with it `late` after its start.
+async fn booked_and_back_late(f: &Fixture, request_id: &str, n: u32, late: Duration) -> Incoming {
+    let body = |n: u32| {
+        body(
+            request_id,
+            serde_json::json!({"callee": format!("1380000{n:04}")}),
+        )
+    };
+    let booking = deferred(&decide(f, &incoming(body(n))).await)
+        .booking
+        .clone()
+        .expect("booked");
+    let (at, _) = booking.split_once(' ').expect("start, rate and signature");
+    let at: Timestamp = at.parse().unwrap();
+    tokio::time::sleep(crate::defer::time_until(at) + late).await;
+    incoming_with(
+        body(n),
+        &[
+            (DEFERRED_HEADER, "limits".into()),
+            (NOT_BEFORE_HEADER, at.to_string()),
+            (BOOKING_HEADER, booking),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_booking_back_late_is_taken_when_only_the_instance_rate_counted_it() {
+    let f = fixture(|s| {
+        s.limits.calls_per_second = 0.4;
+        s.limits.burst = 1;
+        s.limits.max_wait_ms = 10;
+        s.cooldown.window_ms = 0;
+        s.deferral.tiers_ms = vec![200, 1_000];
+    })
+    .await;
+    let now = body("r-l1", serde_json::json!({"callee": "13800000001"}));
+    assert_eq!(
+        finished(&decide(&f, &incoming(now)).await).status,
+        Status::Dialed
+    );
+    // Booked 2.5 s out, back 400 ms after that: the instance's start spacing keeps it at the
+    // pace, so it is dialed, not sent to the back of the line.
+    let back = booked_and_back_late(&f, "r-l2", 2, Duration::from_millis(400)).await;
+    assert_eq!(finished(&decide(&f, &back).await).status, Status::Dialed);
+    assert_eq!(f.metrics.bookings_missed.get(), 1);
+    assert_eq!(f.client.sends(), 2);
+}
+
+#[tokio::test]
+async fn a_booking_back_late_that_counted_a_callers_rate_books_anew() {
+    let f = fixture(|s| {
+        s.limits.per_caller_calls_per_second = 0.4;
+        s.limits.max_wait_ms = 10;
+        s.cooldown.window_ms = 0;
+        s.deferral.tiers_ms = vec![200, 1_000];
+    })
+    .await;
+    let now = body("r-c1", serde_json::json!({"callee": "13800000001"}));
+    assert_eq!(
+        finished(&decide(&f, &incoming(now)).await).status,
+        Status::Dialed
+    );
+    // Nothing spaces one caller's starts once they are booked: late, it asks the rates again.
+    let back = booked_and_back_late(&f, "r-c2", 2, Duration::from_millis(400)).await;
+    let again = decide(&f, &back).await;
+    assert!(deferred(&again).booking.is_some(), "booked anew");
+    assert_eq!(f.metrics.bookings_missed.get(), 1);
+    assert_eq!(f.client.sends(), 1);
+}
+
+#[tokio::test]
+async fn requests_back_late_from_the_wait_queues_bring_bookings_back_earlier() {
+    let f = fixture(|s| s.deferral.tiers_ms = vec![200, 1_000]).await;
+    assert_eq!(f.tiers.booking_margin(), crate::defer::BOOKING_MARGIN);
+    let due = Timestamp::now() - jiff::SignedDuration::from_millis(2_000);
+    let late = incoming_with(
+        body("r-due", serde_json::json!({})),
+        &[
+            (DEFERRED_HEADER, "limits".into()),
+            (NOT_BEFORE_HEADER, Timestamp::now().to_string()),
+            (DUE_HEADER, due.to_string()),
+        ],
+    );
+    decide(&f, &late).await;
+    let margin = f.tiers.booking_margin();
+    assert!(
+        (Duration::from_millis(2_990)..=Duration::from_millis(3_100)).contains(&margin),
+        "{margin:?}"
+    );
+    assert!((f.metrics.booking_margin.get() - margin.as_secs_f64()).abs() < 0.01);
+    // The same header on a request never deferred is not the worker's, and teaches nothing.
+    let f = fixture(|s| s.deferral.tiers_ms = vec![200, 1_000]).await;
+    let forged = incoming_with(
+        body("r-forged", serde_json::json!({})),
+        &[(DUE_HEADER, due.to_string())],
+    );
+    decide(&f, &forged).await;
+    assert_eq!(f.tiers.booking_margin(), crate::defer::BOOKING_MARGIN);
 }
 
 #[tokio::test]

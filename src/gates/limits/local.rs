@@ -115,6 +115,10 @@ impl Limiter for LocalLimiter {
         self.shared.common.throttled(instance_id);
     }
 
+    fn paces_callers(&self, instance_id: &str) -> bool {
+        self.shared.common.rules.paces_callers(instance_id)
+    }
+
     async fn book(&self, key: &CallKey<'_>) -> Result<Booking, LimitError> {
         self.shared.common.book(self, key).await
     }

@@ -264,17 +264,29 @@ pub trait Limiter: Send + Sync + 'static {
     /// [`Limiter::acquire_within`] for a call whose start [`Limiter::book`] already counted:
     /// the rates it booked are not checked or advanced again; the others, the pair spacing and
     /// the permits are. The caller decides whether a booking is still good to take (see
-    /// [`BOOKING_LATENESS`]).
+    /// [`Limiter::takes_late`]).
     fn acquire_booked(
         &self,
         key: &CallKey<'_>,
         booking: &Booking,
         max_wait: Duration,
     ) -> impl Future<Output = Result<Option<Permit>, LimitError>> + Send;
+
+    /// Whether the instance paces each caller number too (`per_caller_calls_per_second`).
+    fn paces_callers(&self, instance_id: &str) -> bool;
+
+    /// Whether a booking [`Booking::is_late`] may still be taken: when it counted the
+    /// instance's rate and there is no caller rate. The instance's start spacing keeps its
+    /// calls at its pace however late they come back together, but nothing spaces one
+    /// caller's starts, so late calls of one caller back together would start faster than
+    /// the caller's pace. A booking not taken asks the rates again, at the back of the line.
+    fn takes_late(&self, instance_id: &str, booking: &Booking) -> bool {
+        booking.booked == Booked::Instance && !self.paces_callers(instance_id)
+    }
 }
 
-/// How late a booked call may come back for its start; later, it asks the rates again (booked
-/// calls back late together would start faster than the pace they were booked at).
+/// How late a booked call may come back for its start and still be on time (see
+/// [`Limiter::takes_late`]).
 pub const BOOKING_LATENESS: SignedDuration = SignedDuration::from_millis(100);
 
 /// A start [`Limiter::book`] counted.
@@ -282,6 +294,13 @@ pub const BOOKING_LATENESS: SignedDuration = SignedDuration::from_millis(100);
 pub struct Booking {
     pub start: Timestamp,
     pub booked: Booked,
+}
+
+impl Booking {
+    /// Whether its start passed more than [`BOOKING_LATENESS`] ago.
+    pub fn is_late(&self) -> bool {
+        Timestamp::now().duration_since(self.start) > BOOKING_LATENESS
+    }
 }
 
 /// Which rates a booking counted.
@@ -482,6 +501,10 @@ impl Rules {
 
     fn caps(&self, instance_id: &str) -> &Caps {
         self.instances.get(instance_id).unwrap_or(&self.caps)
+    }
+
+    pub(crate) fn paces_callers(&self, instance_id: &str) -> bool {
+        self.caps(instance_id).caller_interval.is_some()
     }
 
     /// The pace of one attempt, on an instance that is or is not being throttled.

@@ -340,6 +340,10 @@ impl Limiter for RedisLimiter {
         self.inner.common.throttled(instance_id);
     }
 
+    fn paces_callers(&self, instance_id: &str) -> bool {
+        self.inner.common.rules.paces_callers(instance_id)
+    }
+
     async fn book(&self, key: &CallKey<'_>) -> Result<Booking, LimitError> {
         self.inner.common.book(self, key).await
     }
