@@ -307,7 +307,11 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 
     /// A permit if one came while the claim's lease still allows the dial (the last attempt
     /// may answer just past the budget: the lease decides); otherwise not now, keeping
-    /// `booking`.
+    /// `booking` unless no permit came in time. A booking made before this process knew how
+    /// long the instance's permits are held (a backlog booked at once, at the rate, for an
+    /// instance whose permits pass fewer calls) finds no permit at its start: it books
+    /// afresh, at the pace the permits are now known to allow, instead of waiting for one in
+    /// the prefetch window.
     async fn take(
         &self,
         acquired: Result<Option<Permit>, LimitError>,
@@ -320,7 +324,12 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                 permit.release().await;
                 tracing::info!("a slot came too late to dial within the claim's lease; deferring");
             }
-            Ok(None) => {}
+            Ok(None) => {
+                return Paced::Later {
+                    until: Timestamp::now(),
+                    booking: None,
+                };
+            }
             Err(error) => tracing::warn!(%error, "the limiter could not decide; deferring"),
         }
         Paced::Later {
