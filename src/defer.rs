@@ -26,10 +26,13 @@ pub fn time_until(at: Timestamp) -> Duration {
 /// (see [`Lateness`]).
 pub const BOOKING_MARGIN: Duration = Duration::from_secs(1);
 
-/// The most lateness [`Lateness`] adds to [`BOOKING_MARGIN`]: a broker later than that for
-/// long has a problem of its own, and every second of margin keeps `calls_per_second`
-/// requests per busy instance waiting in the prefetch window.
-pub const MAX_LATENESS: Duration = Duration::from_secs(30);
+/// The most lateness [`Lateness`] adds to [`BOOKING_MARGIN`]. Every second of margin keeps
+/// `calls_per_second` more requests per busy instance waiting in the prefetch window, and a
+/// return is late too when it waits in the request queue behind a backlog being taken in
+/// (tens of seconds for a large one): a margin that followed that would fill the window with
+/// requests waiting for their starts and hold every other request out. Later returns than
+/// this miss their starts; a booking that counted only the instance's rate is still taken.
+pub const MAX_LATENESS: Duration = Duration::from_secs(2);
 
 /// How fast an observed lateness is forgotten: it halves every minute.
 const LATENESS_HALF_LIFE: Duration = Duration::from_secs(60);

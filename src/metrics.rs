@@ -531,7 +531,7 @@ impl Metrics {
         );
         r.register(
             "limit_booking_margin_seconds",
-            "How long before its booked start a request comes back from the wait queues: 1 s plus how late they have been lately",
+            "How long before its booked start a request comes back from the wait queues: 1 s plus how late they have been lately, at most 2 s more",
             self.booking_margin.clone(),
         );
         r.register(
