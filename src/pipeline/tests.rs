@@ -925,21 +925,28 @@ async fn booked_and_back_late(f: &Fixture, request_id: &str, n: u32, late: Durat
     )
 }
 
-#[tokio::test]
-async fn a_booking_back_late_is_taken_when_only_the_instance_rate_counted_it() {
+/// A fixture paced at 0.4 calls/s by `pace` (the instance's rate or each caller's), whose
+/// first request has just taken the pace's slot.
+async fn paced_and_busy(pace: impl FnOnce(&mut Settings)) -> Fixture {
     let f = fixture(|s| {
-        s.limits.calls_per_second = 0.4;
         s.limits.burst = 1;
         s.limits.max_wait_ms = 10;
         s.cooldown.window_ms = 0;
         s.deferral.tiers_ms = vec![200, 1_000];
+        pace(s);
     })
     .await;
-    let now = body("r-l1", serde_json::json!({"callee": "13800000001"}));
+    let first = body("r-first", serde_json::json!({"callee": "13800000001"}));
     assert_eq!(
-        finished(&decide(&f, &incoming(now)).await).status,
+        finished(&decide(&f, &incoming(first)).await).status,
         Status::Dialed
     );
+    f
+}
+
+#[tokio::test]
+async fn a_booking_back_late_is_taken_when_only_the_instance_rate_counted_it() {
+    let f = paced_and_busy(|s| s.limits.calls_per_second = 0.4).await;
     // Booked 2.5 s out, back 400 ms after that: the instance's start spacing keeps it at the
     // pace, so it is dialed, not sent to the back of the line.
     let back = booked_and_back_late(&f, "r-l2", 2, Duration::from_millis(400)).await;
@@ -950,18 +957,7 @@ async fn a_booking_back_late_is_taken_when_only_the_instance_rate_counted_it() {
 
 #[tokio::test]
 async fn a_booking_back_late_that_counted_a_callers_rate_books_anew() {
-    let f = fixture(|s| {
-        s.limits.per_caller_calls_per_second = 0.4;
-        s.limits.max_wait_ms = 10;
-        s.cooldown.window_ms = 0;
-        s.deferral.tiers_ms = vec![200, 1_000];
-    })
-    .await;
-    let now = body("r-c1", serde_json::json!({"callee": "13800000001"}));
-    assert_eq!(
-        finished(&decide(&f, &incoming(now)).await).status,
-        Status::Dialed
-    );
+    let f = paced_and_busy(|s| s.limits.per_caller_calls_per_second = 0.4).await;
     // Nothing spaces one caller's starts once they are booked: late, it asks the rates again.
     let back = booked_and_back_late(&f, "r-c2", 2, Duration::from_millis(400)).await;
     let again = decide(&f, &back).await;
