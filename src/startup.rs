@@ -197,13 +197,10 @@ impl Session {
     async fn open(settings: &Settings, publisher: &Publisher) -> Result<Session, SessionError> {
         let amqp_settings = &settings.amqp;
         let host = std::env::var("HOSTNAME").unwrap_or_default();
+        // Each node has its own deadline (`amqp::NODE_TIMEOUT`), the next tried after it.
         let connect = |role: &'static str| {
             let name = format!("{} {role} {host}", amqp_settings.connection_name);
-            async move {
-                tokio::time::timeout(BROKER_TIMEOUT, amqp::connect(amqp_settings, &name))
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out("connect")))
-            }
+            async move { amqp::connect(amqp_settings, &name).await }
         };
         let publish = connect("publish").await.map_err(SessionError::Connect)?;
         let consume = connect("consume").await.map_err(SessionError::Connect)?;

@@ -12,9 +12,13 @@ use dialex_devkit::harness::{Harness, Received};
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, request, settings, settings_with, spawn_worker_process, started};
+use helpers::{
+    WAIT, assert_dialed_once, callee, only_outcome, request, settings, settings_with,
+    spawn_worker_process, started,
+};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Every request's statuses and event ids, from the events received so far.
 #[derive(Default)]
@@ -224,6 +228,56 @@ fn worker_connections(name: &str) -> Vec<String> {
         .filter(|line| line.contains(name))
         .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_is_passed_over_for_the_next_in_amqp_url() {
+    // The first node listed takes no connections (nothing listens on port 1); the worker (and
+    // the harness, with the same settings) connect to the next one, consume and publish.
+    let mut s = settings();
+    let broker = s.amqp.url.expose_secret().to_owned();
+    s.amqp.url = SecretString::from(format!("amqp://guest:guest@127.0.0.1:1/%2f,{broker}"));
+    let mut h = started(s, SimConfig::default()).await;
+    let event = only_outcome(&mut h, &request("nodes-1", &callee(1), "ivr")).await;
+    assert_dialed_once(&event, &h.simulator);
+    h.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_cancels_is_started_again_like_a_lost_connection() {
+    let mut h = started(settings(), SimConfig::default()).await;
+    let first = only_outcome(&mut h, &request("cancel-1", &callee(1), "ivr")).await;
+    assert_eq!(first.status, Status::Dialed);
+    // Deleting the request queue makes the broker cancel the worker's consumer (as a quorum
+    // queue's leader moving away can): never a silent stop.
+    let connection = dialex_worker::amqp::connect(&h.settings.amqp, "test: cancel")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = h.settings.amqp.names.request_queue.clone();
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen_unready = false;
+    loop {
+        let (status, _) = h.readyz().await.unwrap();
+        seen_unready |= status == 503;
+        if seen_unready && status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never consumed again (seen not ready: {seen_unready})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker declared the queue again and consumes it.
+    let second = only_outcome(&mut h, &request("cancel-2", &callee(2), "ivr")).await;
+    assert_eq!(second.status, Status::Dialed);
+    assert_eq!(h.simulator.dials().len(), 2);
+    h.cleanup().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

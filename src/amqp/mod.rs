@@ -9,13 +9,13 @@ pub mod topology;
 pub use publisher::{PublishError, Publisher};
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::AMQPValue;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 
 use crate::config::AmqpSettings;
 use crate::outcome::DeferReason;
@@ -58,16 +58,56 @@ pub(crate) fn op(what: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
 /// bytes (64 KiB at most, sent in several frames), so 16 KiB frames cost nothing in speed.
 const FRAME_MAX: u32 = 16 * 1024;
 
-/// Opens a connection to `amqp.url` named `name` (shown in the management UI as the
-/// connection name); over TLS for `amqps://`, trusting `amqp.tls_ca_file` too.
+/// How long one node may take to accept a connection before the next is tried.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection named `name` (shown in the management UI as the connection name) to
+/// the first of `amqp.url`'s nodes that answers, in order; over TLS for `amqps://`, trusting
+/// `amqp.tls_ca_file` too. Fails with the last node's error when none answers.
 pub async fn connect(amqp: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
     let ca = crate::tls::ca_pem(&amqp.tls_ca_file, "amqp.tls_ca_file").map_err(|message| {
         AmqpError::local("connect", std::io::ErrorKind::InvalidInput, message)
     })?;
-    let mut uri: AMQPUri = amqp
-        .url
-        .expose_secret()
+    let nodes = amqp.nodes();
+    let mut last = None;
+    for (index, url) in nodes.iter().enumerate() {
+        let attempt = tokio::time::timeout(NODE_TIMEOUT, connect_node(url, name, &ca))
+            .await
+            .unwrap_or_else(|_| {
+                Err(AmqpError::local(
+                    "connect",
+                    std::io::ErrorKind::TimedOut,
+                    "the node did not answer in time",
+                ))
+            });
+        match attempt {
+            Ok(connection) => return Ok(connection),
+            Err(error) if nodes.len() > 1 => {
+                // The host and port only: the URL may carry a password.
+                tracing::warn!(
+                    node = index + 1,
+                    of = nodes.len(),
+                    address = %node_address(url),
+                    %error,
+                    "a RabbitMQ node did not take the connection; trying the next"
+                );
+                last = Some(error);
+            }
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        AmqpError::local(
+            "connect",
+            std::io::ErrorKind::InvalidInput,
+            "amqp.url names no node",
+        )
+    }))
+}
+
+/// One node's connection.
+async fn connect_node(url: &str, name: &str, ca: &Option<String>) -> Result<Connection, AmqpError> {
+    let mut uri: AMQPUri = url
         .parse()
         // The parser's message may quote the URL, password included.
         .map_err(|_: String| {
@@ -80,12 +120,20 @@ pub async fn connect(amqp: &AmqpSettings, name: &str) -> Result<Connection, Amqp
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let tls = OwnedTLSConfig {
         identity: None,
-        cert_chain: ca,
+        cert_chain: ca.clone(),
     };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime().map_err(op("connect"))?;
     Connection::connect_uri_with_config(uri, properties, tls, runtime)
         .await
         .map_err(op("connect"))
+}
+
+/// `host:port` of a node's URL, for the log; nothing else of it.
+fn node_address(url: &str) -> String {
+    url.parse::<AMQPUri>()
+        .map(|uri| format!("{}:{}", uri.authority.host, uri.authority.port))
+        .unwrap_or_else(|_| "an unreadable URL".to_owned())
 }
 
 /// A delivered message, as the pipeline sees it.

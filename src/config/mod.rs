@@ -105,8 +105,12 @@ pub struct DncSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Broker URL; may carry a password, so it never prints.
-    #[serde(serialize_with = "render::serialize_url")]
+    /// Broker URL, or the URLs of a cluster's nodes separated by commas (a TOML list is read
+    /// as that too; see [`AmqpSettings::nodes`]); may carry a password, so it never prints.
+    #[serde(
+        serialize_with = "render::serialize_urls",
+        deserialize_with = "deserialize_urls"
+    )]
     pub url: SecretString,
     /// With `amqps://`: a PEM file of CA certificates trusted beside the system's; empty for
     /// the system's alone.
@@ -120,7 +124,44 @@ pub struct AmqpSettings {
     pub names: AmqpNames,
 }
 
+/// One URL or a list of them, kept as one string with the URLs separated by commas.
+fn deserialize_urls<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SecretString, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    // An untagged enum's error names no value, so a URL with its password never reaches it.
+    Ok(SecretString::from(match Urls::deserialize(deserializer)? {
+        Urls::One(url) => url,
+        Urls::Many(urls) => urls.join(","),
+    }))
+}
+
+/// The URLs in `urls`, in order: split at each comma that starts another `amqp://` or
+/// `amqps://` URL, so a comma inside one (in its password, say) stays where it is.
+pub(crate) fn split_urls(urls: &str) -> Vec<&str> {
+    let mut nodes = Vec::new();
+    let mut start = 0;
+    for (comma, _) in urls.match_indices(',') {
+        let next = urls[comma + 1..].trim_start();
+        if next.starts_with("amqp://") || next.starts_with("amqps://") {
+            nodes.push(urls[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    nodes.push(urls[start..].trim());
+    nodes
+}
+
 impl AmqpSettings {
+    /// The broker nodes to connect to, in the order they are tried: `amqp.url`'s URLs.
+    pub fn nodes(&self) -> Vec<&str> {
+        split_urls(self.url.expose_secret())
+    }
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
     }

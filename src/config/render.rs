@@ -31,6 +31,18 @@ pub(super) fn serialize_url<S: Serializer>(
     serializer.serialize_str(&redacted_url(url))
 }
 
+/// `amqp.url`: each node's URL redacted, as the comma-separated list it can be read back as.
+pub(super) fn serialize_urls<S: Serializer>(
+    urls: &SecretString,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let redacted: Vec<String> = super::split_urls(urls.expose_secret())
+        .into_iter()
+        .map(|url| redacted_url(&SecretString::from(url)))
+        .collect();
+    serializer.serialize_str(&redacted.join(","))
+}
+
 /// One calendar in its configuration shape; plain lists before tables, as TOML needs.
 #[derive(Serialize)]
 struct CalendarView<'a> {

@@ -373,3 +373,72 @@ fn secrets_never_print() {
     let s = load(&[("DIALEX_AMQP__URL", "amqp://u:hunter2@h/%2f")]).unwrap();
     assert!(!format!("{s:?}").contains("hunter2"));
 }
+
+#[test]
+fn amqp_url_names_one_node_or_several() {
+    let nodes = |env: &[(&str, &str)]| {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = Settings::load_from(None, env.collect::<Vec<_>>()).unwrap();
+        s.amqp
+            .nodes()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nodes(&[]), ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
+    // Comma-separated, as an environment variable carries them; a comma inside a URL (a
+    // password) stays in it.
+    assert_eq!(
+        nodes(&[(
+            "DIALEX_AMQP__URL",
+            "amqp://u:p,w@rabbit-0:5672/%2f, amqp://u:p,w@rabbit-1:5672/%2f"
+        )]),
+        [
+            "amqp://u:p,w@rabbit-0:5672/%2f",
+            "amqp://u:p,w@rabbit-1:5672/%2f"
+        ]
+    );
+
+    // A TOML list reads as the same, and check-config prints each one redacted.
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "[amqp]\nurl = [\"amqp://u:secret@rabbit-0:5672/%2f\", \"amqps://u:secret@rabbit-1:5671/%2f\"]\n",
+    )
+    .unwrap();
+    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+    assert_eq!(
+        s.amqp.nodes(),
+        [
+            "amqp://u:secret@rabbit-0:5672/%2f",
+            "amqps://u:secret@rabbit-1:5671/%2f"
+        ]
+    );
+    let printed = s.to_redacted_toml().unwrap();
+    assert!(!printed.contains("secret"), "{printed}");
+    assert!(
+        printed
+            .contains("url = \"amqp://u:***@rabbit-0:5672/%2f,amqps://u:***@rabbit-1:5671/%2f\""),
+        "{printed}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // Every node must be an AMQP URL; a CA file needs every node on TLS.
+    let error = Settings::load_from(
+        None,
+        vec![(
+            "DIALEX_AMQP__URL".to_owned(),
+            "amqp://rabbit-0:5672,http://rabbit-1".to_owned(),
+        )],
+    )
+    .expect_err("an http node")
+    .to_string();
+    assert!(error.contains("amqp.url"), "{error}");
+    let mut s = Settings::load_from(None, Vec::new()).unwrap();
+    s.amqp.tls_ca_file = "ca.pem".into();
+    s.amqp.url = SecretString::from("amqps://rabbit-0:5671,amqp://rabbit-1:5672");
+    let error = s.validate().expect_err("one node without TLS").to_string();
+    assert!(error.contains("amqp.tls_ca_file"), "{error}");
+}

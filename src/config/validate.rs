@@ -53,11 +53,19 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Problems::default();
         let amqp = &self.amqp;
-        let url = amqp.url.expose_secret();
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            problems.invalid("amqp.url", "must start with amqp:// or amqps://");
+        let nodes = amqp.nodes();
+        let amqp_url = |url: &&str| {
+            (url.starts_with("amqp://") || url.starts_with("amqps://"))
+                && url.parse::<lapin::uri::AMQPUri>().is_ok()
+        };
+        if !nodes.iter().all(amqp_url) {
+            problems.invalid(
+                "amqp.url",
+                "must be a URL starting with amqp:// or amqps://, or several separated by commas",
+            );
         }
-        if !url.starts_with("amqps://") && !amqp.tls_ca_file.as_os_str().is_empty() {
+        let plain = nodes.iter().any(|url| !url.starts_with("amqps://"));
+        if plain && !amqp.tls_ca_file.as_os_str().is_empty() {
             problems.invalid(
                 "amqp.tls_ca_file",
                 "is set but amqp.url is not amqps://: the connection would not use TLS",
