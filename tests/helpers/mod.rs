@@ -136,11 +136,10 @@ pub async fn assert_request_queue_drains(harness: &Harness) {
 }
 
 /// The dead letters, once `count` have arrived (a request's event is published before its
-/// dead letter); fails if more arrive, or fewer within thirty seconds (a dead letter of a
-/// few MiB can trail its event that long on a busy machine).
+/// dead letter); fails if more arrive, or fewer within ten seconds.
 pub async fn dead_letters_soon(harness: &Harness, count: usize) -> Vec<DeadLetter> {
     let mut dead = Vec::new();
-    for _ in 0..300 {
+    for _ in 0..100 {
         dead.extend(harness.dead_letters().await.expect("dead letters"));
         if dead.len() >= count {
             break;
