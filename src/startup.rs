@@ -2,7 +2,7 @@
 //! the tests.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -136,6 +136,7 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
         }
         match Session::open(settings, &pipeline.publisher).await {
             Ok(session) => {
+                let opened = Instant::now();
                 sessions += 1;
                 if sessions > 1 {
                     metrics.amqp_reconnects.inc();
@@ -148,6 +149,13 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
                     Ended::Shutdown => return Ok(()),
                     Ended::BrokerLost => {
                         tracing::warn!("lost RabbitMQ; reconnecting");
+                        // A session that ran a while was lost, not refused: try again at once
+                        // (another node of a cluster is likely to answer). The pauses grow
+                        // only while no node takes the connection.
+                        if opened.elapsed() >= RECONNECT_MIN {
+                            health.set_consuming(false);
+                            continue;
+                        }
                     }
                 }
             }
@@ -282,6 +290,8 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
     let amqp_settings = &settings.amqp;
     let drain = settings.shutdown.drain_timeout();
     loop {
+        // A pause carried over from a lost session: this one may already have cured it.
+        let inherited_pause = pipeline.halt.cause().is_some();
         let consumer = match tokio::time::timeout(
             BROKER_TIMEOUT,
             start_consumer(&session.consume, amqp_settings),
@@ -370,6 +380,10 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
                     // Outcomes could not be delivered: nothing more is dialed until the
                     // broker takes publishes again (a lost connection is rebuilt by the
                     // supervisor; a blocked one is unblocked by the broker).
+                    // The pause began in a lost session, and this new one takes publishes.
+                    PauseCause::Broker if inherited_pause && pipeline.publisher.check().is_ok() => {
+                        Probed::Passed
+                    }
                     PauseCause::Broker => {
                         probe_until(
                             shutdown,

@@ -277,6 +277,9 @@ impl Publisher {
         (|| self.publish_once(exchange, routing_key, body, properties.clone()))
             .retry(backoff)
             .sleep(tokio::time::sleep)
+            // A channel that is gone stays gone until the next session: fail at once, so the
+            // request's delivery goes back to the queue without holding up the reconnect.
+            .when(|_| self.is_connected())
             .notify(|error: &PublishError, wait: Duration| {
                 tracing::warn!(%error, ?wait, exchange, "publish failed; retrying");
             })
