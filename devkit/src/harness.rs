@@ -129,6 +129,27 @@ impl Harness {
         })
     }
 
+    /// Moves the harness's own connection (publishing requests, reading outcomes and dead
+    /// letters) to `url`. In a cluster test the topology is declared through one node (quorum
+    /// queues lead where they are declared), the workers use another, and the harness watches
+    /// from a third that the test leaves alone.
+    pub async fn observe_from(&mut self, url: &str) -> anyhow::Result<()> {
+        let mut amqp = self.settings.amqp.clone();
+        amqp.url = url.to_owned().into();
+        let connection = amqp::connect(&amqp, "dialex-worker harness")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let old = std::mem::replace(&mut self.connection, connection);
+        self.channel = channel;
+        self.outcomes = None;
+        let _ = old.close(200, "moved".into()).await;
+        Ok(())
+    }
+
     /// Default settings with the simulator's demo credentials.
     pub fn demo_credentials() -> Credentials {
         Credentials::new(DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET)
