@@ -312,15 +312,25 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
             prefetch = amqp_settings.prefetch,
             "consuming dial requests"
         );
-        let stopped = consume(
+        let consuming = consume(
             consumer,
             &channel,
             Arc::clone(pipeline),
             shutdown.clone(),
             session.lost.clone(),
             drain,
-        )
-        .await;
+        );
+        tokio::pin!(consuming);
+        // Not ready from the moment the pipeline halts, not only once the requests in hand
+        // have drained (a result waiting for the store can hold the drain for its length).
+        let halted = pipeline.halt.token();
+        let stopped = tokio::select! {
+            stopped = &mut consuming => stopped,
+            () = halted.cancelled() => {
+                health.set_consuming(false);
+                consuming.await
+            }
+        };
         health.set_consuming(false);
         // Closing the channel returns every unsettled delivery to the queue.
         let _ =
