@@ -214,6 +214,10 @@ pub struct StoreSettings {
     pub lease_ms: u64,
     pub record_ttl_ms: u64,
     pub sweep_interval_ms: u64,
+    /// Redis: how many replicas must confirm a claim or a result (`WAIT`) before the worker
+    /// acts on it; 0 trusts the primary alone.
+    pub min_replicas_acked: u32,
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl StoreSettings {
@@ -225,6 +229,9 @@ impl StoreSettings {
     }
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms)
+    }
+    pub fn replica_ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.replica_ack_timeout_ms)
     }
 }
 

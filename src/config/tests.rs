@@ -442,3 +442,31 @@ fn amqp_url_names_one_node_or_several() {
     let error = s.validate().expect_err("one node without TLS").to_string();
     assert!(error.contains("amqp.tls_ca_file"), "{error}");
 }
+
+#[test]
+fn replicas_are_asked_for_only_with_redis_and_within_a_bounded_wait() {
+    let env = [("DIALEX_STORE__MIN_REPLICAS_ACKED", "1")];
+    let error = load(&env).expect_err("replicas of the embedded store");
+    assert!(
+        error.to_string().contains("store.min_replicas_acked"),
+        "{error}"
+    );
+
+    let redis = [
+        ("DIALEX_STORE__BACKEND", "redis"),
+        ("DIALEX_STORE__MIN_REPLICAS_ACKED", "1"),
+    ];
+    let s = load(&redis).expect("one replica of Redis");
+    assert_eq!(s.store.min_replicas_acked, 1);
+    assert_eq!(s.store.replica_ack_timeout(), Duration::from_millis(500));
+
+    for timeout in ["0", "5000"] {
+        let mut env = redis.to_vec();
+        env.push(("DIALEX_STORE__REPLICA_ACK_TIMEOUT_MS", timeout));
+        let error = load(&env).expect_err("a wait out of bounds");
+        assert!(
+            error.to_string().contains("store.replica_ack_timeout_ms"),
+            "{timeout}: {error}"
+        );
+    }
+}

@@ -8,6 +8,9 @@ use crate::gates::limits::InstanceLimits as Caps;
 
 /// The most metrics classes `limits.instances` may name.
 const MAX_CLASSES: usize = 32;
+/// The longest `store.replica_ack_timeout_ms`: a claim waits this long for its replicas on a
+/// connection every request shares.
+const MAX_REPLICA_ACK_TIMEOUT_MS: u64 = 2_000;
 
 /// The caps of `[limits]` (`section` "limits") or of one `[limits.instances."<id>"]`, where
 /// a cap left out is `[limits]`'s.
@@ -170,6 +173,20 @@ impl Settings {
         }
         if store.sweep_interval_ms == 0 {
             problems.invalid("store.sweep_interval_ms", "must be positive");
+        }
+        if store.min_replicas_acked > 0 && store.backend != StoreBackend::Redis {
+            problems.invalid(
+                "store.min_replicas_acked",
+                "needs store.backend = \"redis\" (the embedded store has no replicas)",
+            );
+        }
+        if !(1..=MAX_REPLICA_ACK_TIMEOUT_MS).contains(&store.replica_ack_timeout_ms) {
+            problems.invalid(
+                "store.replica_ack_timeout_ms",
+                format!(
+                    "must be 1 to {MAX_REPLICA_ACK_TIMEOUT_MS} (well within the 5 s a Redis answer may take)"
+                ),
+            );
         }
         if store.key_prefix.is_empty() || store.key_prefix.contains(char::is_whitespace) {
             problems.invalid("store.key_prefix", "must be non-empty without spaces");

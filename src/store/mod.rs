@@ -290,6 +290,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the claim on this request was taken over by another worker")]
     Conflict,
+    /// Fewer replicas than `store.min_replicas_acked` confirmed a write in time: a failover
+    /// could lose it, so the worker does not act on it.
+    #[error(
+        "only {acked} of the {wanted} Redis replica(s) store.min_replicas_acked asks for confirmed the write within {timeout_ms} ms"
+    )]
+    NotReplicated {
+        acked: u32,
+        wanted: u32,
+        timeout_ms: u64,
+    },
     /// A bug in the caller: the fingerprint cannot be stored unambiguously.
     #[error("a request fingerprint must be 1 to {MAX_FINGERPRINT_LEN} ASCII letters and digits")]
     InvalidFingerprint,

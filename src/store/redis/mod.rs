@@ -61,10 +61,11 @@ mod tests;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{RedisError, Script};
 
 use super::StoreError;
 use crate::config::StoreSettings;
@@ -92,8 +93,22 @@ struct Inner {
     worker_id: String,
     lease_ms: u64,
     record_ttl_ms: u64,
+    replication: Replication,
     scripts: Scripts,
     redactor: Redactor<StoreError>,
+}
+
+/// `store.min_replicas_acked` and `store.replica_ack_timeout_ms`: how many replicas must
+/// confirm a claim or a result before the worker acts on it, and how long to wait for them;
+/// and how many confirmed the last write.
+#[derive(Debug)]
+struct Replication {
+    min_acked: u32,
+    timeout_ms: u64,
+    /// `WAIT` blocks the connection every request shares: while the replicas are known to
+    /// lag, new claims fail at once instead of queueing behind one wait after another. Set
+    /// by every `WAIT`'s answer, the store check's included.
+    last_acked: AtomicU32,
 }
 
 struct Scripts {
@@ -177,6 +192,11 @@ impl RedisStore {
                 worker_id,
                 lease_ms: millis(settings.lease()),
                 record_ttl_ms: millis(settings.record_ttl()),
+                replication: Replication {
+                    min_acked: settings.min_replicas_acked,
+                    timeout_ms: millis(settings.replica_ack_timeout()),
+                    last_acked: AtomicU32::new(settings.min_replicas_acked),
+                },
                 scripts,
                 redactor,
             }),
@@ -210,7 +230,7 @@ impl RedisStore {
         format!("{}:day:{day}:{key}", self.inner.key_prefix)
     }
 
-    fn error(&self, what: &str, err: &RedisError) -> StoreError {
+    fn error(&self, what: &str, err: &impl fmt::Display) -> StoreError {
         self.inner.redactor.error(what, err)
     }
 }

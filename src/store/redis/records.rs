@@ -1,6 +1,10 @@
 //! Dial records on Redis: claim, record, release, one script each.
 
-use super::RedisStore;
+use std::sync::atomic::Ordering;
+
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind, Value};
+
+use super::{RedisStore, Replication};
 use crate::store::{
     Claim, ClaimToken, DialRecords, Record, Recorded, StoreError, check_fingerprint,
 };
@@ -59,21 +63,26 @@ return 0
 impl DialRecords for RedisStore {
     async fn claim(&self, request_id: &str, fingerprint: &str) -> Result<Claim, StoreError> {
         check_fingerprint(fingerprint)?;
-        let mut conn = self.conn.clone();
-        let (acquired, value, now_ms): (i64, Vec<u8>, u64) = self
-            .inner
-            .scripts
-            .claim
-            .key(self.record_key(request_id))
+        // Replicas known to lag: no claim is confirmed now, so none is taken.
+        self.replicated(self.inner.replication.last_acked.load(Ordering::Relaxed))?;
+        let scripts = &self.inner.scripts;
+        let mut claim = evalsha(&scripts.claim, self.record_key(request_id));
+        claim
             .arg(&self.inner.worker_id)
             .arg(self.inner.lease_ms)
             .arg(self.inner.record_ttl_ms)
-            .arg(fingerprint)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error("claim", &e))?;
+            .arg(fingerprint);
+        let ((acquired, value, now_ms), replicated): ((i64, Vec<u8>, u64), _) =
+            self.run_replicated("claim", &scripts.claim, claim).await?;
         if acquired == 1 {
-            return Ok(Claim::Acquired(ClaimToken(value)));
+            let token = ClaimToken(value);
+            if let Err(error) = replicated {
+                // Not dialed on: a failover now could lose the claim. Given back, so the
+                // request can be claimed again once the replicas keep up.
+                let _ = self.release(request_id, &token).await;
+                return Err(error);
+            }
+            return Ok(Claim::Acquired(token));
         }
         // The script changed nothing: whatever is there is only classified, here.
         Claim::found(value, now_ms, fingerprint)
@@ -86,18 +95,18 @@ impl DialRecords for RedisStore {
         event: &[u8],
     ) -> Result<Recorded, StoreError> {
         let result = token.result(event)?;
-        let mut conn = self.conn.clone();
-        let (stored, current): (i64, Vec<u8>) = self
-            .inner
-            .scripts
-            .record
-            .key(self.record_key(request_id))
+        let scripts = &self.inner.scripts;
+        let mut record = evalsha(&scripts.record, self.record_key(request_id));
+        record
             .arg(token.0.as_slice())
             .arg(result)
-            .arg(self.inner.record_ttl_ms)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error("record", &e))?;
+            .arg(self.inner.record_ttl_ms);
+        let ((stored, current), replicated): ((i64, Vec<u8>), _) = self
+            .run_replicated("record", &scripts.record, record)
+            .await?;
+        // Not published until the replicas hold it; written again, the result answers
+        // `Earlier` and is waited for once more.
+        replicated?;
         if stored == 1 {
             return Ok(Recorded::Stored);
         }
@@ -124,9 +133,103 @@ impl DialRecords for RedisStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
+        let Replication {
+            min_acked,
+            timeout_ms,
+            ..
+        } = self.inner.replication;
+        if min_acked == 0 {
+            return redis::cmd("PING")
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.error("ping", &e));
+        }
+        // Answers how many replicas hold every write made on this connection so far: enough
+        // of them up and caught up.
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(min_acked)
+            .arg(timeout_ms)
+            .query_async(&mut conn)
             .await
-            .map_err(|e| self.error("ping", &e))
+            .map_err(|e| self.error("wait for replicas", &e))?;
+        self.acked(acked)
+    }
+}
+
+/// `EVALSHA` of `script` with its one key: the caller adds the arguments.
+fn evalsha(script: &Script, key: String) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(key);
+    cmd
+}
+
+impl RedisStore {
+    /// Runs `eval` (an [`evalsha`] of `script`) and, when `store.min_replicas_acked` asks for
+    /// replicas, `WAIT`s for them in the same round trip on the same connection, so that the
+    /// count covers this very write. Returns the script's answer, and whether enough replicas
+    /// hold it. Loads the script and runs it again if Redis forgot it (a failover, a restart).
+    async fn run_replicated<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &Script,
+        eval: Cmd,
+    ) -> Result<(T, Result<(), StoreError>), StoreError> {
+        let Replication {
+            min_acked,
+            timeout_ms,
+            ..
+        } = self.inner.replication;
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval);
+        if min_acked > 0 {
+            pipe.cmd("WAIT").arg(min_acked).arg(timeout_ms);
+        }
+        let mut conn = self.conn.clone();
+        let mut answer = pipe.query_async::<Vec<Value>>(&mut conn).await;
+        if matches!(&answer, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| self.error(what, &e))?;
+            answer = pipe.query_async(&mut conn).await;
+        }
+        let mut values = answer.map_err(|e| self.error(what, &e))?.into_iter();
+        let parse = |value: Option<Value>| value.ok_or_else(|| self.error(what, &"no answer"));
+        let result =
+            T::from_redis_value(parse(values.next())?).map_err(|e| self.error(what, &e))?;
+        if min_acked == 0 {
+            return Ok((result, Ok(())));
+        }
+        let acked =
+            u32::from_redis_value(parse(values.next())?).map_err(|e| self.error(what, &e))?;
+        Ok((result, self.acked(acked)))
+    }
+
+    /// Notes that `acked` replicas confirmed the latest write: [`StoreError::NotReplicated`]
+    /// unless they are enough.
+    fn acked(&self, acked: u32) -> Result<(), StoreError> {
+        self.inner
+            .replication
+            .last_acked
+            .store(acked, Ordering::Relaxed);
+        self.replicated(acked)
+    }
+
+    /// [`StoreError::NotReplicated`] unless `acked` replicas are enough.
+    fn replicated(&self, acked: u32) -> Result<(), StoreError> {
+        let Replication {
+            min_acked,
+            timeout_ms,
+            ..
+        } = self.inner.replication;
+        if acked >= min_acked {
+            return Ok(());
+        }
+        Err(StoreError::NotReplicated {
+            acked,
+            wanted: min_acked,
+            timeout_ms,
+        })
     }
 }

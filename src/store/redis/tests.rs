@@ -255,3 +255,44 @@ fn millis_never_rounds_a_real_duration_to_zero() {
     assert_eq!(millis(Duration::from_millis(1500)), 1500);
     assert_eq!(millis(Duration::MAX), u64::MAX);
 }
+
+/// The machine's Redis has no replicas: asking for one, a claim is taken, found unconfirmed
+/// and given back (nothing is left to block the request), the check says why, and the same
+/// claim succeeds once no replica is asked for.
+#[tokio::test]
+async fn a_claim_no_replica_confirms_is_given_back_and_the_check_fails() {
+    let mut s = settings(10_000);
+    s.min_replicas_acked = 1;
+    s.replica_ack_timeout_ms = 50;
+    let store = connect(&s, "w1").await;
+    let unconfirmed = store.claim("r1", FP).await;
+    assert!(
+        matches!(
+            unconfirmed,
+            Err(StoreError::NotReplicated {
+                acked: 0,
+                wanted: 1,
+                timeout_ms: 50
+            })
+        ),
+        "{unconfirmed:?}"
+    );
+    assert_eq!(get(&store, &store.record_key("r1")).await, None);
+    let check = store.check().await;
+    assert!(
+        matches!(check, Err(StoreError::NotReplicated { .. })),
+        "{check:?}"
+    );
+
+    s.min_replicas_acked = 0;
+    let primary_alone = connect(&s, "w1").await;
+    assert!(matches!(
+        primary_alone.claim("r1", FP).await,
+        Ok(Claim::Acquired(_))
+    ));
+    primary_alone
+        .check()
+        .await
+        .expect("the primary alone answers");
+    cleanup(&store).await;
+}
