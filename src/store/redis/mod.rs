@@ -29,6 +29,14 @@
 //! (the resulting `SET`), not the script, so replicas and the AOF never re-run it at a
 //! different time.
 //!
+//! # Replicas
+//!
+//! Redis replicates asynchronously. With `store.min_replicas_acked` above 0, each claim and
+//! each result is followed by `WAIT` in the same pipeline, on the same connection, so the
+//! count covers that very write: a claim the replicas do not confirm in time is given back
+//! undialed, a result is written again until they do. A failover to a replica then cannot
+//! lose either.
+//!
 //! # Keys
 //!
 //! - `<prefix>:req:<request_id>`: a string holding the shared [`Record`](super::Record) encoding
