@@ -109,13 +109,7 @@ impl Harness {
             name.push_str(".test-");
             name.push_str(suffix);
         }
-        let connection = amqp::connect(&base.amqp, "dialex-worker harness")
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let (connection, channel) = open(&base.amqp).await?;
         let tiers = Tiers::new(&base.deferral, &base.amqp.names);
         topology::declare(&channel, &base.amqp, &tiers).await?;
         Ok(Harness {
@@ -136,13 +130,7 @@ impl Harness {
     pub async fn observe_from(&mut self, url: &str) -> anyhow::Result<()> {
         let mut amqp = self.settings.amqp.clone();
         amqp.url = url.to_owned().into();
-        let connection = amqp::connect(&amqp, "dialex-worker harness")
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let (connection, channel) = open(&amqp).await?;
         let old = std::mem::replace(&mut self.connection, connection);
         self.channel = channel;
         self.outcomes = None;
@@ -551,6 +539,19 @@ impl Harness {
         }
         Ok(())
     }
+}
+
+/// The harness's own connection to the first of `amqp.url`'s nodes that answers, and a
+/// channel on it with publisher confirms.
+async fn open(amqp: &dialex_worker::config::AmqpSettings) -> anyhow::Result<(Connection, Channel)> {
+    let connection = amqp::connect(amqp, "dialex-worker harness")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel))
 }
 
 /// Deletes every Redis key under the harness's prefix.

@@ -9,6 +9,17 @@ fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     )
 }
 
+/// Settings loaded from a configuration file holding `toml`, over the defaults.
+fn load_file(toml: &str) -> Result<Settings, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let settings = Settings::load_from(Some(&path), Vec::new());
+    std::fs::remove_dir_all(dir).unwrap();
+    settings
+}
+
 #[test]
 fn defaults_load_and_validate() {
     let s = load(&[]).unwrap();
@@ -45,14 +56,9 @@ fn environment_overrides_nested_keys() {
 
 #[test]
 fn a_file_layers_over_the_defaults() {
-    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(&path, "[ccc]\nregion_id = \"cn-beijing\"\n").unwrap();
-    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
+    let s = load_file("[ccc]\nregion_id = \"cn-beijing\"\n").unwrap();
     assert_eq!(s.ccc.region_id, "cn-beijing");
     assert_eq!(s.amqp.prefetch, 64);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -92,22 +98,15 @@ fn errors_name_the_key() {
 
 #[test]
 fn error_classes_extend_from_a_file() {
-    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(
-        &path,
+    let s = load_file(
         "[ccc.error_classes]\n\"Busy.*\" = \"retryable\"\n\"Forbidden.Instance\" = \"permanent\"\n",
     )
     .unwrap();
-    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
     assert_eq!(
         s.ccc.error_classes.get("Busy.*"),
         Some(&crate::ccc::ErrorClass::Retryable)
     );
-    std::fs::write(&path, "[ccc.error_classes]\n\"X\" = \"maybe\"\n").unwrap();
-    assert!(Settings::load_from(Some(&path), Vec::new()).is_err());
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(load_file("[ccc.error_classes]\n\"X\" = \"maybe\"\n").is_err());
 }
 
 #[test]
@@ -140,15 +139,10 @@ fn drain_timeout_defaults_to_25_seconds_and_must_be_positive() {
 
 #[test]
 fn unknown_shutdown_keys_are_rejected() {
-    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(&path, "[shutdown]\ndrain_timeout = 5000\n").unwrap();
-    let err = Settings::load_from(Some(&path), Vec::new())
+    let err = load_file("[shutdown]\ndrain_timeout = 5000\n")
         .unwrap_err()
         .to_string();
     assert!(err.contains("drain_timeout"), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -286,16 +280,7 @@ class = "vip"
 
 #[test]
 fn per_instance_limits_are_checked_like_the_section() {
-    let file = |toml: &str| {
-        let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(&path, toml).unwrap();
-        let loaded = Settings::load_from(Some(&path), Vec::new());
-        std::fs::remove_dir_all(dir).unwrap();
-        loaded
-    };
-    let err = file(
+    let err = load_file(
         r#"
 [limits.instances."inst-1"]
 burst = 0
@@ -312,12 +297,12 @@ class = "Not A Label"
     ] {
         assert!(err.contains(key), "{key} in {err}");
     }
-    let typo = file("[limits.instances.\"inst-1\"]\ncalls_per_secnd = 2.0\n");
+    let typo = load_file("[limits.instances.\"inst-1\"]\ncalls_per_secnd = 2.0\n");
     assert!(typo.is_err(), "an unknown key is refused");
     let many: String = (0..33)
         .map(|i| format!("[limits.instances.\"i{i}\"]\nclass = \"c{i}\"\n"))
         .collect();
-    let err = file(&many).unwrap_err().to_string();
+    let err = load_file(&many).unwrap_err().to_string();
     assert!(err.contains("33 classes"), "{err}");
 }
 
@@ -400,15 +385,10 @@ fn amqp_url_names_one_node_or_several() {
     );
 
     // A TOML list reads as the same, and check-config prints each one redacted.
-    let dir = std::env::temp_dir().join(format!("dialex-cfg-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("c.toml");
-    std::fs::write(
-        &path,
+    let s = load_file(
         "[amqp]\nurl = [\"amqp://u:secret@rabbit-0:5672/%2f\", \"amqps://u:secret@rabbit-1:5671/%2f\"]\n",
     )
     .unwrap();
-    let s = Settings::load_from(Some(&path), Vec::new()).unwrap();
     assert_eq!(
         s.amqp.nodes(),
         [
@@ -423,7 +403,6 @@ fn amqp_url_names_one_node_or_several() {
             .contains("url = \"amqp://u:***@rabbit-0:5672/%2f,amqps://u:***@rabbit-1:5671/%2f\""),
         "{printed}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 
     // Every node must be an AMQP URL; a CA file needs every node on TLS.
     let error = Settings::load_from(
