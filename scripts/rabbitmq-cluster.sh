@@ -8,6 +8,7 @@
 #   rabbitmq-cluster.sh start N      start node N again and wait until it runs
 #   rabbitmq-cluster.sh leader QUEUE the node (1, 2 or 3) leading quorum queue QUEUE, and how
 #                                    many members the queue has: "N MEMBERS"
+#   rabbitmq-cluster.sh fresh        down, then up: a new cluster with nothing left over
 #   rabbitmq-cluster.sh down         stop every node and delete the cluster's data
 #
 # Node N listens for AMQP on 127.0.0.1:568N (guest/guest) and for Erlang distribution on
@@ -116,6 +117,17 @@ up() {
   fail "the three nodes did not form one cluster; see $base/n*/log"
 }
 
+down() {
+  local n
+  for n in 1 2 3; do
+    # Whatever answers to the node's name, with or without its files.
+    ctl "$n" stop >/dev/null 2>&1 || true
+    running "$n" && kill -9 "$(cat "$base/n$n/pid")"
+    await_down "$n"
+  done
+  rm -rf "$base"
+}
+
 case "${1:-}" in
 up) up ;;
 kill)
@@ -125,7 +137,8 @@ kill)
   ;;
 stop)
   check_node "${2:-}"
-  ctl "$2" stop >/dev/null
+  # A node whose stop reports an error may still go down: judged by whether it did.
+  ctl "$2" stop >/dev/null || echo "warning: rabbitmqctl stop reported an error for node $2" >&2
   await_down "$2"
   ;;
 start)
@@ -147,13 +160,10 @@ leader)
   done
   fail "no node of the cluster runs"
   ;;
-down)
-  for n in 1 2 3; do
-    if running "$n"; then
-      ctl "$n" stop >/dev/null 2>&1 || kill -9 "$(cat "$base/n$n/pid")"
-    fi
-  done
-  rm -rf "$base"
+down) down ;;
+fresh)
+  down
+  up
   ;;
-*) fail "usage: $0 up | kill N | stop N | start N | leader QUEUE | down" ;;
+*) fail "usage: $0 up | fresh | kill N | stop N | start N | leader QUEUE | down" ;;
 esac

@@ -63,7 +63,8 @@ enum Loss {
 /// node as `loss` says.
 async fn lose_a_node(name: &str, declare_on: usize, loss: Loss) {
     let _turn = CLUSTER.lock().await;
-    cluster(&["up"]);
+    // A new cluster each time: nothing a killed or restarted node left behind carries over.
+    cluster(&["fresh"]);
 
     let mut settings = settings_with(StoreBackend::Redis);
     settings.amqp.url = node_url(declare_on).into();
