@@ -400,8 +400,10 @@ async fn outcomes_the_broker_refuses_are_never_dead_lettered_and_keep_their_task
     let refused_at = tally.terminal();
     let mut paused = false;
     // Requests without a free pace slot book one and wait outside first, so the next dial
-    // (and the refused outcome) may come a few seconds later.
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    // (and the refused outcome) may come seconds later; on a loaded machine the wait queues
+    // return them later still. Nothing can finish while the queue refuses every outcome, so
+    // the deadline only bounds a worker that never pauses.
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
     while !paused && tokio::time::Instant::now() < until {
         let (status, body) = h.readyz().await.unwrap();
         paused |= status == 503 && body.contains("RabbitMQ does not take");
