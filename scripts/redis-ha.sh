@@ -57,10 +57,15 @@ primary() {
 }
 
 start_server() { # port [primary port]
+  # Each server has its own file for the copies replication writes, deleted first, so a
+  # restarted server starts empty (like a pod without a volume) and never loads another's.
+  # A primary sends a returning replica its copy at once, not after the default 5 s wait for
+  # more replicas.
   local args=(--port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$base"
+    --dbfilename "$1.rdb" --repl-diskless-sync-delay 0
     --daemonize yes --pidfile "$base/$1.pid" --logfile "$base/$1.log")
   [[ -n "${2:-}" && "$2" != "$1" ]] && args+=(--replicaof 127.0.0.1 "$2")
-  rm -f "$base/$1.pid"
+  rm -f "$base/$1.pid" "$base/$1.rdb"
   redis-server "${args[@]}" || fail "the Redis server on $1 did not start; see $base/$1.log"
   await "the Redis server on $1 did not answer" 10 cli "$1" PING
 }
