@@ -176,6 +176,9 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
 /// Pauses between attempts to reach RabbitMQ: 1 s, doubling to 30 s.
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// The longest pause between checks of a store that failed: a check is cheap, and the
+/// worker resumes within this long of the store's return (a Redis failover, a replica back).
+const STORE_PROBE_MAX: Duration = Duration::from_secs(5);
 /// The longest any single broker operation (connect, declare, open a channel) may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -381,7 +384,7 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
                         probe_until(
                             shutdown,
                             &session.lost,
-                            Duration::from_secs(30),
+                            STORE_PROBE_MAX,
                             "the dial-record store still does not answer",
                             || pipeline.store.check(),
                         )
