@@ -18,7 +18,7 @@ use crate::gates::limits::{LimitError, LimitRules, LocalLimiter};
 use crate::store::StoreError;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::dnc::{RedisDnc, RedisDncSet};
-use crate::store::redis::{RedisLimiter, RedisStore};
+use crate::store::redis::{RedisAddress, RedisLimiter, RedisStore};
 
 /// One backend's pieces, opened and ready.
 pub struct Backend<S, L> {
@@ -66,8 +66,7 @@ impl Backend<RedisStore, RedisLimiter> {
     pub async fn redis(settings: &Settings, worker: String) -> Result<Self, BackendError> {
         let store = &settings.store;
         let limiter = RedisLimiter::connect(
-            &store.url,
-            &store.tls_ca_file,
+            &RedisAddress::of_store(store),
             &store.key_prefix,
             limit_rules(settings),
         )

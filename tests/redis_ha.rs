@@ -2,8 +2,8 @@
 //! Redis (`scripts/redis-ha.sh`, started by the tests themselves).
 //!
 //! With `store.min_replicas_acked`, a claim or a result is acted on only once a replica holds
-//! it, so a failover to that replica cannot lose it. The scenarios share the servers, so they
-//! take turns.
+//! it, so a failover to that replica cannot lose it; with `store.sentinels`, the workers find
+//! the promoted replica by themselves. The scenarios share the servers, so they take turns.
 
 mod helpers;
 
@@ -12,6 +12,8 @@ use std::time::Duration;
 use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
+use dialex_worker::store::DialRecords as _;
+use dialex_worker::store::redis::RedisStore;
 use helpers::chaos::{self, script};
 use helpers::settings_with;
 use tokio::time::Instant;
@@ -113,4 +115,126 @@ async fn claims_wait_for_the_replica_and_the_workers_pause_while_it_is_gone() {
     );
     assert_eq!(statuses.get("Dialed"), Some(&REQUESTS), "{statuses:?}");
     h.cleanup().await.expect("clean up");
+}
+
+/// The primary is killed mid-run and the sentinels promote its replica. The workers, which
+/// know only the sentinels, pause while no primary answers, move to the promoted one by
+/// themselves and resume. The killed server comes back (as Kubernetes would restart it) as
+/// the new primary's replica, so claims are confirmed again. Claims and results were held by
+/// the replica before the workers acted on them, so the failover loses none: every request
+/// is dialed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_follow_the_sentinels_to_the_promoted_replica() {
+    let _turn = SERVERS.lock().await;
+    redis_ha(&["up"]);
+    let (primary, replica) = primary_and_replica();
+    const REQUESTS: usize = 2_000;
+
+    let mut settings = settings_with(StoreBackend::Redis);
+    // Nothing listens here: the user, password and database come from the URL, the primary
+    // from the sentinels.
+    settings.store.url = "redis://127.0.0.1:1/0".to_owned().into();
+    settings.store.sentinels = ["26391", "26392", "26393"]
+        .map(|port| format!("127.0.0.1:{port}"))
+        .to_vec();
+    settings.store.sentinel_service = "dialex-test".to_owned();
+    settings.store.min_replicas_acked = 1;
+    settings.store.replica_ack_timeout_ms = 200;
+    // Paced so the primary goes down mid-run: 2,000 requests take about 13 s.
+    settings.limits.calls_per_second = 150.0;
+    settings.limits.burst = 10;
+    dialex_worker::telemetry::init(&settings.log);
+    let mut h = Harness::start(settings, SimConfig::default())
+        .await
+        .expect("RabbitMQ and the sentinels must be reachable");
+
+    let mut failover = None;
+    let mut run = chaos::run(
+        &mut h,
+        "failover",
+        REQUESTS,
+        2,
+        "the dial-record store failed",
+        |progress| {
+            if failover.is_none() && progress.done >= REQUESTS * 3 / 10 {
+                failover = Some(tokio::spawn(fail_over(primary, replica)));
+            }
+        },
+    )
+    .await;
+    let promoted_after = failover
+        .expect("the primary was killed mid-run")
+        .await
+        .expect("the failover ran");
+    let statuses = run.judge(&mut h, "failover", REQUESTS).await;
+    run.report(
+        &format!("primary killed mid-run, replica promoted after {promoted_after:.1} s"),
+        &statuses,
+        h.simulator.dial_count(),
+    );
+    assert_eq!(primary_and_replica(), (replica, primary));
+    assert!(
+        run.paused > Duration::ZERO && run.pause_explained,
+        "/readyz never said the store failed"
+    );
+    assert_eq!(statuses.get("Dialed"), Some(&REQUESTS), "{statuses:?}");
+    h.cleanup().await.expect("clean up");
+}
+
+/// Kills the primary, waits until the sentinels name `replica`, then starts the killed
+/// server again (as their primary's replica). Returns the seconds from the kill to the
+/// promotion.
+async fn fail_over(primary: u16, replica: u16) -> f64 {
+    let blocking = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis_ha(&args)
+        })
+    };
+    let killed = Instant::now();
+    blocking(vec!["kill".into(), primary.to_string()])
+        .await
+        .expect("redis-ha.sh ran");
+    while blocking(vec!["primary".into()])
+        .await
+        .expect("redis-ha.sh ran")
+        != replica.to_string()
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the sentinels promoted no replica within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted_after = killed.elapsed().as_secs_f64();
+    blocking(vec!["start".into(), primary.to_string()])
+        .await
+        .expect("redis-ha.sh ran");
+    promoted_after
+}
+
+/// A store that reaches a replica fails its check, saying so, instead of failing requests
+/// one by one with `READONLY`; the same store given the sentinels finds the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_replica_fails_its_check_and_the_sentinels_lead_to_the_primary() {
+    let _turn = SERVERS.lock().await;
+    redis_ha(&["up"]);
+    let (_, replica) = primary_and_replica();
+    let mut settings = settings_with(StoreBackend::Redis);
+    settings.store.url = format!("redis://127.0.0.1:{replica}/0").into();
+    let store = RedisStore::connect(&settings.store, "replica-check".to_owned())
+        .await
+        .expect("a replica answers");
+    let error = store
+        .check()
+        .await
+        .expect_err("a replica is not the primary");
+    assert!(error.to_string().contains("reaches a replica"), "{error}");
+
+    settings.store.sentinels = vec!["127.0.0.1:26391".to_owned(), "127.0.0.1:26392".to_owned()];
+    settings.store.sentinel_service = "dialex-test".to_owned();
+    let store = RedisStore::connect(&settings.store, "replica-check".to_owned())
+        .await
+        .expect("the sentinels name the primary");
+    store.check().await.expect("the primary answers as such");
 }

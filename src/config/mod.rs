@@ -15,7 +15,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-mod render;
+pub(crate) mod render;
 mod validate;
 
 pub use crate::ccc::CccSettings;
@@ -218,6 +218,14 @@ pub struct StoreSettings {
     /// acts on it; 0 trusts the primary alone.
     pub min_replicas_acked: u32,
     pub replica_ack_timeout_ms: u64,
+    /// Redis Sentinel: `host:port` of each sentinel. When set, the primary is the server the
+    /// sentinels name for `sentinel_service`, followed through failovers; `url` then gives
+    /// only the user, password and database. Empty: `url` names the primary.
+    pub sentinels: Vec<String>,
+    pub sentinel_service: String,
+    /// The sentinels' own password (`requirepass` in their configuration); empty for none.
+    #[serde(serialize_with = "render::serialize_secret")]
+    pub sentinel_password: SecretString,
 }
 
 impl StoreSettings {
@@ -279,6 +287,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("deferral.tiers_ms")
+                .with_list_parse_key("store.sentinels")
                 .with_list_parse_key("business_hours.closed_dates")
                 .with_list_parse_key("business_hours.weekly.mon")
                 .with_list_parse_key("business_hours.weekly.tue")

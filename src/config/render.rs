@@ -31,6 +31,18 @@ pub(super) fn serialize_url<S: Serializer>(
     serializer.serialize_str(&redacted_url(url))
 }
 
+/// A secret: [`REDACTED`] when set, `""` when not (so an operator sees which).
+pub(crate) fn serialize_secret<S: Serializer>(
+    secret: &SecretString,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        REDACTED
+    })
+}
+
 /// `amqp.url`: each node's URL redacted, as the comma-separated list it can be read back as.
 pub(super) fn serialize_urls<S: Serializer>(
     urls: &SecretString,

@@ -449,3 +449,65 @@ fn replicas_are_asked_for_only_with_redis_and_within_a_bounded_wait() {
         );
     }
 }
+
+#[test]
+fn sentinels_are_host_ports_with_a_service_for_the_redis_store() {
+    let redis = [
+        ("DIALEX_STORE__BACKEND", "redis"),
+        (
+            "DIALEX_STORE__SENTINELS",
+            "redis-0.sentinel:26379,redis-1.sentinel:26379,[::1]:26379",
+        ),
+        ("DIALEX_STORE__SENTINEL_SERVICE", "mymaster"),
+        ("DIALEX_STORE__SENTINEL_PASSWORD", "s3ntinel"),
+    ];
+    let s = load(&redis).expect("three sentinels");
+    assert_eq!(
+        s.store.sentinels,
+        [
+            "redis-0.sentinel:26379",
+            "redis-1.sentinel:26379",
+            "[::1]:26379"
+        ]
+    );
+    assert_eq!(s.store.sentinel_service, "mymaster");
+    let printed = s.to_redacted_toml().unwrap();
+    assert!(!printed.contains("s3ntinel"), "{printed}");
+    assert!(printed.contains("sentinel_password = \"***\""), "{printed}");
+
+    // Each problem names its setting.
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("DIALEX_STORE__SENTINELS", "redis-0:26379")],
+            "store.sentinels",
+        ),
+        (
+            &[
+                ("DIALEX_STORE__BACKEND", "redis"),
+                ("DIALEX_STORE__SENTINELS", "redis-0"),
+                ("DIALEX_STORE__SENTINEL_SERVICE", "mymaster"),
+            ],
+            "store.sentinels",
+        ),
+        (
+            &[
+                ("DIALEX_STORE__BACKEND", "redis"),
+                ("DIALEX_STORE__SENTINELS", "redis-0:26379"),
+            ],
+            "store.sentinel_service",
+        ),
+        (
+            &[
+                ("DIALEX_STORE__BACKEND", "redis"),
+                ("DIALEX_STORE__URL", "rediss://redis:6380/0"),
+                ("DIALEX_STORE__SENTINELS", "redis-0:26379"),
+                ("DIALEX_STORE__SENTINEL_SERVICE", "mymaster"),
+            ],
+            "store.sentinels",
+        ),
+    ];
+    for (env, key) in cases {
+        let error = load(env).expect_err("invalid sentinels").to_string();
+        assert!(error.contains(key), "{env:?}: {error}");
+    }
+}

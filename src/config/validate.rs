@@ -202,6 +202,25 @@ impl Settings {
                     "is set but store.url is not rediss://: the connection would not use TLS",
                 );
             }
+            if !store.sentinels.is_empty() && url.starts_with("rediss://") {
+                problems.invalid(
+                    "store.sentinels",
+                    "cannot be used with a rediss:// store.url yet (no TLS to sentinels)",
+                );
+            }
+        } else if !store.sentinels.is_empty() {
+            problems.invalid("store.sentinels", "needs store.backend = \"redis\"");
+        }
+        for sentinel in &store.sentinels {
+            if crate::store::redis::conn::host_port(sentinel).is_none() {
+                problems.invalid("store.sentinels", format!("{sentinel:?} is not host:port"));
+            }
+        }
+        if !store.sentinels.is_empty() && store.sentinel_service.is_empty() {
+            problems.invalid(
+                "store.sentinel_service",
+                "must name the primary the sentinels monitor",
+            );
         }
         if self.cooldown.hash_key.expose_secret().is_empty() {
             problems.invalid("cooldown.hash_key", "must not be empty");

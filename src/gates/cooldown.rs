@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 
 use crate::validate::DialRequest;
@@ -24,7 +24,7 @@ use crate::validate::DialRequest;
 #[serde(deny_unknown_fields)]
 pub struct CooldownSettings {
     pub window_ms: u64,
-    #[serde(serialize_with = "serialize_key")]
+    #[serde(serialize_with = "crate::config::render::serialize_secret")]
     pub hash_key: SecretString,
     pub max_per_day: u32,
 }
@@ -36,14 +36,6 @@ impl CooldownSettings {
 }
 
 /// The key prints only as whether it is set (`***` or empty), never its value.
-fn serialize_key<S: Serializer>(key: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(if key.expose_secret().is_empty() {
-        ""
-    } else {
-        "***"
-    })
-}
-
 /// Keyed hashes of phone numbers (HMAC-SHA1 under `cooldown.hash_key`, hex): what shared
 /// stores hold instead of numbers, in callee keys and in the dial store's request fingerprints.
 #[derive(Clone)]

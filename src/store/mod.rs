@@ -346,7 +346,8 @@ pub trait DialRecords: Send + Sync + 'static {
         token: &ClaimToken,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Whether the store answers; used to tell when a paused worker may resume.
+    /// Whether the store answers, and can take writes (Redis: the primary, with its
+    /// replicas); used to tell when a paused worker may resume.
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 

@@ -6,6 +6,7 @@ use sha1::Sha1;
 use secrecy::SecretString;
 
 use super::*;
+use crate::store::redis::RedisAddress;
 use crate::store::redis::dnc::{RedisDnc, RedisDncSet};
 use std::sync::Weak;
 use std::time::Instant;
@@ -82,8 +83,7 @@ async fn listed(list: &DncList, raw: &str) -> bool {
 
 fn redis_settings(prefix: &str, hash_key: &str) -> RedisDnc {
     RedisDnc {
-        url: SecretString::from(REDIS_URL.to_owned()),
-        tls_ca_file: PathBuf::new(),
+        address: RedisAddress::url(REDIS_URL),
         key_prefix: prefix.to_owned(),
         hash_key: SecretString::from(hash_key.to_owned()),
     }
@@ -464,8 +464,7 @@ async fn stalling_redis() -> String {
 #[tokio::test]
 async fn a_stalled_redis_fails_the_lookup_quickly() {
     let list = RedisDncSet::connect(&RedisDnc {
-        url: SecretString::from(stalling_redis().await),
-        tls_ca_file: PathBuf::new(),
+        address: RedisAddress::url(stalling_redis().await),
         key_prefix: "p".to_owned(),
         hash_key: SecretString::from("k".to_owned()),
     })
@@ -488,8 +487,7 @@ async fn a_stalled_redis_fails_the_lookup_quickly() {
 async fn connection_errors_never_show_the_url_or_password() {
     // Port 1 on loopback refuses at once.
     let err = RedisDncSet::connect(&RedisDnc {
-        url: SecretString::from("redis://user:s3cr%40t@127.0.0.1:1/0".to_owned()),
-        tls_ca_file: PathBuf::new(),
+        address: RedisAddress::url("redis://user:s3cr%40t@127.0.0.1:1/0"),
         key_prefix: "p".to_owned(),
         hash_key: SecretString::from("k".to_owned()),
     })
@@ -502,8 +500,7 @@ async fn connection_errors_never_show_the_url_or_password() {
     assert!(!format!("{err:?}").contains("s3cr"));
 
     let err = RedisDncSet::connect(&RedisDnc {
-        url: SecretString::from(REDIS_URL.to_owned()),
-        tls_ca_file: PathBuf::new(),
+        address: RedisAddress::url(REDIS_URL),
         key_prefix: "p".to_owned(),
         hash_key: SecretString::from(String::new()),
     })

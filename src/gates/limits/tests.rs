@@ -2,17 +2,15 @@
 //! never skipped) without one; each uses its own key prefix and deletes its keys at the end.
 //! Timing assertions are deliberately generous: they check the rule, not the machine's speed.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::redis::AsyncCommands;
-use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::*;
-use crate::store::redis::RedisLimiter;
+use crate::store::redis::{RedisAddress, RedisLimiter};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -40,14 +38,7 @@ fn prefix() -> String {
 }
 
 async fn redis_limiter(prefix: &str, settings: LimitRules) -> RedisLimiter {
-    match RedisLimiter::connect(
-        &SecretString::from(REDIS_URL),
-        Path::new(""),
-        prefix,
-        settings,
-    )
-    .await
-    {
+    match RedisLimiter::connect(&RedisAddress::url(REDIS_URL), prefix, settings).await {
         Ok(limiter) => limiter,
         Err(e) => panic!(
             "these tests need a real Redis 7 at {REDIS_URL}; start one \
@@ -59,14 +50,14 @@ async fn redis_limiter(prefix: &str, settings: LimitRules) -> RedisLimiter {
 
 /// Deletes every key under the limiter's prefix.
 async fn cleanup(limiter: &RedisLimiter) {
-    let mut conn = limiter.conn.clone();
+    let mut conn = limiter.conn.get();
     crate::store::redis::conn::delete_prefixed(&mut conn, &limiter.inner.key_prefix)
         .await
         .expect("delete test keys");
 }
 
 async fn holders(limiter: &RedisLimiter, instance: &str) -> i64 {
-    let mut conn = limiter.conn.clone();
+    let mut conn = limiter.conn.get();
     conn.zcard(limiter.key(instance, "sem"))
         .await
         .expect("ZCARD")
@@ -942,7 +933,7 @@ async fn redis_keys_expire_and_hold_server_time() {
         .await
         .expect("acquire")
         .expect("granted");
-    let mut conn = limiter.conn.clone();
+    let mut conn = limiter.conn.get();
     let (secs, micros): (u64, u64) = ::redis::cmd("TIME")
         .query_async(&mut conn)
         .await
@@ -983,7 +974,7 @@ async fn redis_keys_expire_and_hold_server_time() {
 async fn redis_a_foreign_value_is_reported_corrupt() {
     let limiter = redis_limiter(&prefix(), settings()).await;
     let instance = unique();
-    let mut conn = limiter.conn.clone();
+    let mut conn = limiter.conn.get();
     let _: () = conn
         .set(limiter.key(&instance, "rate"), "garbage")
         .await
@@ -1005,8 +996,8 @@ async fn redis_a_foreign_value_is_reported_corrupt() {
 #[tokio::test]
 async fn redis_connection_errors_never_show_the_password() {
     // Nothing listens on port 1: the connection is refused.
-    let url = SecretString::from("redis://user:hunter2@127.0.0.1:1/0");
-    let err = RedisLimiter::connect(&url, Path::new(""), "p", settings())
+    let url = RedisAddress::url("redis://user:hunter2@127.0.0.1:1/0");
+    let err = RedisLimiter::connect(&url, "p", settings())
         .await
         .expect_err("port 1 must refuse");
     let message = err.to_string();

@@ -104,7 +104,7 @@ impl CalleeState for RedisStore {
         if window.is_zero() {
             return Ok(Cooldown::Free);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (free, holder, task_id): (i64, String, String) = self
             .inner
             .scripts
@@ -134,7 +134,7 @@ impl CalleeState for RedisStore {
         if window.is_zero() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _written: i64 = self
             .inner
             .scripts
@@ -150,7 +150,7 @@ impl CalleeState for RedisStore {
     }
 
     async fn cooldown_release(&self, key: &str, request_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _deleted: i64 = self
             .inner
             .scripts
@@ -168,7 +168,7 @@ impl CalleeState for RedisStore {
         if max == 0 {
             return Ok(false);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let counted: i64 = self
             .inner
             .scripts
@@ -190,7 +190,7 @@ impl CalleeState for RedisStore {
     }
 
     async fn daily_release(&self, key: &str, day: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _decremented: i64 = self
             .inner
             .scripts

@@ -3,15 +3,13 @@
 //! [`crate::gates::dnc`] for why), never the numbers.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::conn::{self, Redactor, Timeouts};
+use super::conn::{Primary, Redactor, RedisAddress, Timeouts};
 use crate::config::Settings;
 use crate::gates::cooldown::NumberHasher;
 use crate::gates::dnc::{DncError, LOOKUP_TIMEOUT, SharedList};
@@ -26,10 +24,8 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the shared set lives and how its members are hashed.
 pub struct RedisDnc {
-    /// Redis URL (`redis://…`); may carry a password, so it is secret.
-    pub url: SecretString,
-    /// With `rediss://`: the CA file (`store.tls_ca_file`); empty for the system's roots.
-    pub tls_ca_file: PathBuf,
+    /// Where the Redis primary is (`store.url` or the sentinels).
+    pub address: RedisAddress,
     /// Key prefix; the set is `<key_prefix>:dnc`.
     pub key_prefix: String,
     /// HMAC key the set's members are hashed under. Every writer and reader of the set must
@@ -42,8 +38,7 @@ impl RedisDnc {
     /// `cooldown.hash_key`: as the worker and `dialex-worker dnc` both reach it.
     pub fn from_settings(settings: &Settings) -> RedisDnc {
         RedisDnc {
-            url: settings.store.url.clone(),
-            tls_ca_file: settings.store.tls_ca_file.clone(),
+            address: RedisAddress::of_store(&settings.store),
             key_prefix: settings.store.key_prefix.clone(),
             hash_key: settings.cooldown.hash_key.clone(),
         }
@@ -54,7 +49,7 @@ impl fmt::Debug for RedisDnc {
     // By hand, to say which fields are hidden; `SecretString`'s own Debug already redacts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisDnc")
-            .field("url", &"[redacted]")
+            .field("address", &self.address)
             .field("key_prefix", &self.key_prefix)
             .field("hash_key", &"[redacted]")
             .finish()
@@ -63,7 +58,7 @@ impl fmt::Debug for RedisDnc {
 
 /// The `<prefix>:dnc` set of keyed hashes.
 pub struct RedisDncSet {
-    conn: ConnectionManager,
+    conn: Primary,
     key: String,
     hasher: NumberHasher,
     redactor: Redactor<DncError>,
@@ -96,26 +91,29 @@ impl RedisDncSet {
             return Err(DncError::Settings("the hash key must not be empty"));
         }
         let hasher = NumberHasher::with_key(&settings.hash_key);
-        let (client, redactor) = conn::open(
-            &settings.url,
-            &settings.tls_ca_file,
-            DncError::Redis,
-            "not a usable Redis URL",
-        )?;
         let key = format!("{}:dnc", settings.key_prefix);
 
         let timeouts = Timeouts {
             connect: CONNECT_TIMEOUT,
             response: ADMIN_TIMEOUT,
         };
-        let read_size = async |probe: &mut redis::aio::MultiplexedConnection| {
+        let read_size = async |probe: &mut redis::aio::MultiplexedConnection,
+                               redactor: &Redactor<DncError>| {
             redis::cmd("SCARD")
                 .arg(&key)
                 .query_async::<u64>(probe)
                 .await
                 .map_err(|e| redactor.error("cannot read the set", &e))
         };
-        let (conn, size) = conn::connect_checked(client, &redactor, timeouts, read_size).await?;
+        let (conn, redactor, size) = Primary::connect(
+            &settings.address,
+            DncError::Redis,
+            "not a usable Redis URL",
+            timeouts,
+            &[],
+            read_size,
+        )
+        .await?;
         tracing::info!(key = %key, entries = size, "shared do-not-call set connected");
         Ok(RedisDncSet {
             conn,
@@ -144,7 +142,7 @@ impl RedisDncSet {
         limit: Duration,
         what: &str,
     ) -> Result<T, DncError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         // Dropping the query on timeout is safe: the multiplexed connection discards the late
         // answer instead of handing it to the next caller.
         match tokio::time::timeout(limit, cmd.query_async::<T>(&mut conn)).await {

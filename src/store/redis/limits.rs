@@ -45,16 +45,14 @@
 //! not dialed (the caller defers it) and the slot comes back.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
-use secrecy::SecretString;
 
-use super::conn::{self, Redactor, Timeouts};
+use super::conn::{Primary, Redactor, RedisAddress, Timeouts};
 use super::millis;
 use crate::gates::limits::{
     Attempt, Booked, Booking, CallKey, Common, Hold, LimitError, LimitRules, Limiter, Pace, Permit,
@@ -248,7 +246,7 @@ return {1, slot - now, now}
 /// multiplexed connection that reconnects by itself, and shared configuration.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Primary,
     pub(crate) inner: Arc<Inner>,
 }
 
@@ -281,25 +279,25 @@ impl RedisLimiter {
     /// better at start-up than on the first call. Error messages never contain the URL or its
     /// password.
     pub async fn connect(
-        url: &SecretString,
-        tls_ca_file: &Path,
+        address: &RedisAddress,
         key_prefix: &str,
         settings: LimitRules,
     ) -> Result<Self, LimitError> {
-        let (client, redactor) = conn::open(
-            url,
-            tls_ca_file,
-            LimitError::Backend,
-            "the URL is not a usable Redis URL",
-        )?;
         let timeouts = Timeouts {
             connect: CONNECT_TIMEOUT,
             response: RESPONSE_TIMEOUT,
         };
         let acquire = Script::new(ACQUIRE_LUA);
         let book = Script::new(BOOK_LUA);
-        let conn =
-            conn::connect_with_scripts(client, &redactor, timeouts, &[&acquire, &book]).await?;
+        let (conn, redactor, ()) = Primary::connect(
+            address,
+            LimitError::Backend,
+            "the URL is not a usable Redis URL",
+            timeouts,
+            &[&acquire, &book],
+            async |_, _| Ok(()),
+        )
+        .await?;
         let common = Common::new(&settings);
         Ok(RedisLimiter {
             conn,
@@ -365,7 +363,7 @@ impl Slots for RedisLimiter {
     async fn attempt(&self, key: &CallKey<'_>, pace: &Pace) -> Result<Attempt, LimitError> {
         let sem_key = self.key(key.instance_id, "sem");
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (code, value): (i64, i64) = self
             .inner
             .acquire
@@ -425,7 +423,7 @@ impl Slots for RedisLimiter {
     }
 
     async fn book(&self, key: &CallKey<'_>, pace: &Pace) -> Result<(Duration, Booked), LimitError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let (code, value, server_now): (i64, i64, i64) = self
             .inner
             .book

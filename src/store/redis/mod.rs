@@ -73,11 +73,12 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::StoreError;
 use crate::config::StoreSettings;
-use conn::{Redactor, Timeouts};
+use conn::{Primary, Redactor, Timeouts};
+
+pub use conn::RedisAddress;
 
 pub use limits::RedisLimiter;
 
@@ -89,10 +90,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The dial store on Redis, for many replicas. Cheap to clone: a multiplexed connection that
-/// reconnects by itself, and shared configuration.
+/// reconnects by itself (and follows the primary through failovers), and shared configuration.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Primary,
     inner: Arc<Inner>,
 }
 
@@ -181,18 +182,20 @@ impl RedisStore {
         settings: &StoreSettings,
         worker_id: String,
     ) -> Result<RedisStore, StoreError> {
-        let (client, redactor) = conn::open(
-            &settings.url,
-            &settings.tls_ca_file,
-            backend,
-            "store.url is not a usable Redis URL",
-        )?;
         let timeouts = Timeouts {
             connect: CONNECT_TIMEOUT,
             response: RESPONSE_TIMEOUT,
         };
         let scripts = Scripts::new();
-        let conn = conn::connect_with_scripts(client, &redactor, timeouts, &scripts.all()).await?;
+        let (conn, redactor, ()) = Primary::connect(
+            &RedisAddress::of_store(settings),
+            backend,
+            "store.url is not a usable Redis URL",
+            timeouts,
+            &scripts.all(),
+            async |_, _| Ok(()),
+        )
+        .await?;
         Ok(RedisStore {
             conn,
             inner: Arc::new(Inner {
@@ -215,7 +218,7 @@ impl RedisStore {
     /// limiter's state and the shared do-not-call set. Everything the deployment remembers is
     /// gone: for tearing down a test deployment, never a live one.
     pub async fn delete_everything(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         conn::delete_prefixed(&mut conn, &self.inner.key_prefix)
             .await
             .map_err(|e| self.inner.redactor.error("cannot delete keys", &e))

@@ -118,7 +118,7 @@ impl DialRecords for RedisStore {
     }
 
     async fn release(&self, request_id: &str, token: &ClaimToken) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _deleted: i64 = self
             .inner
             .scripts
@@ -132,18 +132,20 @@ impl DialRecords for RedisStore {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        // The primary (with sentinels: the one they name now) answers as the primary.
+        self.conn
+            .check()
+            .await
+            .map_err(|e| self.error("check", &e))?;
         let Replication {
             min_acked,
             timeout_ms,
             ..
         } = self.inner.replication;
         if min_acked == 0 {
-            return redis::cmd("PING")
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.error("ping", &e));
+            return Ok(());
         }
+        let mut conn = self.conn.get();
         // Answers how many replicas hold every write made on this connection so far: enough
         // of them up and caught up.
         let acked: u32 = redis::cmd("WAIT")
@@ -184,7 +186,7 @@ impl RedisStore {
         if min_acked > 0 {
             pipe.cmd("WAIT").arg(min_acked).arg(timeout_ms);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut answer = pipe.query_async::<Vec<Value>>(&mut conn).await;
         if matches!(&answer, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
             script

@@ -41,18 +41,18 @@ async fn cleanup(store: &RedisStore) {
 }
 
 async fn pttl(store: &RedisStore, key: &str) -> i64 {
-    let mut conn = store.conn.clone();
+    let mut conn = store.conn.get();
     conn.pttl(key).await.expect("PTTL")
 }
 
 async fn get(store: &RedisStore, key: &str) -> Option<Vec<u8>> {
-    let mut conn = store.conn.clone();
+    let mut conn = store.conn.get();
     conn.get(key).await.expect("GET")
 }
 
 /// Every key matching `pattern`.
 async fn keys(store: &RedisStore, pattern: &str) -> Vec<String> {
-    let mut conn = store.conn.clone();
+    let mut conn = store.conn.get();
     let mut iter = conn.scan_match::<_, String>(pattern).await.expect("SCAN");
     let mut keys = Vec::new();
     while let Some(key) = iter.next_item().await {
@@ -88,7 +88,7 @@ impl Backend for RedisUnderTest {
 
     async fn stored(&self, request_id: &str) -> Option<RawRecord> {
         let key = self.store.record_key(request_id);
-        let mut conn = self.store.conn.clone();
+        let mut conn = self.store.conn.get();
         let (value, expires_at_ms): (Option<Vec<u8>>, i64) = redis::pipe()
             .atomic()
             .get(&key)
@@ -104,7 +104,7 @@ impl Backend for RedisUnderTest {
     }
 
     async fn put_raw(&self, request_id: &str, value: &[u8]) {
-        let mut conn = self.store.conn.clone();
+        let mut conn = self.store.conn.get();
         let key = self.store.record_key(request_id);
         let _: () = conn.pset_ex(key, value, 60_000).await.expect("PSETEX");
     }
@@ -145,7 +145,7 @@ contract_tests!(RedisUnderTest);
 
 /// Redis's clock, in ms since the epoch.
 async fn server_now_ms(store: &RedisStore) -> u64 {
-    let mut conn = store.conn.clone();
+    let mut conn = store.conn.get();
     let (secs, micros): (u64, u64) = redis::cmd("TIME")
         .query_async(&mut conn)
         .await
@@ -221,7 +221,7 @@ async fn a_non_numeric_daily_counter_is_reported_corrupt() {
     let a = connect(&settings, WORKER).await;
     let (key, day) = ("c0de", DAY);
     let counter = a.daily_key(key, day);
-    let mut conn = a.conn.clone();
+    let mut conn = a.conn.get();
     let _: () = conn.set(&counter, "garbage").await.expect("SET");
     assert!(matches!(
         a.daily_reserve(key, day, 5).await,
