@@ -141,6 +141,14 @@ fn deserialize_urls<'de, D: serde::Deserializer<'de>>(
     }))
 }
 
+/// `host:port` (`[v6]:port` too) as its parts; `None` when it is not that.
+pub fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.trim().rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
+}
+
 /// The URLs in `urls`, in order: split at each comma that starts another `amqp://` or
 /// `amqps://` URL, so a comma inside one (in its password, say) stays where it is.
 pub(crate) fn split_urls(urls: &str) -> Vec<&str> {

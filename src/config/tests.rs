@@ -511,3 +511,19 @@ fn sentinels_are_host_ports_with_a_service_for_the_redis_store() {
         assert!(error.contains(key), "{env:?}: {error}");
     }
 }
+
+#[test]
+fn a_sentinel_is_a_host_and_a_port() {
+    assert_eq!(host_port("redis-0:26379"), Some(("redis-0".into(), 26379)));
+    assert_eq!(host_port(" [::1]:26379"), Some(("::1".into(), 26379)));
+    for bad in [
+        "redis-0",
+        ":26379",
+        "redis-0:",
+        "redis-0:0",
+        "redis-0:65536",
+        "redis-0:x",
+    ] {
+        assert_eq!(host_port(bad), None, "{bad}");
+    }
+}

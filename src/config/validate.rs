@@ -212,7 +212,7 @@ impl Settings {
             problems.invalid("store.sentinels", "needs store.backend = \"redis\"");
         }
         for sentinel in &store.sentinels {
-            if crate::store::redis::conn::host_port(sentinel).is_none() {
+            if super::host_port(sentinel).is_none() {
                 problems.invalid("store.sentinels", format!("{sentinel:?} is not host:port"));
             }
         }

@@ -18,7 +18,7 @@ use redis::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::StoreSettings;
+use crate::config::{StoreSettings, host_port};
 
 /// How often a primary found through the sentinels is checked (`ROLE`, on the connection in
 /// use), and the sentinels asked again when it does not answer as master.
@@ -69,14 +69,6 @@ impl fmt::Debug for RedisAddress {
             .field("sentinel_service", &self.sentinel_service)
             .finish_non_exhaustive()
     }
-}
-
-/// `host:port` (`[v6]:port` too) as its parts; `None` when it is not that.
-pub(crate) fn host_port(text: &str) -> Option<(String, u16)> {
-    let (host, port) = text.trim().rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = port.parse().ok()?;
-    (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
 }
 
 /// The connection to the primary that a Redis user sends its commands on. Cheap to clone.
@@ -479,22 +471,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sentinel_is_a_host_and_a_port() {
-        assert_eq!(host_port("redis-0:26379"), Some(("redis-0".into(), 26379)));
-        assert_eq!(host_port(" [::1]:26379"), Some(("::1".into(), 26379)));
-        for bad in [
-            "redis-0",
-            ":26379",
-            "redis-0:",
-            "redis-0:0",
-            "redis-0:65536",
-            "redis-0:x",
-        ] {
-            assert_eq!(host_port(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn a_prefix_is_matched_literally() {
