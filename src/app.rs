@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ccc::{ClientBuildError, HttpCccClient};
 use crate::config::{ConfigError, Settings};
-use crate::credentials::{Credentials, CredentialsError};
+use crate::credentials::{CredentialSource, Credentials, CredentialsError};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::startup::{self, RunError};
@@ -54,7 +54,7 @@ impl App {
     /// and builds the CCC client. `metrics` may be shared, as the tests' harness does.
     pub async fn build(
         settings: Settings,
-        credentials: Credentials,
+        credentials: impl Into<CredentialSource>,
         metrics: Arc<Metrics>,
     ) -> Result<App, AppError> {
         let client = HttpCccClient::new(&settings.ccc, credentials)?;

@@ -14,7 +14,7 @@ use super::response::{DialFailure, ErrorClass, parse_answer};
 use super::sign::{push_encoded, sign};
 use super::{CccClient, DialAccepted, DialParams};
 use crate::ccc::CccSettings;
-use crate::credentials::Credentials;
+use crate::credentials::{CredentialSource, Unavailable};
 
 /// The DialEx API version this client speaks.
 pub const API_VERSION: &str = "2017-07-05";
@@ -28,7 +28,7 @@ pub struct HttpCccClient {
     /// The endpoint origin followed by `/?`, ready for the query.
     base: String,
     region_id: String,
-    credentials: Credentials,
+    credentials: CredentialSource,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,12 @@ pub struct HttpCccClient {
 pub struct ClientBuildError(#[from] reqwest::Error);
 
 impl HttpCccClient {
-    pub fn new(settings: &CccSettings, credentials: Credentials) -> Result<Self, ClientBuildError> {
+    /// A client signing with what `credentials` holds at each attempt (fixed credentials
+    /// convert into a source of their own).
+    pub fn new(
+        settings: &CccSettings,
+        credentials: impl Into<CredentialSource>,
+    ) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout())
             .timeout(settings.request_timeout())
@@ -50,13 +55,13 @@ impl HttpCccClient {
             http,
             base: format!("{}/?", settings.endpoint.trim_end_matches('/')),
             region_id: settings.region_id.clone(),
-            credentials,
+            credentials: credentials.into(),
         })
     }
 
     /// Signs one `DialEx` attempt: returns the full URL (common parameters and signature) and
     /// the form body (business parameters).
-    fn signed_request(&self, params: &DialParams<'_>) -> (String, String) {
+    fn signed_request(&self, params: &DialParams<'_>) -> Result<(String, String), Unavailable> {
         let mut business: Vec<(&str, &str)> = vec![
             ("AnswerMode", params.answer_mode),
             ("Callee", params.callee),
@@ -70,20 +75,21 @@ impl HttpCccClient {
         self.signed(&business)
     }
 
-    /// Signs a `DialEx` request with these business parameters.
-    fn signed(&self, business: &[(&str, &str)]) -> (String, String) {
+    /// Signs a `DialEx` request with these business parameters and the credentials of the
+    /// moment; fails only when they expired and could not be refreshed.
+    fn signed(&self, business: &[(&str, &str)]) -> Result<(String, String), Unavailable> {
+        let credentials = self.credentials.current()?;
         let nonce = uuid::Uuid::new_v4().to_string();
         let timestamp = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let token = self
-            .credentials
+        let token = credentials
             .security_token
             .as_ref()
             .map(|t| t.expose_secret());
 
         let mut common: Vec<(&str, &str)> = vec![
-            ("AccessKeyId", &self.credentials.access_key_id),
+            ("AccessKeyId", &credentials.access_key_id),
             ("Action", "DialEx"),
             ("Format", "JSON"),
             ("RegionId", &self.region_id),
@@ -97,11 +103,7 @@ impl HttpCccClient {
             common.push(("SecurityToken", token));
         }
         let all: Vec<(&str, &str)> = common.iter().chain(business.iter()).copied().collect();
-        let signature = sign(
-            "POST",
-            &all,
-            self.credentials.access_key_secret.expose_secret(),
-        );
+        let signature = sign("POST", &all, credentials.access_key_secret.expose_secret());
 
         let mut url = String::with_capacity(self.base.len() + 512);
         url.push_str(&self.base);
@@ -110,7 +112,7 @@ impl HttpCccClient {
         push_encoded(&mut url, &signature);
         let mut body = String::with_capacity(256);
         append_pairs(&mut body, business);
-        (url, body)
+        Ok((url, body))
     }
 }
 
@@ -124,22 +126,31 @@ fn append_pairs(out: &mut String, pairs: &[(&str, &str)]) {
     }
 }
 
-/// A signed `DialEx` request: the URL with the signed query, and the form body.
-pub struct SignedRequest {
-    url: String,
-    body: String,
+/// A signed `DialEx` request: the URL with the signed query, and the form body; or why it
+/// could not be signed, which sending it answers without sending anything.
+pub struct SignedRequest(Result<(String, String), DialFailure>);
+
+/// No credentials to sign with: the worker itself cannot call CCC, so it pauses (systemic)
+/// until a refresh succeeds.
+fn no_credentials(unavailable: Unavailable) -> DialFailure {
+    DialFailure::Transport {
+        class: ErrorClass::Systemic,
+        code: "credentials_expired",
+        detail: unavailable.to_string(),
+    }
 }
 
 impl HttpCccClient {
     async fn post(&self, signed: &SignedRequest) -> Result<DialAccepted, DialFailure> {
+        let (url, body) = signed.0.as_ref().map_err(Clone::clone)?;
         let response = self
             .http
-            .post(signed.url.as_str())
+            .post(url.as_str())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(signed.body.clone())
+            .body(body.clone())
             .send()
             .await
             .map_err(transport_failure)?;
@@ -173,8 +184,7 @@ impl CccClient for HttpCccClient {
     type Signed = SignedRequest;
 
     fn sign(&self, params: &DialParams<'_>) -> SignedRequest {
-        let (url, body) = self.signed_request(params);
-        SignedRequest { url, body }
+        SignedRequest(self.signed_request(params).map_err(no_credentials))
     }
 
     async fn send(&self, signed: &SignedRequest) -> Result<DialAccepted, DialFailure> {
@@ -184,13 +194,16 @@ impl CccClient for HttpCccClient {
     async fn probe(&self) -> Result<(), DialFailure> {
         // No Callee: the gateway checks credentials, signature and timestamp first, then
         // refuses the missing parameter. Nobody can be rung by this request.
-        let (url, body) = self.signed(&[
+        let signed = self.signed(&[
             ("AnswerMode", "0"),
             ("Caller", "0"),
             ("InstanceId", "dialex-worker-probe"),
             ("RoutPoint", "probe"),
         ]);
-        match self.post(&SignedRequest { url, body }).await {
+        match self
+            .post(&SignedRequest(signed.map_err(no_credentials)))
+            .await
+        {
             Err(failure)
                 if matches!(failure.class(), ErrorClass::Systemic)
                     || matches!(failure, DialFailure::Transport { .. })
@@ -228,6 +241,7 @@ fn transport_failure(error: reqwest::Error) -> DialFailure {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::credentials::Credentials;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// A one-connection HTTP server on loopback that reads a request and answers `answer`;
@@ -313,7 +327,7 @@ mod tests {
 
     #[test]
     fn common_parameters_go_in_the_query_and_business_ones_in_the_body() {
-        let (url, body) = client(None).signed_request(&PARAMS);
+        let (url, body) = client(None).signed_request(&PARAMS).unwrap();
         assert!(url.starts_with("https://ccc.cn-shanghai.aliyuncs.com/?"));
         let query = query_pairs(&url);
         let keys: Vec<&str> = query.iter().map(|(k, _)| k.as_str()).collect();
@@ -341,7 +355,7 @@ mod tests {
 
     #[test]
     fn the_signature_covers_query_and_body_together() {
-        let (url, body) = client(Some("sts-token")).signed_request(&PARAMS);
+        let (url, body) = client(Some("sts-token")).signed_request(&PARAMS).unwrap();
         let mut pairs = query_pairs(&url);
         pairs.extend(form_urlencoded::parse(body.as_bytes()).into_owned());
         let signature = pairs
@@ -371,15 +385,15 @@ mod tests {
                 .unwrap()
                 .1
         };
-        let a = nonce(&c.signed_request(&PARAMS).0);
-        let b = nonce(&c.signed_request(&PARAMS).0);
+        let a = nonce(&c.signed_request(&PARAMS).unwrap().0);
+        let b = nonce(&c.signed_request(&PARAMS).unwrap().0);
         assert_ne!(a, b);
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 4);
     }
 
     #[test]
     fn the_timestamp_is_utc_to_the_second() {
-        let (url, _) = client(None).signed_request(&PARAMS);
+        let (url, _) = client(None).signed_request(&PARAMS).unwrap();
         let ts = query_pairs(&url)
             .into_iter()
             .find(|(k, _)| k == "Timestamp")
@@ -395,7 +409,7 @@ mod tests {
     #[test]
     fn debug_output_hides_the_secret() {
         let c = client(Some("sts-token"));
-        let shown = format!("{:?}", c.credentials);
+        let shown = format!("{:?}", c.credentials.current().unwrap());
         assert!(!shown.contains("test-secret") && !shown.contains("sts-token"));
     }
 }

@@ -1,13 +1,66 @@
-//! Alibaba Cloud credentials, from the standard environment variables, held in secret types
-//! that never print.
+//! Alibaba Cloud credentials: where they come from (a [`Provider`]), and the
+//! [`CredentialSource`] every request is signed with, refreshed well before it expires.
+//!
+//! Secrets are held in types that never print.
+
+mod source;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use secrecy::SecretString;
 
-/// Why the credentials could not be read.
-#[derive(Debug, thiserror::Error)]
+pub use source::{CredentialSource, Unavailable};
+
+/// Why credentials could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CredentialsError {
     #[error("environment variable {0} is not set")]
     MissingEnv(&'static str),
+    /// A provider could not fetch them; the message names what to check and holds no secret.
+    #[error("{provider}: {reason}")]
+    Fetch {
+        provider: &'static str,
+        reason: String,
+    },
+}
+
+/// Credentials, and until when they may be used (`None`: until further notice).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub credentials: Credentials,
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+/// What [`Provider::fetch`] returns.
+pub type Fetching<'a> = Pin<Box<dyn Future<Output = Result<Lease, CredentialsError>> + Send + 'a>>;
+
+/// One place credentials come from: the environment, STS through an OIDC token, the
+/// instance's RAM role, a credentials file.
+pub trait Provider: Send + Sync + 'static {
+    /// How logs and `/readyz` name it.
+    fn name(&self) -> &'static str;
+
+    /// Fresh credentials. Called at start-up, then again before each lease expires.
+    fn fetch(&self) -> Fetching<'_>;
+}
+
+/// Credentials that never change: the `ALIBABA_CLOUD_ACCESS_KEY_*` variables as read at
+/// start-up, or a fixed pair (tests, the demo).
+pub struct Fixed(pub Credentials);
+
+impl Provider for Fixed {
+    fn name(&self) -> &'static str {
+        "environment"
+    }
+
+    fn fetch(&self) -> Fetching<'_> {
+        let lease = Lease {
+            credentials: self.0.clone(),
+            expires_at: None,
+        };
+        Box::pin(std::future::ready(Ok(lease)))
+    }
 }
 
 /// Alibaba Cloud credentials from the standard environment variables.
