@@ -21,6 +21,7 @@ use super::dial_log::DialLog;
 use super::faults::FaultQueues;
 use super::nonces::NonceCache;
 use super::params::Params;
+use super::sts::Sts;
 use super::verify::{self, SigningKey};
 use super::{DialRecord, Fault, SimConfig};
 
@@ -32,10 +33,19 @@ pub(crate) enum Reply {
     Drop,
 }
 
+/// An AccessKey the gateway accepts: permanent, or a temporary one STS issued with its
+/// security token, valid until it expires.
+#[derive(Clone)]
+pub(crate) struct Key {
+    pub(crate) signing: SigningKey,
+    pub(crate) session: Option<(String, Instant)>,
+}
+
 /// The gateway's state: credentials, replay guard, faults and the dial log.
 pub(crate) struct Gateway {
-    /// Behind a lock so tests can rotate a key while the simulator runs.
-    keys: Mutex<HashMap<String, SigningKey>>,
+    /// Behind a lock so tests can rotate a key (and STS add temporary ones) while the
+    /// simulator runs.
+    keys: Mutex<HashMap<String, Key>>,
     timestamp_window: Duration,
     latency: Duration,
     slow_delay: Duration,
@@ -46,6 +56,7 @@ pub(crate) struct Gateway {
     log: DialLog,
     task_id_prefix: i64,
     shutdown: CancellationToken,
+    pub(crate) sts: Sts,
 }
 
 /// The validated business parameters of one `DialEx` call.
@@ -67,7 +78,13 @@ impl Gateway {
         let keys = config
             .credentials
             .iter()
-            .map(|(id, secret)| (id.clone(), verify::signing_key(secret.expose_secret())))
+            .map(|(id, secret)| {
+                let key = Key {
+                    signing: verify::signing_key(secret.expose_secret()),
+                    session: None,
+                };
+                (id.clone(), key)
+            })
             .collect();
         Ok(Self {
             keys: Mutex::new(keys),
@@ -80,6 +97,7 @@ impl Gateway {
             log: DialLog::open(config.dial_log.as_deref()).await?,
             task_id_prefix: Timestamp::now().as_millisecond(),
             shutdown,
+            sts: Sts::new(config.sts.clone()),
         })
     }
 
@@ -88,7 +106,26 @@ impl Gateway {
     }
 
     pub(crate) fn set_credentials(&self, access_key_id: &str, secret: &str) {
-        lock(&self.keys).insert(access_key_id.to_owned(), verify::signing_key(secret));
+        let key = Key {
+            signing: verify::signing_key(secret),
+            session: None,
+        };
+        lock(&self.keys).insert(access_key_id.to_owned(), key);
+    }
+
+    /// Accepts a temporary key (issued by STS) with its token until `expires`.
+    pub(crate) fn add_temporary(
+        &self,
+        access_key_id: &str,
+        secret: &str,
+        token: &str,
+        expires: Instant,
+    ) {
+        let key = Key {
+            signing: verify::signing_key(secret),
+            session: Some((token.to_owned(), expires)),
+        };
+        lock(&self.keys).insert(access_key_id.to_owned(), key);
     }
 
     pub(crate) fn inject(&self, callee: &str, fault: Fault, times: u32) {
@@ -141,7 +178,11 @@ impl Gateway {
     }
 
     /// Steps 1-5; returns the request's nonce.
-    fn authenticate<'p>(&self, method: &str, params: &'p Params) -> Result<&'p str, ApiError> {
+    pub(crate) fn authenticate<'p>(
+        &self,
+        method: &str,
+        params: &'p Params,
+    ) -> Result<&'p str, ApiError> {
         let required = |name: &str| {
             params
                 .non_empty(name)
@@ -168,7 +209,7 @@ impl Gateway {
             ));
         };
         let string_to_sign = verify::string_to_sign(method, params);
-        if !verify::verify(&key, &string_to_sign, signature) {
+        if !verify::verify(&key.signing, &string_to_sign, signature) {
             // The real gateway includes its string to sign, and so do we: it is the fastest way
             // to see which parameter the client encoded differently.
             return Err(ApiError::new(
@@ -194,6 +235,22 @@ impl Gateway {
                 "InvalidTimeStamp.Expired",
                 "Specified time stamp or date value is expired.",
             ));
+        }
+        if let Some((token, expires)) = &key.session {
+            if params.non_empty("SecurityToken") != Some(token.as_str()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidSecurityToken.MismatchWithAccessKey",
+                    "Specified SecurityToken mismatch with the AccessKey.",
+                ));
+            }
+            if Instant::now() >= *expires {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidSecurityToken.Expired",
+                    "Specified SecurityToken is expired.",
+                ));
+            }
         }
         Ok(nonce)
     }

@@ -60,6 +60,7 @@ mod gateway;
 mod nonces;
 mod params;
 mod server;
+mod sts;
 mod verify;
 
 #[cfg(test)]
@@ -72,6 +73,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use server::Simulator;
+pub use sts::{Issued, StsConfig};
 
 /// AccessKeyId the simulator accepts out of the box (see [`SimConfig::default`]).
 pub const DEMO_ACCESS_KEY_ID: &str = "sim-demo-access-key-id";
@@ -95,6 +97,8 @@ pub struct SimConfig {
     pub slow_delay: Duration,
     /// Where to append executed dials as JSON lines, if anywhere.
     pub dial_log: Option<PathBuf>,
+    /// The STS under `/sts/`: the role it lets callers assume, and for how long.
+    pub sts: StsConfig,
 }
 
 impl Default for SimConfig {
@@ -108,6 +112,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             slow_delay: Duration::from_secs(30),
             dial_log: None,
+            sts: StsConfig::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -34,7 +35,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::answer::{self, ApiError, Body};
 use super::gateway::{Gateway, Reply};
 use super::params::Params;
-use super::{DialRecord, Fault, SimConfig};
+use super::{DialRecord, Fault, Issued, SimConfig};
 
 /// Largest request body accepted; the gateway's own limit is far above anything `DialEx` sends,
 /// and a bound keeps a broken client from growing the simulator's memory.
@@ -119,6 +120,27 @@ impl Simulator {
         self.gateway.set_credentials(access_key_id, secret);
     }
 
+    /// The STS endpoint, for the worker's `AssumeRoleWithOIDC` and `AssumeRole`.
+    pub fn sts_endpoint(&self) -> String {
+        format!("http://{}/sts", self.addr)
+    }
+
+    /// The OIDC token `AssumeRoleWithOIDC` accepts from now on (any other is refused), as
+    /// when the platform rotates the projected service-account token.
+    pub fn set_oidc_token(&self, token: &str) {
+        self.gateway.sts.set_oidc_token(token);
+    }
+
+    /// How long the credentials STS issues from now on live.
+    pub fn set_sts_lifetime(&self, lifetime: Duration) {
+        self.gateway.sts.set_lifetime(lifetime);
+    }
+
+    /// Every set of temporary credentials STS issued, in order.
+    pub fn sts_issued(&self) -> Vec<Issued> {
+        self.gateway.sts.issued()
+    }
+
     /// Every dial executed so far, in the order they completed.
     pub fn dials(&self) -> Vec<DialRecord> {
         self.gateway.log().snapshot()
@@ -179,6 +201,7 @@ async fn route(
 ) -> Result<Response<Body>, DroppedOnPurpose> {
     enum Route {
         Gateway,
+        Sts,
         Dials,
         Faults,
         WrongMethod,
@@ -186,6 +209,7 @@ async fn route(
     }
     let route = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::POST, "/") => Route::Gateway,
+        (&Method::GET | &Method::POST, "/sts/" | "/sts") => Route::Sts,
         (&Method::GET, "/__sim/dials") => Route::Dials,
         (&Method::POST, "/__sim/faults") => Route::Faults,
         (_, "/") => Route::WrongMethod,
@@ -193,6 +217,7 @@ async fn route(
     };
     let response = match route {
         Route::Gateway => return dial_ex(gateway, request).await,
+        Route::Sts => sts(gateway, request).await,
         Route::Dials => answer::json(
             StatusCode::OK,
             &answer::new_request_id(),
@@ -213,35 +238,46 @@ async fn route(
     Ok(response)
 }
 
+async fn sts(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+    match parameters(request).await {
+        Ok((method, params)) => gateway.sts.handle(gateway, method.as_str(), &params),
+        Err(error) => rejection(error),
+    }
+}
+
 async fn dial_ex(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, DroppedOnPurpose> {
+    let (method, params) = match parameters(request).await {
+        Ok(parsed) => parsed,
+        Err(error) => return Ok(rejection(error)),
+    };
+    match gateway.dial_ex(method.as_str(), &params).await {
+        Reply::Answer(response) => Ok(response),
+        Reply::Drop => Err(DroppedOnPurpose),
+    }
+}
+
+/// The request's method and its parameters, from the query and (for a POST) the form body.
+async fn parameters(request: Request<Incoming>) -> Result<(Method, Params), ApiError> {
     let (parts, body) = request.into_parts();
     // Only a POST carries parameters in its body; a GET's body (if any) is ignored like the
     // gateway ignores it.
     let form_body = if parts.method == Method::POST {
-        let bytes = match read_body(body).await {
-            Ok(bytes) => bytes,
-            Err(error) => return Ok(rejection(error)),
-        };
+        let bytes = read_body(body).await?;
         if !bytes.is_empty() && !is_form(parts.headers.get(CONTENT_TYPE)) {
-            return Ok(rejection(ApiError::malformed(
+            return Err(ApiError::malformed(
                 "The request body must be application/x-www-form-urlencoded.",
-            )));
+            ));
         }
         Some(bytes)
     } else {
         None
     };
-    let params = match Params::parse(parts.uri.query(), form_body.as_deref()) {
-        Ok(params) => params,
-        Err(error) => return Ok(rejection(ApiError::malformed(error.to_string()))),
-    };
-    match gateway.dial_ex(parts.method.as_str(), &params).await {
-        Reply::Answer(response) => Ok(response),
-        Reply::Drop => Err(DroppedOnPurpose),
-    }
+    let params = Params::parse(parts.uri.query(), form_body.as_deref())
+        .map_err(|error| ApiError::malformed(error.to_string()))?;
+    Ok((parts.method, params))
 }
 
 /// `application/x-www-form-urlencoded`, with or without parameters such as `charset`.
