@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ccc::{ClientBuildError, HttpCccClient};
 use crate::config::{ConfigError, Settings};
-use crate::credentials::{CredentialSource, Credentials, CredentialsError};
+use crate::credentials::{CredentialSource, CredentialsError};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::startup::{self, RunError};
@@ -100,7 +100,8 @@ impl App {
 pub async fn serve(config: Option<&Path>) -> Result<(), AppError> {
     let settings = Settings::load(config)?;
     telemetry::init(&settings.log);
-    let credentials = Credentials::from_env()?;
+    let credentials = CredentialSource::start(crate::credentials::from_env()?).await;
+    tracing::info!(provider = credentials.provider(), "credentials ready");
     let metrics = Arc::new(Metrics::for_limits(&settings.limits));
     let app = App::build(settings, credentials, metrics).await?;
     let shutdown = CancellationToken::new();

@@ -24,7 +24,7 @@ use crate::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET, SimConfig, Si
 use dialex_worker::amqp::{self, topology};
 use dialex_worker::app::App;
 use dialex_worker::config::Settings;
-use dialex_worker::credentials::Credentials;
+use dialex_worker::credentials::{CredentialSource, Credentials};
 use dialex_worker::defer::Tiers;
 use dialex_worker::metrics::Metrics;
 use dialex_worker::outcome::OutcomeEvent;
@@ -145,7 +145,10 @@ impl Harness {
 
     /// Starts a worker in this process with `credentials`. Call it again for more replicas
     /// (with the Redis store: the embedded store belongs to one worker).
-    pub async fn start_worker(&mut self, credentials: Credentials) -> anyhow::Result<()> {
+    pub async fn start_worker(
+        &mut self,
+        credentials: impl Into<CredentialSource>,
+    ) -> anyhow::Result<()> {
         let mut settings = self.settings.clone();
         // Several workers may run at once: each picks a free port.
         settings.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));

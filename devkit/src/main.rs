@@ -13,7 +13,7 @@ use dialex_devkit::simulator::{self, SimConfig, Simulator};
 use dialex_devkit::{bench, demo};
 use dialex_worker::ccc::HttpCccClient;
 use dialex_worker::config::{Settings, StoreBackend};
-use dialex_worker::credentials::Credentials;
+use dialex_worker::credentials::CredentialSource;
 use dialex_worker::{app, telemetry};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -190,7 +190,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::BenchFloor => {
             let settings = Settings::load(None)?;
             telemetry::init(&settings.log);
-            let client = HttpCccClient::new(&settings.ccc, Credentials::from_env()?)?;
+            let credentials =
+                CredentialSource::start(dialex_worker::credentials::from_env()?).await;
+            let client = HttpCccClient::new(&settings.ccc, credentials)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(app::cancel_on_signal(shutdown.clone()));
             bench::floor::run(&settings, client, shutdown).await

@@ -135,7 +135,7 @@ pub struct SignedRequest(Result<(String, String), DialFailure>);
 fn no_credentials(unavailable: Unavailable) -> DialFailure {
     DialFailure::Transport {
         class: ErrorClass::Systemic,
-        code: "credentials_expired",
+        code: "credentials_unavailable",
         detail: unavailable.to_string(),
     }
 }

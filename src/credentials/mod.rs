@@ -3,13 +3,17 @@
 //!
 //! Secrets are held in types that never print.
 
+mod oidc;
 mod source;
+mod sts;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use secrecy::SecretString;
 
+pub use oidc::Oidc;
 pub use source::{CredentialSource, Unavailable};
 
 /// Why credentials could not be had.
@@ -72,6 +76,52 @@ pub struct Credentials {
     pub security_token: Option<SecretString>,
 }
 
+/// The first provider of the chain the environment sets up, in the official tools' order:
+/// static keys (`ALIBABA_CLOUD_ACCESS_KEY_ID` and `_SECRET`, with `_SECURITY_TOKEN` for
+/// STS ones), then OIDC (`ALIBABA_CLOUD_ROLE_ARN`, `_OIDC_PROVIDER_ARN`, `_OIDC_TOKEN_FILE`:
+/// ACK's RRSA). A provider set up by halves is an error naming what is missing, never
+/// passed over for the next.
+pub fn from_env() -> Result<Arc<dyn Provider>, CredentialsError> {
+    from_vars(&Credentials::var)
+}
+
+/// [`from_env`] with the variables looked up in `env` (an empty value counts as unset).
+pub fn from_vars(
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Provider>, CredentialsError> {
+    let env = |name: &str| env(name).filter(|value| !value.is_empty());
+    let id = env(Credentials::ACCESS_KEY_ID);
+    let secret = env(Credentials::ACCESS_KEY_SECRET);
+    match (id, secret) {
+        (Some(access_key_id), Some(secret)) => {
+            return Ok(Arc::new(Fixed(Credentials {
+                access_key_id,
+                access_key_secret: SecretString::from(secret),
+                security_token: env(Credentials::SECURITY_TOKEN).map(SecretString::from),
+            })));
+        }
+        (Some(_), None) => {
+            return Err(CredentialsError::MissingEnv(Credentials::ACCESS_KEY_SECRET));
+        }
+        (None, Some(_)) => return Err(CredentialsError::MissingEnv(Credentials::ACCESS_KEY_ID)),
+        (None, None) => {}
+    }
+    if let Some(oidc) = Oidc::from_env(&env)? {
+        return Ok(Arc::new(oidc));
+    }
+    Err(CredentialsError::Fetch {
+        provider: "the credential chain",
+        reason: format!(
+            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK)",
+            Credentials::ACCESS_KEY_ID,
+            Credentials::ACCESS_KEY_SECRET,
+            oidc::ROLE_ARN,
+            oidc::OIDC_PROVIDER_ARN,
+            oidc::OIDC_TOKEN_FILE
+        ),
+    })
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
@@ -98,22 +148,7 @@ impl Credentials {
         }
     }
 
-    /// Reads the three standard variables; the token is optional.
-    pub fn from_env() -> Result<Credentials, CredentialsError> {
-        let var = Self::var;
-        let access_key_id =
-            var(Self::ACCESS_KEY_ID).ok_or(CredentialsError::MissingEnv(Self::ACCESS_KEY_ID))?;
-        let access_key_secret = var(Self::ACCESS_KEY_SECRET)
-            .ok_or(CredentialsError::MissingEnv(Self::ACCESS_KEY_SECRET))?;
-        Ok(Credentials {
-            access_key_id,
-            access_key_secret: SecretString::from(access_key_secret),
-            security_token: var(Self::SECURITY_TOKEN).map(SecretString::from),
-        })
-    }
-
-    /// Which of the three variables [`Credentials::from_env`] would find, without their
-    /// values: for reports.
+    /// Which of the three static-key variables are set, without their values: for reports.
     pub fn presence_in_env() -> [(&'static str, bool); 3] {
         [
             Self::ACCESS_KEY_ID,
@@ -124,7 +159,7 @@ impl Credentials {
     }
 
     /// An empty variable counts as unset.
-    fn var(name: &str) -> Option<String> {
+    pub(crate) fn var(name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
 }
@@ -132,6 +167,79 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chain(vars: &[(&str, &str)]) -> Result<Arc<dyn Provider>, CredentialsError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        from_vars(&|name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn the_chain_takes_static_keys_first_then_oidc() {
+        let oidc = [
+            ("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r"),
+            (
+                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+                "acs:ram::1:oidc-provider/p",
+            ),
+            ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", "/var/run/token"),
+        ];
+        let mut both = oidc.to_vec();
+        both.extend([
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "id"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "secret"),
+        ]);
+        assert_eq!(chain(&both).unwrap().name(), "environment");
+        assert_eq!(chain(&oidc).unwrap().name(), "OIDC (RRSA)");
+    }
+
+    #[test]
+    fn a_provider_set_up_by_halves_names_what_is_missing() {
+        let error = chain(&[("ALIBABA_CLOUD_ACCESS_KEY_ID", "id")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET"), "{error}");
+        let error = chain(&[
+            ("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r"),
+            ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", ""),
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("not ALIBABA_CLOUD_OIDC_PROVIDER_ARN and ALIBABA_CLOUD_OIDC_TOKEN_FILE"),
+            "{error}"
+        );
+        let error = chain(&[]).err().unwrap().to_string();
+        assert!(
+            error.starts_with("the credential chain: no credentials"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sts_is_reached_over_https_unless_on_loopback() {
+        let oidc = [
+            ("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r"),
+            (
+                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+                "acs:ram::1:oidc-provider/p",
+            ),
+            ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", "/var/run/token"),
+        ];
+        for (endpoint, fine) in [
+            ("sts-vpc.cn-hangzhou.aliyuncs.com", true),
+            ("http://127.0.0.1:9/sts", true),
+            ("http://sts.example.com", false),
+        ] {
+            let mut vars = oidc.to_vec();
+            vars.push(("ALIBABA_CLOUD_STS_ENDPOINT", endpoint));
+            assert_eq!(chain(&vars).is_ok(), fine, "{endpoint}");
+        }
+    }
 
     #[test]
     fn secrets_never_print() {

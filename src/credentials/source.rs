@@ -3,7 +3,8 @@
 //!
 //! A refresh that fails leaves the current credentials in use until they expire, retrying
 //! meanwhile; only then does [`CredentialSource::current`] fail (and the worker pause), and it
-//! succeeds again by itself once a refresh does.
+//! succeeds again by itself once a refresh does. A first fetch that fails is retried the same
+//! way: the worker starts, paused, and says why on `/readyz`.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::time::Instant;
 
-use super::{Credentials, CredentialsError, Lease, Provider};
+use super::{Credentials, Lease, Provider};
 
 /// Credentials this close to their expiry are no longer used: a request signed now must
 /// still be valid when the gateway checks it.
@@ -39,7 +40,8 @@ struct Inner {
 }
 
 struct State {
-    credentials: Arc<Credentials>,
+    /// `None` until a first fetch succeeds.
+    credentials: Option<Arc<Credentials>>,
     /// When they expire, on the wall clock (for messages) and on the runtime's.
     expiry: Option<(Timestamp, Instant)>,
     /// Why the refreshes fail, while they do.
@@ -49,22 +51,36 @@ struct State {
 impl State {
     fn new(lease: Lease) -> State {
         State {
-            credentials: Arc::new(lease.credentials),
+            credentials: Some(Arc::new(lease.credentials)),
             expiry: lease.expires_at.map(|at| (at, instant_of(at))),
             failing: None,
         }
     }
 }
 
-/// No usable credentials: they expired, and no refresh has succeeded since.
+/// No usable credentials: none could be fetched yet, or they expired and no refresh has
+/// succeeded since.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the credentials from the {provider} provider expired at {expired_at} and could not be refreshed: {reason}"
-)]
+#[error("{}", describe(self))]
 pub struct Unavailable {
     pub provider: &'static str,
-    pub expired_at: Timestamp,
+    /// When the last credentials expired; `None` if there never were any.
+    pub expired_at: Option<Timestamp>,
     pub reason: String,
+}
+
+fn describe(unavailable: &Unavailable) -> String {
+    let Unavailable {
+        provider,
+        expired_at,
+        reason,
+    } = unavailable;
+    match expired_at {
+        Some(at) => format!(
+            "the credentials from the {provider} provider expired at {at} and could not be refreshed: {reason}"
+        ),
+        None => format!("the {provider} provider could not fetch credentials: {reason}"),
+    }
 }
 
 impl CredentialSource {
@@ -79,18 +95,40 @@ impl CredentialSource {
         )
     }
 
-    /// Fetches from `provider`, failing if it cannot (better at start-up than on the first
-    /// call), and, if the credentials expire, keeps them fresh in the background for as long
-    /// as a clone of the source lives.
-    pub async fn start(provider: Arc<dyn Provider>) -> Result<CredentialSource, CredentialsError> {
+    /// Fetches from `provider` and, if the credentials expire, keeps them fresh in the
+    /// background for as long as a clone of the source lives. A first fetch that fails is
+    /// logged and retried in the background; until one succeeds, [`CredentialSource::current`]
+    /// says why there are none.
+    pub async fn start(provider: Arc<dyn Provider>) -> CredentialSource {
         let fetched = Instant::now();
-        let lease = provider.fetch().await?;
-        let source = CredentialSource::new(provider.name(), lease);
-        if let Some((_, expires)) = source.state().expiry {
-            let first = refresh_at(fetched, expires, rand::random());
+        let source = match provider.fetch().await {
+            Ok(lease) => CredentialSource::new(provider.name(), lease),
+            Err(error) => {
+                tracing::error!(
+                    provider = provider.name(),
+                    %error,
+                    "no credentials yet; the worker stays paused until a fetch succeeds"
+                );
+                CredentialSource(Arc::new(Inner {
+                    provider: provider.name(),
+                    state: RwLock::new(State {
+                        credentials: None,
+                        expiry: None,
+                        failing: Some(error.to_string()),
+                    }),
+                }))
+            }
+        };
+        let first = match source.state() {
+            state if state.credentials.is_none() => Some(Instant::now() + RETRY_MIN),
+            state => state
+                .expiry
+                .map(|(_, expires)| refresh_at(fetched, expires, rand::random())),
+        };
+        if let Some(first) = first {
             tokio::spawn(keep_fresh(Arc::downgrade(&source.0), provider, first));
         }
-        Ok(source)
+        source
     }
 
     fn new(provider: &'static str, lease: Lease) -> CredentialSource {
@@ -103,18 +141,20 @@ impl CredentialSource {
     /// The credentials to sign a request with now.
     pub fn current(&self) -> Result<Arc<Credentials>, Unavailable> {
         let state = self.state();
-        match state.expiry {
-            Some((expired_at, expires)) if Instant::now() + EXPIRY_MARGIN >= expires => {
-                Err(Unavailable {
-                    provider: self.0.provider,
-                    expired_at,
-                    reason: state
-                        .failing
-                        .clone()
-                        .unwrap_or_else(|| "no refresh has completed yet".to_owned()),
-                })
+        let unavailable = |expired_at| Unavailable {
+            provider: self.0.provider,
+            expired_at,
+            reason: state
+                .failing
+                .clone()
+                .unwrap_or_else(|| "no refresh has completed yet".to_owned()),
+        };
+        match (&state.credentials, state.expiry) {
+            (None, _) => Err(unavailable(None)),
+            (Some(_), Some((expired_at, expires))) if Instant::now() + EXPIRY_MARGIN >= expires => {
+                Err(unavailable(Some(expired_at)))
             }
-            _ => Ok(Arc::clone(&state.credentials)),
+            (Some(credentials), _) => Ok(Arc::clone(credentials)),
         }
     }
 
@@ -200,7 +240,12 @@ async fn keep_fresh(source: Weak<Inner>, provider: Arc<dyn Provider>, mut next: 
                         left = expires.saturating_duration_since(fetched);
                     }
                 });
-                let wait = pause.min((left / 4).max(RETRY_MIN));
+                // While some remain valid, retry soon enough to refresh them in time.
+                let wait = if left.is_zero() {
+                    pause
+                } else {
+                    pause.min((left / 4).max(RETRY_MIN))
+                };
                 tracing::warn!(
                     provider = provider.name(),
                     %error,
@@ -220,7 +265,7 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::super::Fetching;
+    use super::super::{CredentialsError, Fetching};
     use super::*;
 
     /// Hands out keys `key-1`, `key-2`, … living `life` each, and fails while told to.
@@ -286,7 +331,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn short_lived_credentials_are_replaced_before_they_expire() {
         let sts = Sts::new(Duration::from_secs(5));
-        let source = CredentialSource::start(sts.clone()).await.unwrap();
+        let source = CredentialSource::start(sts.clone()).await;
         assert_eq!(key(&source), "key-1");
         // Every 100 ms for 20 s: always usable, never the same key past its life.
         let mut seen = vec![key(&source)];
@@ -306,7 +351,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_refreshes_keep_the_credentials_until_they_expire_then_recover_by_themselves() {
         let sts = Sts::new(Duration::from_secs(30));
-        let source = CredentialSource::start(sts.clone()).await.unwrap();
+        let source = CredentialSource::start(sts.clone()).await;
         sts.fail(Some("AssumeRoleWithOIDC answered NoPermission"));
         // Still usable until a second before the expiry, though every refresh fails.
         tokio::time::sleep(Duration::from_millis(28_900)).await;
@@ -318,11 +363,11 @@ mod tests {
             unavailable.to_string().contains("NoPermission"),
             "{unavailable}"
         );
-        // The refreshes go on (a second apart once expired), and the first that succeeds
-        // brings the source back.
+        // The refreshes go on (at most 30 s apart), and the first that succeeds brings the
+        // source back.
         sts.fail(None);
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
-        assert_eq!(key(&source), "key-2");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_ne!(key(&source), "key-1");
     }
 
     #[tokio::test(start_paused = true)]
@@ -334,10 +379,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_provider_that_fails_at_start_up_fails_the_start() {
+    async fn a_provider_that_fails_at_start_up_is_retried_until_it_answers() {
         let sts = Sts::new(Duration::from_secs(5));
-        sts.fail(Some("no token file"));
-        let error = CredentialSource::start(sts).await.expect_err("refused");
-        assert!(error.to_string().contains("no token file"), "{error}");
+        sts.fail(Some("EntityNotExist.Role"));
+        let source = CredentialSource::start(sts.clone()).await;
+        let unavailable = source.current().expect_err("nothing fetched yet");
+        assert_eq!(
+            unavailable.to_string(),
+            "the test STS provider could not fetch credentials: test STS: EntityNotExist.Role"
+        );
+        sts.fail(None);
+        // Retried a second after the failure.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(key(&source), "key-1");
     }
 }

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HaltCause {
     /// CCC refused the worker itself (credentials, signature, clock).
-    #[error("CCC answered {}: {}; {}", .0.code(), .0.message().unwrap_or("no message"), .0.remedy())]
+    #[error("{}", refusal(.0))]
     Ccc(DialFailure),
     /// Most `DialEx` attempts across requests failed retryably: CCC is down for everyone.
     #[error("CCC fails for everyone (the last answer: {}); waiting until it answers again", .0.code())]
@@ -23,6 +23,24 @@ pub enum HaltCause {
     /// nothing more is dialed (its outcome could not be delivered).
     #[error("RabbitMQ does not take the worker's publishes: {0}")]
     Broker(String),
+}
+
+/// Why CCC cannot be called, and what to check.
+fn refusal(failure: &DialFailure) -> String {
+    let message = failure.message().unwrap_or("no message");
+    if failure.code() == "credentials_unavailable" {
+        // Nothing was sent: the worker has no credentials to sign with.
+        format!(
+            "no credentials to sign with: {message}; {}",
+            failure.remedy()
+        )
+    } else {
+        format!(
+            "CCC answered {}: {message}; {}",
+            failure.code(),
+            failure.remedy()
+        )
+    }
 }
 
 /// Raised when the worker must stop consuming because every request would fail the same

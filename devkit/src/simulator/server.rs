@@ -125,10 +125,11 @@ impl Simulator {
         format!("http://{}/sts", self.addr)
     }
 
-    /// The OIDC token `AssumeRoleWithOIDC` accepts from now on (any other is refused), as
-    /// when the platform rotates the projected service-account token.
-    pub fn set_oidc_token(&self, token: &str) {
-        self.gateway.sts.set_oidc_token(token);
+    /// An OIDC token `AssumeRoleWithOIDC` accepts from now on, beside those accepted
+    /// before (any other is refused), as when the platform mounts a new service-account
+    /// token.
+    pub fn accept_oidc_token(&self, token: &str) {
+        self.gateway.sts.accept_oidc_token(token);
     }
 
     /// How long the credentials STS issues from now on live.

@@ -51,8 +51,9 @@ pub struct Issued {
 
 pub(crate) struct Sts {
     config: Mutex<StsConfig>,
-    /// The OIDC token `AssumeRoleWithOIDC` accepts now (the platform rotates it).
-    oidc_token: Mutex<Option<String>>,
+    /// The OIDC tokens `AssumeRoleWithOIDC` accepts (the platform rotates them; an old one
+    /// stays valid a while after the next is mounted).
+    oidc_tokens: Mutex<Vec<String>>,
     issued: Mutex<Vec<Issued>>,
 }
 
@@ -64,13 +65,13 @@ impl Sts {
     pub(crate) fn new(config: StsConfig) -> Sts {
         Sts {
             config: Mutex::new(config),
-            oidc_token: Mutex::new(None),
+            oidc_tokens: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
         }
     }
 
-    pub(crate) fn set_oidc_token(&self, token: &str) {
-        *lock(&self.oidc_token) = Some(token.to_owned());
+    pub(crate) fn accept_oidc_token(&self, token: &str) {
+        lock(&self.oidc_tokens).push(token.to_owned());
     }
 
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
@@ -116,7 +117,10 @@ impl Sts {
                         "The specified OIDC provider does not exist.",
                     ));
                 }
-                if lock(&self.oidc_token).as_deref() != Some(token) {
+                if !lock(&self.oidc_tokens)
+                    .iter()
+                    .any(|accepted| accepted == token)
+                {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "AuthenticationFail.OIDCToken.Invalid",

@@ -1,0 +1,177 @@
+//! Calling STS (API 2015-04-01): where it is, how a call goes out, and what it answers.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{Credentials, CredentialsError, Lease};
+
+const STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
+const STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
+const VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
+
+/// STS answers are a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The STS endpoint and an HTTP client for it.
+pub(super) struct Sts {
+    http: reqwest::Client,
+    /// The endpoint origin (and path) followed by `/?`, ready for the query.
+    base: String,
+}
+
+impl Sts {
+    /// `ALIBABA_CLOUD_STS_ENDPOINT` (a host, or a URL; ACK's RRSA webhook sets it), else the
+    /// endpoint the official tools derive from `ALIBABA_CLOUD_STS_REGION` and
+    /// `ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED`: `sts[-vpc].<region>.aliyuncs.com`, or
+    /// `sts.aliyuncs.com` without a region. HTTPS, except to a loopback address.
+    pub(super) fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Sts, CredentialsError> {
+        let fail = |reason: String| CredentialsError::Fetch {
+            provider: "STS",
+            reason,
+        };
+        let endpoint = match env(STS_ENDPOINT) {
+            Some(endpoint) if endpoint.contains("://") => endpoint,
+            Some(host) => format!("https://{host}"),
+            None => {
+                let vpc = env(VPC_ENDPOINT_ENABLED).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                match env(STS_REGION) {
+                    Some(region) if vpc => format!("https://sts-vpc.{region}.aliyuncs.com"),
+                    Some(region) => format!("https://sts.{region}.aliyuncs.com"),
+                    None => "https://sts.aliyuncs.com".to_owned(),
+                }
+            }
+        };
+        let url = url::Url::parse(&endpoint)
+            .map_err(|e| fail(format!("{STS_ENDPOINT} is not a usable URL: {e}")))?;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(fail(format!(
+                "{STS_ENDPOINT} must be https:// (plain http only to a loopback address)"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("dialex-worker/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| fail(format!("could not build the HTTP client: {e}")))?;
+        Ok(Sts {
+            http,
+            base: format!("{}/?", endpoint.trim_end_matches('/')),
+        })
+    }
+
+    /// `POST`s `action` with `params` in the form body, unsigned (the caller's proof is in
+    /// the parameters, as `AssumeRoleWithOIDC`'s token); the answer's temporary credentials,
+    /// or what STS said instead.
+    pub(super) async fn call(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Issued, String> {
+        let mut url = self.base.clone();
+        let timestamp = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let _ = write!(
+            url,
+            "Action={action}&Format=JSON&Version=2015-04-01&Timestamp={}",
+            timestamp.replace(':', "%3A")
+        );
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let mut response = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("STS did not answer: {}", e.without_url()))?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("STS's answer was cut off: {}", e.without_url()))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(format!("STS answered HTTP {status} with an oversized body"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            let answer: Assumed = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("STS answered HTTP {status} without credentials: {e}"))?;
+            return Ok(answer.credentials);
+        }
+        let refusal: Refusal = serde_json::from_slice(&bytes).unwrap_or_default();
+        Err(format!(
+            "STS answered HTTP {} {}: {}",
+            status.as_u16(),
+            refusal.code.as_deref().unwrap_or("(no code)"),
+            refusal.message.as_deref().unwrap_or("(no message)")
+        ))
+    }
+}
+
+/// What STS answers to `AssumeRole*`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Assumed {
+    credentials: Issued,
+}
+
+/// The temporary credentials in an `AssumeRole*` answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Issued {
+    access_key_id: String,
+    access_key_secret: SecretString,
+    security_token: SecretString,
+    /// `2021-10-20T04:27:09Z`.
+    expiration: String,
+}
+
+/// An error answer.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct Refusal {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl Issued {
+    /// The credentials and their expiry.
+    pub(super) fn into_lease(self) -> Result<Lease, String> {
+        let expires_at: Timestamp = self
+            .expiration
+            .parse()
+            .map_err(|e| format!("STS answered an unreadable Expiration: {e}"))?;
+        Ok(Lease {
+            credentials: Credentials {
+                access_key_id: self.access_key_id,
+                access_key_secret: self.access_key_secret,
+                security_token: Some(self.security_token),
+            },
+            expires_at: Some(expires_at),
+        })
+    }
+}
+
+/// The session name when `ALIBABA_CLOUD_ROLE_SESSION_NAME` gives none.
+pub(super) fn session_name() -> String {
+    format!("dialex-worker-{}", Timestamp::now().as_second())
+}
