@@ -13,8 +13,8 @@ use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
 use dialex_worker::outcome::Status;
 use helpers::{
-    WAIT, assert_dialed_once, callee, only_outcome, request, settings, settings_with,
-    spawn_worker_process, started,
+    WAIT, assert_dialed_at_most_once, assert_dialed_once, callee, only_outcome, request, settings,
+    settings_with, spawn_worker_process, started,
 };
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -84,18 +84,6 @@ async fn collect(h: &mut Harness, tally: &mut Tally, done: usize) {
         };
         tally.add(&r);
     }
-}
-
-/// No callee was rung more than once (each request has its own callee).
-fn assert_dialed_at_most_once(h: &Harness) -> usize {
-    let dials = h.simulator.dials();
-    let mut per_callee: HashMap<&str, usize> = HashMap::new();
-    for d in &dials {
-        *per_callee.entry(d.callee.as_str()).or_default() += 1;
-    }
-    let twice: Vec<_> = per_callee.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "dialed twice: {twice:?}");
-    dials.len()
 }
 
 /// The value of one sample line of a Prometheus text page, e.g.

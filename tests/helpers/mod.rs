@@ -105,6 +105,19 @@ pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
     harness
 }
 
+/// No callee was rung more than once (each request has its own callee); the number of
+/// dials.
+pub fn assert_dialed_at_most_once(h: &Harness) -> usize {
+    let dials = h.simulator.dials();
+    let mut per_callee: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for d in &dials {
+        *per_callee.entry(d.callee.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_callee.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "dialed twice: {twice:?}");
+    dials.len()
+}
+
 /// Publishes one request and returns the next outcome event (the only one expected).
 pub async fn only_outcome(
     harness: &mut Harness,
