@@ -247,7 +247,6 @@ fn check_config(file: Option<&Path>) -> anyhow::Result<()> {
     );
     report.push_str(&settings.to_redacted_toml()?);
     report.push_str("\n# CCC credentials in the environment (values never shown):\n");
-    let mut missing = Vec::new();
     for (name, set) in Credentials::presence_in_env() {
         let state = match (set, name == Credentials::SECURITY_TOKEN) {
             (true, _) => "set",
@@ -255,15 +254,15 @@ fn check_config(file: Option<&Path>) -> anyhow::Result<()> {
             (false, true) => "not set (optional: only STS credentials need it)",
         };
         report.push_str(&format!("# {name}: {state}\n"));
-        if !set && name != Credentials::SECURITY_TOKEN {
-            missing.push(name);
-        }
     }
-    if !missing.is_empty() {
-        report.push_str(&format!(
-            "# warning: `run` will refuse to start without {}.\n",
-            missing.join(" and ")
-        ));
+    match dialex_worker::credentials::from_env() {
+        Ok(provider) => report.push_str(&format!(
+            "# `run` signs with credentials from the {} provider.\n",
+            provider.name()
+        )),
+        Err(error) => report.push_str(&format!(
+            "# warning: `run` will refuse to start: {error}.\n"
+        )),
     }
     for warning in settings.warnings() {
         report.push_str(&format!("# warning: {warning}.\n"));

@@ -99,6 +99,31 @@ fn missing_credentials_are_reported_without_failing() {
     let out = stdout(&output);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(out.contains("# ALIBABA_CLOUD_SECURITY_TOKEN: set"), "{out}");
+    assert!(
+        out.contains("# `run` signs with credentials from the environment provider."),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+
+    // RRSA's three variables instead of an AccessKey.
+    let output = check_config(
+        &[],
+        &[
+            ("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/r"),
+            (
+                "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+                "acs:ram::1:oidc-provider/p",
+            ),
+            ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", "/var/run/token"),
+            ("DIALEX_COOLDOWN__HASH_KEY", "a-real-secret"),
+        ],
+    );
+    let out = stdout(&output);
+    assert!(
+        out.contains("# ALIBABA_CLOUD_ROLE_ARN: set")
+            && out.contains("credentials from the OIDC (RRSA) provider."),
+        "{out}"
+    );
     assert!(!out.contains("warning"), "{out}");
     for secret in ["ak-id-value", "ak-secret-value", "sts-token-value"] {
         assert!(!out.contains(secret), "{secret} printed:\n{out}");

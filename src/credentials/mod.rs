@@ -148,12 +148,15 @@ impl Credentials {
         }
     }
 
-    /// Which of the three static-key variables are set, without their values: for reports.
-    pub fn presence_in_env() -> [(&'static str, bool); 3] {
+    /// Which of the chain's variables are set, without their values: for reports.
+    pub fn presence_in_env() -> [(&'static str, bool); 6] {
         [
             Self::ACCESS_KEY_ID,
             Self::ACCESS_KEY_SECRET,
             Self::SECURITY_TOKEN,
+            oidc::ROLE_ARN,
+            oidc::OIDC_PROVIDER_ARN,
+            oidc::OIDC_TOKEN_FILE,
         ]
         .map(|name| (name, Self::var(name).is_some()))
     }
