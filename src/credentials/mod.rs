@@ -3,6 +3,7 @@
 //!
 //! Secrets are held in types that never print.
 
+mod ecs;
 mod oidc;
 mod source;
 mod sts;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
+pub use ecs::EcsRamRole;
 pub use oidc::Oidc;
 pub use source::{CredentialSource, Unavailable};
 
@@ -79,7 +81,7 @@ pub struct Credentials {
 /// The first provider of the chain the environment sets up, in the official tools' order:
 /// static keys (`ALIBABA_CLOUD_ACCESS_KEY_ID` and `_SECRET`, with `_SECURITY_TOKEN` for
 /// STS ones), then OIDC (`ALIBABA_CLOUD_ROLE_ARN`, `_OIDC_PROVIDER_ARN`, `_OIDC_TOKEN_FILE`:
-/// ACK's RRSA). A provider set up by halves is an error naming what is missing, never
+/// ACK's RRSA), then the ECS instance's RAM role (`ALIBABA_CLOUD_ECS_METADATA`). A provider set up by halves is an error naming what is missing, never
 /// passed over for the next.
 pub fn from_env() -> Result<Arc<dyn Provider>, CredentialsError> {
     from_vars(&Credentials::var)
@@ -109,15 +111,19 @@ pub fn from_vars(
     if let Some(oidc) = Oidc::from_env(&env)? {
         return Ok(Arc::new(oidc));
     }
+    if let Some(role) = EcsRamRole::from_env(&env)? {
+        return Ok(Arc::new(role));
+    }
     Err(CredentialsError::Fetch {
         provider: "the credential chain",
         reason: format!(
-            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK)",
+            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK), or {} (the ECS instance's RAM role)",
             Credentials::ACCESS_KEY_ID,
             Credentials::ACCESS_KEY_SECRET,
             oidc::ROLE_ARN,
             oidc::OIDC_PROVIDER_ARN,
-            oidc::OIDC_TOKEN_FILE
+            oidc::OIDC_TOKEN_FILE,
+            ecs::ECS_METADATA
         ),
     })
 }
@@ -149,7 +155,7 @@ impl Credentials {
     }
 
     /// Which of the chain's variables are set, without their values: for reports.
-    pub fn presence_in_env() -> [(&'static str, bool); 6] {
+    pub fn presence_in_env() -> [(&'static str, bool); 7] {
         [
             Self::ACCESS_KEY_ID,
             Self::ACCESS_KEY_SECRET,
@@ -157,6 +163,7 @@ impl Credentials {
             oidc::ROLE_ARN,
             oidc::OIDC_PROVIDER_ARN,
             oidc::OIDC_TOKEN_FILE,
+            ecs::ECS_METADATA,
         ]
         .map(|name| (name, Self::var(name).is_some()))
     }

@@ -113,8 +113,12 @@ impl Sts {
             bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
-            let answer: Assumed = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("STS answered HTTP {status} without credentials: {e}"))?;
+            let answer: Assumed = serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "STS answered HTTP {status} without credentials: {}",
+                    json_error(&e)
+                )
+            })?;
             return Ok(answer.credentials);
         }
         let refusal: Refusal = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -169,6 +173,16 @@ impl Issued {
             expires_at: Some(expires_at),
         })
     }
+}
+
+/// Where a JSON answer went wrong, without quoting it: it holds secrets.
+pub(super) fn json_error(error: &serde_json::Error) -> String {
+    format!(
+        "not the expected JSON ({:?} error at line {}, column {})",
+        error.classify(),
+        error.line(),
+        error.column()
+    )
 }
 
 /// The session name when `ALIBABA_CLOUD_ROLE_SESSION_NAME` gives none.

@@ -125,6 +125,11 @@ impl Simulator {
         format!("http://{}/sts", self.addr)
     }
 
+    /// The base URL of the simulated ECS instance metadata service (`/latest/…`).
+    pub fn metadata_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// An OIDC token `AssumeRoleWithOIDC` accepts from now on, beside those accepted
     /// before (any other is refused), as when the platform mounts a new service-account
     /// token.
@@ -203,6 +208,7 @@ async fn route(
     enum Route {
         Gateway,
         Sts,
+        Metadata,
         Dials,
         Faults,
         WrongMethod,
@@ -211,6 +217,7 @@ async fn route(
     let route = match (request.method(), request.uri().path()) {
         (&Method::GET | &Method::POST, "/") => Route::Gateway,
         (&Method::GET | &Method::POST, "/sts/" | "/sts") => Route::Sts,
+        (&Method::GET | &Method::PUT, path) if path.starts_with("/latest/") => Route::Metadata,
         (&Method::GET, "/__sim/dials") => Route::Dials,
         (&Method::POST, "/__sim/faults") => Route::Faults,
         (_, "/") => Route::WrongMethod,
@@ -219,6 +226,16 @@ async fn route(
     let response = match route {
         Route::Gateway => return dial_ex(gateway, request).await,
         Route::Sts => sts(gateway, request).await,
+        Route::Metadata => {
+            let path = request.uri().path().trim_start_matches("/latest/");
+            let token = request
+                .headers()
+                .get("x-aliyun-ecs-metadata-token")
+                .and_then(|value| value.to_str().ok());
+            gateway
+                .sts
+                .metadata(gateway, request.method().as_str(), path, token)
+        }
         Route::Dials => answer::json(
             StatusCode::OK,
             &answer::new_request_id(),

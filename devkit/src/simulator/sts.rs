@@ -1,7 +1,8 @@
 //! STS (API 2015-04-01), as far as the worker's credential providers use it, served under
 //! `/sts/`: `AssumeRoleWithOIDC` (unsigned: the OIDC token is the proof) and `AssumeRole`
-//! (signed with a permanent AccessKey). Each issues a temporary AccessKey with its security
-//! token, which the gateway then accepts for `DialEx` until it expires, and no longer.
+//! (signed with a permanent AccessKey); and an ECS instance's metadata service for its RAM
+//! role, under `/latest/`. Each issues a temporary AccessKey with its security token, which
+//! the gateway then accepts for `DialEx` until it expires, and no longer.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ impl Default for StsConfig {
 /// One set of temporary credentials STS issued.
 #[derive(Debug, Clone, Serialize)]
 pub struct Issued {
-    /// `AssumeRoleWithOIDC` or `AssumeRole`.
+    /// `AssumeRoleWithOIDC`, `AssumeRole`, or `ecs-metadata` (the instance's RAM role).
     pub action: &'static str,
     pub access_key_id: String,
     /// The OIDC token it was issued for (`AssumeRoleWithOIDC`).
@@ -55,6 +56,8 @@ pub(crate) struct Sts {
     /// stays valid a while after the next is mounted).
     oidc_tokens: Mutex<Vec<String>>,
     issued: Mutex<Vec<Issued>>,
+    /// Session tokens the metadata service handed out.
+    metadata_tokens: Mutex<Vec<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,6 +70,7 @@ impl Sts {
             config: Mutex::new(config),
             oidc_tokens: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
+            metadata_tokens: Mutex::new(Vec::new()),
         }
     }
 
@@ -155,21 +159,7 @@ impl Sts {
                 _ => return Err(ApiError::invalid("DurationSeconds")),
             },
         };
-        let lifetime = asked.min(config.lifetime);
-        let now = Instant::now();
-        let access_key_id = format!("STS.{}", uuid::Uuid::new_v4().simple());
-        let secret = uuid::Uuid::new_v4().simple().to_string();
-        let token = format!("CAIS{}", uuid::Uuid::new_v4().simple());
-        gateway.add_temporary(&access_key_id, &secret, &token, now + lifetime);
-        // Announced to the second, rounded down: never later than the key really expires.
-        let expires_at = Timestamp::now() + lifetime;
-        let expiration = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        lock(&self.issued).push(Issued {
-            action,
-            access_key_id: access_key_id.clone(),
-            oidc_token,
-            expires_at,
-        });
+        let credentials = self.issue(gateway, action, oidc_token, asked.min(config.lifetime));
         let session = params.non_empty("RoleSessionName").unwrap_or("session");
         Ok(Answer {
             request_id: String::new(),
@@ -180,13 +170,86 @@ impl Sts {
                     config.role_arn.replace(":role/", ":assumed-role/")
                 ),
             },
-            credentials: IssuedCredentials {
-                access_key_id,
-                access_key_secret: secret,
-                security_token: token,
-                expiration,
-            },
+            credentials,
         })
+    }
+
+    /// A temporary key living `lifetime`, which the gateway accepts from now on.
+    fn issue(
+        &self,
+        gateway: &Gateway,
+        action: &'static str,
+        oidc_token: Option<String>,
+        lifetime: Duration,
+    ) -> IssuedCredentials {
+        let now = Instant::now();
+        let access_key_id = format!("STS.{}", uuid::Uuid::new_v4().simple());
+        let secret = uuid::Uuid::new_v4().simple().to_string();
+        let token = format!("CAIS{}", uuid::Uuid::new_v4().simple());
+        gateway.add_temporary(&access_key_id, &secret, &token, now + lifetime);
+        // Announced to the second, rounded down: never later than the key really expires.
+        let expires_at = Timestamp::now() + lifetime;
+        lock(&self.issued).push(Issued {
+            action,
+            access_key_id: access_key_id.clone(),
+            oidc_token,
+            expires_at,
+        });
+        IssuedCredentials {
+            access_key_id,
+            access_key_secret: secret,
+            security_token: token,
+            expiration: expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }
+    }
+
+    /// The instance metadata service's answer for `path` (under `/latest/`), as an ECS
+    /// instance with the RAM role of [`StsConfig::role_arn`] attached gives it.
+    /// `PUT api/token` hands out a session token; the RAM paths then require it
+    /// (`X-aliyun-ecs-metadata-token`), as an instance that allows only the hardened mode.
+    pub(crate) fn metadata(
+        &self,
+        gateway: &Gateway,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Response<Body> {
+        let text = |status: StatusCode, body: String| {
+            let mut response = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *response.status_mut() = status;
+            response
+        };
+        if method == "PUT" && path == "api/token" {
+            let session = uuid::Uuid::new_v4().simple().to_string();
+            lock(&self.metadata_tokens).push(session.clone());
+            return text(StatusCode::OK, session);
+        }
+        if !token.is_some_and(|token| lock(&self.metadata_tokens).iter().any(|t| t == token)) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized".to_owned());
+        }
+        let config = lock(&self.config).clone();
+        let role = config
+            .role_arn
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        match path.strip_prefix("meta-data/ram/security-credentials/") {
+            Some("") => text(StatusCode::OK, role),
+            Some(asked) if asked == role => {
+                let issued = self.issue(gateway, "ecs-metadata", None, config.lifetime);
+                let body = serde_json::json!({
+                    "AccessKeyId": issued.access_key_id,
+                    "AccessKeySecret": issued.access_key_secret,
+                    "SecurityToken": issued.security_token,
+                    "Expiration": issued.expiration,
+                    "LastUpdated": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    "Code": "Success",
+                });
+                text(StatusCode::OK, body.to_string())
+            }
+            _ => text(StatusCode::NOT_FOUND, "Not Found".to_owned()),
+        }
     }
 }
 
