@@ -460,3 +460,98 @@ async fn what_ccc_echoes_never_reaches_a_log_the_probes_the_metrics_or_an_event(
         h.cleanup().await.unwrap();
     }
 }
+
+/// A worker process on RRSA credentials through the simulator's STS, living 5 s: refreshed
+/// while it dials, then refused (the token file holds a token STS does not accept) until they
+/// expire and the worker pauses, then accepted again. No line of its log holds an OIDC token,
+/// an issued secret or security token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_refreshes_and_their_failures_log_no_token_or_secret() {
+    let mut h = Harness::start(settings(), SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    h.simulator.set_sts_lifetime(Duration::from_secs(5));
+    h.simulator.accept_oidc_token("oidc-token-accepted");
+    let dir = std::env::temp_dir().join(format!("{}-rrsa", h.settings.store.key_prefix));
+    std::fs::create_dir_all(&dir).expect("token dir");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "oidc-token-accepted").expect("token written");
+    let log_path = std::env::temp_dir().join(format!("{}-sts.jsonl", h.settings.store.key_prefix));
+    let sts = dialex_devkit::simulator::StsConfig::default();
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_dialex-worker"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(
+            h.worker_env()
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with("ALIBABA_CLOUD_")),
+        )
+        .env("DIALEX_AMQP__URL", h.settings.amqp.url.expose_secret())
+        .env("ALIBABA_CLOUD_ROLE_ARN", &sts.role_arn)
+        .env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", &sts.oidc_provider_arn)
+        .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token_file)
+        .env("ALIBABA_CLOUD_STS_ENDPOINT", h.simulator.sts_endpoint())
+        .env("DIALEX_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info,dialex_worker=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("worker log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker binary starts");
+
+    let number = |i: usize| format!("1573203{:04}", 7000 + i);
+    for i in 0..3 {
+        h.publish_request(
+            &body(&format!("sts-log-{i}"), &number(i), LANDLINE_CALLER, "ivr"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(h.outcomes(3, WAIT).await.unwrap().len(), 3);
+    // STS refuses from now on: the credentials run out, and the next request pauses the
+    // worker.
+    std::fs::write(&token_file, "oidc-token-refused").expect("token rotated");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h.publish_request(
+        &body("sts-log-paused", &number(3), LANDLINE_CALLER, "ivr"),
+        None,
+    )
+    .await
+    .unwrap();
+    let until = tokio::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("no credentials to sign with")
+    {
+        assert!(tokio::time::Instant::now() < until, "never paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Accepted again: it resumes by itself and dials the request that waited.
+    h.simulator.accept_oidc_token("oidc-token-refused");
+    let r = h.outcomes(1, WAIT).await.unwrap();
+    assert_eq!(r[0].event.request_id, "sts-log-paused");
+    assert_eq!(r[0].event.status, Status::Dialed);
+    terminate(worker).await;
+
+    let log = std::fs::read_to_string(&log_path).expect("the worker's log");
+    assert!(
+        log.contains("could not refresh the credentials"),
+        "the refused refreshes are logged:\n{log}"
+    );
+    let issued = h.simulator.sts_issued();
+    assert!(issued.len() >= 2, "{issued:?}");
+    let mut secrets = vec![
+        "oidc-token-accepted".to_owned(),
+        "oidc-token-refused".to_owned(),
+    ];
+    for credentials in &issued {
+        secrets.push(credentials.access_key_secret.clone());
+        secrets.push(credentials.security_token.clone());
+    }
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} logged:\n{log}");
+    }
+    h.cleanup().await.expect("clean up");
+}

@@ -227,7 +227,7 @@ impl DialFailure {
         } else if code == "http_redirect" {
             "ccc.endpoint answers with a redirect, which is never followed: set it to the gateway itself"
         } else if code == "credentials_unavailable" {
-            "check the credentials provider named above: its settings, the endpoint it fetches from, and the RAM role it assumes"
+            "the worker resumes by itself once the credentials provider answers"
         } else if code.starts_with("Forbidden") {
             "check the RAM permissions of the AccessKey (ccc:DialEx) and the account's status"
         } else {

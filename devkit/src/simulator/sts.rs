@@ -45,6 +45,9 @@ pub struct Issued {
     /// `AssumeRoleWithOIDC`, `AssumeRole`, or `ecs-metadata` (the instance's RAM role).
     pub action: &'static str,
     pub access_key_id: String,
+    /// The secret and the token: what must never show in the worker's logs.
+    pub access_key_secret: String,
+    pub security_token: String,
     /// The OIDC token it was issued for (`AssumeRoleWithOIDC`).
     pub oidc_token: Option<String>,
     pub expires_at: Timestamp,
@@ -192,6 +195,8 @@ impl Sts {
         lock(&self.issued).push(Issued {
             action,
             access_key_id: access_key_id.clone(),
+            access_key_secret: secret.clone(),
+            security_token: token.clone(),
             oidc_token,
             expires_at,
         });
