@@ -22,15 +22,16 @@
 //! `run`, the tests, the demo and the bench.
 //!
 //! Edges, behind small traits where the pipeline meets them: [`amqp`] (connections, topology,
-//! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (signing, the client, answers and
-//! their classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
+//! the confirmed publisher; [`pipeline::Broker`]), [`ccc`] (the client, answers and their
+//! classes; [`ccc::CccClient`]), [`store`] (dial records, cooldowns, counters; embedded or
 //! Redis; [`store::DialRecords`] and [`store::CalleeState`]; [`store::redis`] also holds the
 //! Redis side of the limiter and of the do-not-call list, behind [`gates::limits::Limiter`] and
 //! [`gates::dnc::SharedList`]). Around them: [`gates`] (the checks before a dial), [`dial`],
 //! [`defer`] (wait tiers), [`outage`] (the breaker that pauses the worker when CCC fails for
 //! everyone), [`outcome`], [`validate`], [`phone`], [`metrics`], [`health`] (`/healthz`,
 //! `/readyz`, `/metrics`), [`telemetry`] (logs), [`accept`] (the accept loop of the small HTTP
-//! servers), [`credentials`], and [`dead`] (`dialex-worker dead`: the dead-letter queue, for
+//! servers), [`credentials`] (the provider chain and the refreshed source every request signs
+//! with), [`signature`] (Alibaba Cloud's RPC signature, for CCC and STS alike), and [`dead`] (`dialex-worker dead`: the dead-letter queue, for
 //! operators). Private: `tls` (the CA files), `test_hooks` (faults for tests, behind a
 //! feature).
 //!
@@ -55,6 +56,7 @@ pub mod outcome;
 pub mod phone;
 pub mod pipeline;
 pub mod settle;
+pub mod signature;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use secrecy::ExposeSecret;
 
 use super::response::{DialFailure, ErrorClass, parse_answer};
-use super::sign::{push_encoded, sign};
+use crate::signature::{push_encoded, sign};
 use super::{CccClient, DialAccepted, DialParams};
 use crate::ccc::CccSettings;
 use crate::credentials::{CredentialSource, Unavailable};

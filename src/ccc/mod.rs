@@ -8,7 +8,6 @@ pub mod client;
 pub mod response;
 pub mod scrub;
 mod settings;
-pub mod sign;
 
 pub use client::{ClientBuildError, HttpCccClient};
 pub use response::{ApiError, Classifier, DialAccepted, DialFailure, ErrorClass};

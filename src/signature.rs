@@ -64,7 +64,7 @@ pub fn string_to_sign(method: &str, params: &[(&str, &str)]) -> String {
 /// Alibaba Cloud's published example:
 ///
 /// ```
-/// use dialex_worker::ccc::sign::sign;
+/// use dialex_worker::signature::sign;
 ///
 /// let params = [
 ///     ("AccessKeyId", "testid"),
