@@ -219,3 +219,110 @@ async fn the_instances_ram_role_comes_from_the_metadata_service_and_is_refreshed
     assert_eq!(helpers::assert_dialed_at_most_once(&h), REQUESTS);
     h.cleanup().await.expect("clean up");
 }
+
+/// Writes an INI credentials file with one profile.
+fn credentials_file(profile: &str, lines: &[(&str, &str)]) -> std::path::PathBuf {
+    let path = token_file().with_file_name("credentials");
+    let mut text = format!("[{profile}]\n");
+    for (key, value) in lines {
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    std::fs::write(&path, text).expect("credentials file written");
+    path
+}
+
+/// Dials one request and returns its outcome's status.
+async fn dial_one(h: &mut Harness, id: &str, index: usize) -> Status {
+    h.publish_request(&request(id, &callee(index), "ivr"), None)
+        .await
+        .expect("request published");
+    h.next_outcome(WAIT)
+        .await
+        .expect("outcome stream")
+        .expect("an outcome")
+        .event
+        .status
+}
+
+/// An AccessKey profile of the credentials file, as a mounted Secret provides it: a key
+/// changed in the file is used from the next look (within 10 s), without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_in_the_credentials_file_is_used_without_a_restart() {
+    use dialex_devkit::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET};
+    let s = settings();
+    dialex_worker::telemetry::init(&s.log);
+    let mut h = Harness::start(s, SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let file = credentials_file(
+        "worker",
+        &[
+            ("type", "access_key"),
+            ("access_key_id", DEMO_ACCESS_KEY_ID),
+            ("access_key_secret", DEMO_ACCESS_KEY_SECRET),
+        ],
+    );
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("ALIBABA_CLOUD_CREDENTIALS_FILE", file.display().to_string()),
+        ("ALIBABA_CLOUD_PROFILE", "worker".to_owned()),
+    ]);
+    let provider = credentials::from_vars(&|name: &str| vars.get(name).cloned())
+        .expect("the credentials file");
+    assert_eq!(provider.name(), "credentials file");
+    h.start_worker(CredentialSource::start(provider).await)
+        .await
+        .expect("worker starts");
+    assert_eq!(dial_one(&mut h, "file-1", 1).await, Status::Dialed);
+
+    // The key is rotated: the account accepts only the new one, and the file holds it.
+    h.simulator
+        .set_credentials("rotated-key-id", "rotated-key-secret");
+    h.simulator
+        .set_credentials(DEMO_ACCESS_KEY_ID, "the old secret is no longer valid");
+    std::fs::write(
+        &file,
+        "[worker]\ntype = access_key\naccess_key_id = rotated-key-id\naccess_key_secret = rotated-key-secret\n",
+    )
+    .expect("file rewritten");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(dial_one(&mut h, "file-2", 2).await, Status::Dialed);
+    assert_eq!(h.simulator.dial_count(), 2);
+    h.cleanup().await.expect("clean up");
+}
+
+/// A `ram_role_arn` profile: the worker assumes the role with the profile's AccessKey (STS
+/// `AssumeRole`, signed) and dials with the temporary credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ram_role_profile_assumes_the_role_with_its_access_key() {
+    use dialex_devkit::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET};
+    let s = settings();
+    dialex_worker::telemetry::init(&s.log);
+    let mut h = Harness::start(s, SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let role_arn = StsConfig::default().role_arn;
+    let file = credentials_file(
+        "default",
+        &[
+            ("type", "ram_role_arn"),
+            ("access_key_id", DEMO_ACCESS_KEY_ID),
+            ("access_key_secret", DEMO_ACCESS_KEY_SECRET),
+            ("role_arn", &role_arn),
+            ("role_session_name", "dialex-test"),
+        ],
+    );
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("ALIBABA_CLOUD_CREDENTIALS_FILE", file.display().to_string()),
+        ("ALIBABA_CLOUD_STS_ENDPOINT", h.simulator.sts_endpoint()),
+    ]);
+    let provider = credentials::from_vars(&|name: &str| vars.get(name).cloned())
+        .expect("the credentials file");
+    h.start_worker(CredentialSource::start(provider).await)
+        .await
+        .expect("worker starts");
+    assert_eq!(dial_one(&mut h, "role-1", 1).await, Status::Dialed);
+    let issued = h.simulator.sts_issued();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].action, "AssumeRole");
+    h.cleanup().await.expect("clean up");
+}

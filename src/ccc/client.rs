@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 use secrecy::ExposeSecret;
 
 use super::response::{DialFailure, ErrorClass, parse_answer};
-use crate::signature::{push_encoded, sign};
 use super::{CccClient, DialAccepted, DialParams};
 use crate::ccc::CccSettings;
 use crate::credentials::{CredentialSource, Unavailable};
+use crate::signature::{push_encoded, sign};
 
 /// The DialEx API version this client speaks.
 pub const API_VERSION: &str = "2017-07-05";

@@ -121,6 +121,7 @@ impl EcsRamRole {
                 security_token: Some(answer.security_token),
             },
             expires_at: Some(expires_at),
+            recheck_after: None,
         })
     }
 

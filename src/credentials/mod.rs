@@ -4,6 +4,7 @@
 //! Secrets are held in types that never print.
 
 mod ecs;
+mod file;
 mod oidc;
 mod source;
 mod sts;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 pub use ecs::EcsRamRole;
+pub use file::CredentialsFile;
 pub use oidc::Oidc;
 pub use source::{CredentialSource, Unavailable};
 
@@ -31,11 +33,13 @@ pub enum CredentialsError {
     },
 }
 
-/// Credentials, and until when they may be used (`None`: until further notice).
+/// Credentials, until when they may be used (`None`: until further notice), and, for
+/// credentials that do not expire but may change (a file), when to look again.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub credentials: Credentials,
     pub expires_at: Option<jiff::Timestamp>,
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// What [`Provider::fetch`] returns.
@@ -64,6 +68,7 @@ impl Provider for Fixed {
         let lease = Lease {
             credentials: self.0.clone(),
             expires_at: None,
+            recheck_after: None,
         };
         Box::pin(std::future::ready(Ok(lease)))
     }
@@ -81,7 +86,9 @@ pub struct Credentials {
 /// The first provider of the chain the environment sets up, in the official tools' order:
 /// static keys (`ALIBABA_CLOUD_ACCESS_KEY_ID` and `_SECRET`, with `_SECURITY_TOKEN` for
 /// STS ones), then OIDC (`ALIBABA_CLOUD_ROLE_ARN`, `_OIDC_PROVIDER_ARN`, `_OIDC_TOKEN_FILE`:
-/// ACK's RRSA), then the ECS instance's RAM role (`ALIBABA_CLOUD_ECS_METADATA`). A provider set up by halves is an error naming what is missing, never
+/// ACK's RRSA), then a profile of the credentials file (`ALIBABA_CLOUD_CREDENTIALS_FILE`, or
+/// `~/.alibabacloud/credentials` when it exists; `ALIBABA_CLOUD_PROFILE`), then the ECS
+/// instance's RAM role (`ALIBABA_CLOUD_ECS_METADATA`). A provider set up by halves is an error naming what is missing, never
 /// passed over for the next.
 pub fn from_env() -> Result<Arc<dyn Provider>, CredentialsError> {
     from_vars(&Credentials::var)
@@ -111,18 +118,22 @@ pub fn from_vars(
     if let Some(oidc) = Oidc::from_env(&env)? {
         return Ok(Arc::new(oidc));
     }
+    if let Some(file) = CredentialsFile::from_env(&env)? {
+        return Ok(Arc::new(file));
+    }
     if let Some(role) = EcsRamRole::from_env(&env)? {
         return Ok(Arc::new(role));
     }
     Err(CredentialsError::Fetch {
         provider: "the credential chain",
         reason: format!(
-            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK), or {} (the ECS instance's RAM role)",
+            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK), or {} (a profile of Alibaba Cloud's credentials file), or {} (the ECS instance's RAM role)",
             Credentials::ACCESS_KEY_ID,
             Credentials::ACCESS_KEY_SECRET,
             oidc::ROLE_ARN,
             oidc::OIDC_PROVIDER_ARN,
             oidc::OIDC_TOKEN_FILE,
+            file::CREDENTIALS_FILE,
             ecs::ECS_METADATA
         ),
     })
@@ -155,7 +166,7 @@ impl Credentials {
     }
 
     /// Which of the chain's variables are set, without their values: for reports.
-    pub fn presence_in_env() -> [(&'static str, bool); 7] {
+    pub fn presence_in_env() -> [(&'static str, bool); 8] {
         [
             Self::ACCESS_KEY_ID,
             Self::ACCESS_KEY_SECRET,
@@ -163,6 +174,7 @@ impl Credentials {
             oidc::ROLE_ARN,
             oidc::OIDC_PROVIDER_ARN,
             oidc::OIDC_TOKEN_FILE,
+            file::CREDENTIALS_FILE,
             ecs::ECS_METADATA,
         ]
         .map(|name| (name, Self::var(name).is_some()))

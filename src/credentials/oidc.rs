@@ -94,6 +94,7 @@ impl Oidc {
                     ("RoleArn", &self.role_arn),
                     ("RoleSessionName", &self.session_name),
                 ],
+                None,
             )
             .await
             .map_err(|e| {

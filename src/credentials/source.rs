@@ -44,15 +44,28 @@ struct State {
     credentials: Option<Arc<Credentials>>,
     /// When they expire, on the wall clock (for messages) and on the runtime's.
     expiry: Option<(Timestamp, Instant)>,
+    /// For credentials that do not expire but may change: when to fetch them again.
+    recheck_after: Option<Duration>,
     /// Why the refreshes fail, while they do.
     failing: Option<String>,
 }
 
 impl State {
+    /// When to fetch again, for credentials fetched at `fetched`: before they expire, or
+    /// when they are due a look; `None` for credentials that never change.
+    fn next_fetch(&self, fetched: Instant) -> Option<Instant> {
+        match (self.expiry, self.recheck_after) {
+            (Some((_, expires)), _) => Some(refresh_at(fetched, expires, rand::random())),
+            (None, Some(after)) => Some(fetched + after),
+            (None, None) => None,
+        }
+    }
+
     fn new(lease: Lease) -> State {
         State {
             credentials: Some(Arc::new(lease.credentials)),
             expiry: lease.expires_at.map(|at| (at, instant_of(at))),
+            recheck_after: lease.recheck_after,
             failing: None,
         }
     }
@@ -91,6 +104,7 @@ impl CredentialSource {
             Lease {
                 credentials,
                 expires_at: None,
+                recheck_after: None,
             },
         )
     }
@@ -114,6 +128,7 @@ impl CredentialSource {
                     state: RwLock::new(State {
                         credentials: None,
                         expiry: None,
+                        recheck_after: None,
                         failing: Some(error.to_string()),
                     }),
                 }))
@@ -121,9 +136,7 @@ impl CredentialSource {
         };
         let first = match source.state() {
             state if state.credentials.is_none() => Some(Instant::now() + RETRY_MIN),
-            state => state
-                .expiry
-                .map(|(_, expires)| refresh_at(fetched, expires, rand::random())),
+            state => state.next_fetch(fetched),
         };
         if let Some(first) = first {
             tokio::spawn(keep_fresh(Arc::downgrade(&source.0), provider, first));
@@ -204,8 +217,8 @@ fn refresh_at(fetched: Instant, expires: Instant, jitter: f64) -> Instant {
     fetched + life.mul_f64(2.0 / 3.0 - jitter.clamp(0.0, 1.0) / 10.0)
 }
 
-/// Refreshes at `next`, then before each new expiry, until the source is dropped or its
-/// credentials stop expiring.
+/// Refreshes at `next`, then before each new expiry (or at each look a changeable source is
+/// due), until the source is dropped or its credentials no longer change.
 async fn keep_fresh(source: Weak<Inner>, provider: Arc<dyn Provider>, mut next: Instant) {
     let mut pause = RETRY_MIN;
     loop {
@@ -218,19 +231,19 @@ async fn keep_fresh(source: Weak<Inner>, provider: Arc<dyn Provider>, mut next: 
             Ok(lease) => {
                 pause = RETRY_MIN;
                 let mut recovered = false;
-                let mut expires = None;
+                let mut following = None;
                 inner.update(|state| {
                     recovered = state.failing.is_some();
                     *state = State::new(lease);
-                    expires = state.expiry.map(|(_, expires)| expires);
+                    following = state.next_fetch(fetched);
                 });
                 if recovered {
                     tracing::info!(provider = provider.name(), "credentials refreshed again");
                 }
-                let Some(expires) = expires else {
+                let Some(following) = following else {
                     return;
                 };
-                next = refresh_at(fetched, expires, rand::random());
+                next = following;
             }
             Err(error) => {
                 let mut left = Duration::ZERO;
@@ -305,6 +318,7 @@ mod tests {
                     Ok(Lease {
                         credentials: Credentials::new(format!("key-{n}"), "secret"),
                         expires_at: Some(Timestamp::now() + self.life),
+                        recheck_after: None,
                     })
                 }
             };

@@ -1,10 +1,9 @@
 //! Calling STS (API 2015-04-01): where it is, how a call goes out, and what it answers.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use super::{Credentials, CredentialsError, Lease};
@@ -71,21 +70,54 @@ impl Sts {
         })
     }
 
-    /// `POST`s `action` with `params` in the form body, unsigned (the caller's proof is in
-    /// the parameters, as `AssumeRoleWithOIDC`'s token); the answer's temporary credentials,
-    /// or what STS said instead.
+    /// `POST`s `action` with `params` in the form body: unsigned (`signer` `None`: the
+    /// caller's proof is in the parameters, as `AssumeRoleWithOIDC`'s token), or signed with
+    /// `signer`'s AccessKey (`AssumeRole`); the answer's temporary credentials, or what STS
+    /// said instead.
     pub(super) async fn call(
         &self,
         action: &str,
         params: &[(&str, &str)],
+        signer: Option<&Credentials>,
     ) -> Result<Issued, String> {
-        let mut url = self.base.clone();
         let timestamp = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let _ = write!(
-            url,
-            "Action={action}&Format=JSON&Version=2015-04-01&Timestamp={}",
-            timestamp.replace(':', "%3A")
-        );
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let mut common: Vec<(&str, &str)> = vec![
+            ("Action", action),
+            ("Format", "JSON"),
+            ("Timestamp", &timestamp),
+            ("Version", "2015-04-01"),
+        ];
+        let mut signature = None;
+        if let Some(signer) = signer {
+            common.extend([
+                ("AccessKeyId", signer.access_key_id.as_str()),
+                ("SignatureMethod", "HMAC-SHA1"),
+                ("SignatureNonce", nonce.as_str()),
+                ("SignatureVersion", "1.0"),
+            ]);
+            if let Some(token) = &signer.security_token {
+                common.push(("SecurityToken", token.expose_secret()));
+            }
+            let all: Vec<(&str, &str)> = common.iter().chain(params).copied().collect();
+            signature = Some(crate::signature::sign(
+                "POST",
+                &all,
+                signer.access_key_secret.expose_secret(),
+            ));
+        }
+        let mut url = self.base.clone();
+        let signed = signature
+            .as_deref()
+            .map(|signature| ("Signature", signature));
+        for (i, (key, value)) in common.iter().copied().chain(signed).enumerate() {
+            if i > 0 {
+                url.push('&');
+            }
+            url.push_str(key);
+            url.push('=');
+            crate::signature::push_encoded(&mut url, value);
+        }
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
@@ -171,6 +203,7 @@ impl Issued {
                 security_token: Some(self.security_token),
             },
             expires_at: Some(expires_at),
+            recheck_after: None,
         })
     }
 }
