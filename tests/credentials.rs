@@ -326,3 +326,38 @@ async fn a_ram_role_profile_assumes_the_role_with_its_access_key() {
     assert_eq!(issued[0].action, "AssumeRole");
     h.cleanup().await.expect("clean up");
 }
+
+/// A credentials URI (a sidecar serving credentials): fetched at start-up and again before
+/// its 5-second credentials expire, while requests keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_uri_is_fetched_again_before_its_credentials_expire() {
+    let s = settings();
+    dialex_worker::telemetry::init(&s.log);
+    let mut h = Harness::start(s, SimConfig::default())
+        .await
+        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    h.simulator.set_sts_lifetime(Duration::from_secs(5));
+    let vars: HashMap<&str, String> = HashMap::from([(
+        "ALIBABA_CLOUD_CREDENTIALS_URI",
+        h.simulator.credentials_uri(),
+    )]);
+    let provider =
+        credentials::from_vars(&|name: &str| vars.get(name).cloned()).expect("the credentials URI");
+    assert_eq!(provider.name(), "credentials URI");
+    h.start_worker(CredentialSource::start(provider).await)
+        .await
+        .expect("worker starts");
+    for i in 0..8 {
+        assert_eq!(
+            dial_one(&mut h, &format!("uri-{i}"), i).await,
+            Status::Dialed
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let issued = h.simulator.sts_issued();
+    assert!(
+        issued.len() >= 3 && issued.iter().all(|i| i.action == "credentials-uri"),
+        "{issued:?}"
+    );
+    h.cleanup().await.expect("clean up");
+}

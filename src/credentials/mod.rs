@@ -8,6 +8,7 @@ mod file;
 mod oidc;
 mod source;
 mod sts;
+mod uri;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ pub use ecs::EcsRamRole;
 pub use file::CredentialsFile;
 pub use oidc::Oidc;
 pub use source::{CredentialSource, Unavailable};
+pub use uri::CredentialsUri;
 
 /// Why credentials could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,7 +90,8 @@ pub struct Credentials {
 /// STS ones), then OIDC (`ALIBABA_CLOUD_ROLE_ARN`, `_OIDC_PROVIDER_ARN`, `_OIDC_TOKEN_FILE`:
 /// ACK's RRSA), then a profile of the credentials file (`ALIBABA_CLOUD_CREDENTIALS_FILE`, or
 /// `~/.alibabacloud/credentials` when it exists; `ALIBABA_CLOUD_PROFILE`), then the ECS
-/// instance's RAM role (`ALIBABA_CLOUD_ECS_METADATA`). A provider set up by halves is an error naming what is missing, never
+/// instance's RAM role (`ALIBABA_CLOUD_ECS_METADATA`), then a credentials URI
+/// (`ALIBABA_CLOUD_CREDENTIALS_URI`). A provider set up by halves is an error naming what is missing, never
 /// passed over for the next.
 pub fn from_env() -> Result<Arc<dyn Provider>, CredentialsError> {
     from_vars(&Credentials::var)
@@ -124,17 +127,21 @@ pub fn from_vars(
     if let Some(role) = EcsRamRole::from_env(&env)? {
         return Ok(Arc::new(role));
     }
+    if let Some(uri) = CredentialsUri::from_env(&env)? {
+        return Ok(Arc::new(uri));
+    }
     Err(CredentialsError::Fetch {
         provider: "the credential chain",
         reason: format!(
-            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK), or {} (a profile of Alibaba Cloud's credentials file), or {} (the ECS instance's RAM role)",
+            "no credentials: set {} and {} (a RAM user's AccessKey), or {}, {} and {} (RRSA on ACK), or {} (a profile of Alibaba Cloud's credentials file), or {} (the ECS instance's RAM role), or {} (a local credentials service)",
             Credentials::ACCESS_KEY_ID,
             Credentials::ACCESS_KEY_SECRET,
             oidc::ROLE_ARN,
             oidc::OIDC_PROVIDER_ARN,
             oidc::OIDC_TOKEN_FILE,
             file::CREDENTIALS_FILE,
-            ecs::ECS_METADATA
+            ecs::ECS_METADATA,
+            uri::CREDENTIALS_URI
         ),
     })
 }
@@ -166,7 +173,7 @@ impl Credentials {
     }
 
     /// Which of the chain's variables are set, without their values: for reports.
-    pub fn presence_in_env() -> [(&'static str, bool); 8] {
+    pub fn presence_in_env() -> [(&'static str, bool); 9] {
         [
             Self::ACCESS_KEY_ID,
             Self::ACCESS_KEY_SECRET,
@@ -176,6 +183,7 @@ impl Credentials {
             oidc::OIDC_TOKEN_FILE,
             file::CREDENTIALS_FILE,
             ecs::ECS_METADATA,
+            uri::CREDENTIALS_URI,
         ]
         .map(|name| (name, Self::var(name).is_some()))
     }

@@ -125,6 +125,11 @@ impl Simulator {
         format!("http://{}/sts", self.addr)
     }
 
+    /// A credentials URI (`ALIBABA_CLOUD_CREDENTIALS_URI`), serving temporary credentials.
+    pub fn credentials_uri(&self) -> String {
+        format!("http://{}/credentials", self.addr)
+    }
+
     /// The base URL of the simulated ECS instance metadata service (`/latest/…`).
     pub fn metadata_endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -209,6 +214,7 @@ async fn route(
         Gateway,
         Sts,
         Metadata,
+        CredentialsUri,
         Dials,
         Faults,
         WrongMethod,
@@ -218,6 +224,7 @@ async fn route(
         (&Method::GET | &Method::POST, "/") => Route::Gateway,
         (&Method::GET | &Method::POST, "/sts/" | "/sts") => Route::Sts,
         (&Method::GET | &Method::PUT, path) if path.starts_with("/latest/") => Route::Metadata,
+        (&Method::GET, "/credentials") => Route::CredentialsUri,
         (&Method::GET, "/__sim/dials") => Route::Dials,
         (&Method::POST, "/__sim/faults") => Route::Faults,
         (_, "/") => Route::WrongMethod,
@@ -226,6 +233,7 @@ async fn route(
     let response = match route {
         Route::Gateway => return dial_ex(gateway, request).await,
         Route::Sts => sts(gateway, request).await,
+        Route::CredentialsUri => gateway.sts.served(gateway),
         Route::Metadata => {
             let path = request.uri().path().trim_start_matches("/latest/");
             let token = request

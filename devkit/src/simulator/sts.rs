@@ -42,7 +42,8 @@ impl Default for StsConfig {
 /// One set of temporary credentials STS issued.
 #[derive(Debug, Clone, Serialize)]
 pub struct Issued {
-    /// `AssumeRoleWithOIDC`, `AssumeRole`, or `ecs-metadata` (the instance's RAM role).
+    /// `AssumeRoleWithOIDC`, `AssumeRole`, `ecs-metadata` (the instance's RAM role) or
+    /// `credentials-uri`.
     pub action: &'static str,
     pub access_key_id: String,
     /// The secret and the token: what must never show in the worker's logs.
@@ -206,6 +207,21 @@ impl Sts {
             security_token: token,
             expiration: expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         }
+    }
+
+    /// A credentials URI's answer: fresh temporary credentials, as a local credentials
+    /// service serves them.
+    pub(crate) fn served(&self, gateway: &Gateway) -> Response<Body> {
+        let lifetime = lock(&self.config).lifetime;
+        let issued = self.issue(gateway, "credentials-uri", None, lifetime);
+        let body = serde_json::json!({
+            "Code": "Success",
+            "AccessKeyId": issued.access_key_id,
+            "AccessKeySecret": issued.access_key_secret,
+            "SecurityToken": issued.security_token,
+            "Expiration": issued.expiration,
+        });
+        answer::json(StatusCode::OK, &answer::new_request_id(), &body)
     }
 
     /// The instance metadata service's answer for `path` (under `/latest/`), as an ECS
