@@ -5,7 +5,6 @@
 //! Steps 1-5 authenticate the request; only an authenticated request records its nonce, and
 //! every authenticated one does, even if it then fails validation or meets a fault.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,16 +12,14 @@ use std::time::{Duration, Instant};
 
 use hyper::{Response, StatusCode};
 use jiff::Timestamp;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, ApiError, Body};
 use super::dial_log::DialLog;
 use super::faults::FaultQueues;
+use super::keys::Keys;
 use super::nonces::NonceCache;
 use super::params::Params;
-use super::sts::Sts;
-use super::verify::{self, SigningKey};
 use super::{DialRecord, Fault, SimConfig};
 
 /// What to do with the connection after handling a request.
@@ -33,20 +30,10 @@ pub(crate) enum Reply {
     Drop,
 }
 
-/// An AccessKey the gateway accepts: permanent, or a temporary one STS issued with its
-/// security token, valid until it expires.
-#[derive(Clone)]
-pub(crate) struct Key {
-    pub(crate) signing: SigningKey,
-    pub(crate) session: Option<(String, Instant)>,
-}
-
 /// The gateway's state: credentials, replay guard, faults and the dial log.
 pub(crate) struct Gateway {
-    /// Behind a lock so tests can rotate a key (and STS add temporary ones) while the
-    /// simulator runs.
-    keys: Mutex<HashMap<String, Key>>,
-    timestamp_window: Duration,
+    /// Shared with STS, which adds the temporary keys it issues.
+    keys: Arc<Keys>,
     latency: Duration,
     slow_delay: Duration,
     nonces: Mutex<NonceCache>,
@@ -56,7 +43,6 @@ pub(crate) struct Gateway {
     log: DialLog,
     task_id_prefix: i64,
     shutdown: CancellationToken,
-    pub(crate) sts: Sts,
 }
 
 /// The validated business parameters of one `DialEx` call.
@@ -74,21 +60,13 @@ struct DialEx<'a> {
 static NEXT_TASK: AtomicU64 = AtomicU64::new(0);
 
 impl Gateway {
-    pub(crate) async fn new(config: &SimConfig, shutdown: CancellationToken) -> io::Result<Self> {
-        let keys = config
-            .credentials
-            .iter()
-            .map(|(id, secret)| {
-                let key = Key {
-                    signing: verify::signing_key(secret.expose_secret()),
-                    session: None,
-                };
-                (id.clone(), key)
-            })
-            .collect();
+    pub(crate) async fn new(
+        config: &SimConfig,
+        keys: Arc<Keys>,
+        shutdown: CancellationToken,
+    ) -> io::Result<Self> {
         Ok(Self {
-            keys: Mutex::new(keys),
-            timestamp_window: config.timestamp_window,
+            keys,
             latency: config.latency,
             slow_delay: config.slow_delay,
             nonces: Mutex::new(NonceCache::new(config.timestamp_window, Instant::now())),
@@ -97,7 +75,6 @@ impl Gateway {
             log: DialLog::open(config.dial_log.as_deref()).await?,
             task_id_prefix: Timestamp::now().as_millisecond(),
             shutdown,
-            sts: Sts::new(config.sts.clone()),
         })
     }
 
@@ -105,27 +82,8 @@ impl Gateway {
         &self.log
     }
 
-    pub(crate) fn set_credentials(&self, access_key_id: &str, secret: &str) {
-        let key = Key {
-            signing: verify::signing_key(secret),
-            session: None,
-        };
-        lock(&self.keys).insert(access_key_id.to_owned(), key);
-    }
-
-    /// Accepts a temporary key (issued by STS) with its token until `expires`.
-    pub(crate) fn add_temporary(
-        &self,
-        access_key_id: &str,
-        secret: &str,
-        token: &str,
-        expires: Instant,
-    ) {
-        let key = Key {
-            signing: verify::signing_key(secret),
-            session: Some((token.to_owned(), expires)),
-        };
-        lock(&self.keys).insert(access_key_id.to_owned(), key);
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     pub(crate) fn inject(&self, callee: &str, fault: Fault, times: u32) {
@@ -166,7 +124,7 @@ impl Gateway {
 
     /// Steps 1-8: authenticate, guard against replays, validate.
     fn admit<'p>(&self, method: &str, params: &'p Params) -> Result<DialEx<'p>, ApiError> {
-        let nonce = self.authenticate(method, params)?;
+        let nonce = self.keys.authenticate(method, params)?;
         if !lock(&self.nonces).check_and_insert(nonce, Instant::now()) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -175,84 +133,6 @@ impl Gateway {
             ));
         }
         validate(params, nonce)
-    }
-
-    /// Steps 1-5; returns the request's nonce.
-    pub(crate) fn authenticate<'p>(
-        &self,
-        method: &str,
-        params: &'p Params,
-    ) -> Result<&'p str, ApiError> {
-        let required = |name: &str| {
-            params
-                .non_empty(name)
-                .ok_or_else(|| ApiError::missing(name))
-        };
-        let access_key_id = required("AccessKeyId")?;
-        let signature = required("Signature")?;
-        let signature_method = required("SignatureMethod")?;
-        let signature_version = required("SignatureVersion")?;
-        let nonce = required("SignatureNonce")?;
-        let timestamp = required("Timestamp")?;
-
-        if signature_method != "HMAC-SHA1" {
-            return Err(ApiError::invalid("SignatureMethod"));
-        }
-        if signature_version != "1.0" {
-            return Err(ApiError::invalid("SignatureVersion"));
-        }
-        let Some(key) = lock(&self.keys).get(access_key_id).cloned() else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "InvalidAccessKeyId.NotFound",
-                "Specified access key is not found.",
-            ));
-        };
-        let string_to_sign = verify::string_to_sign(method, params);
-        if !verify::verify(&key.signing, &string_to_sign, signature) {
-            // The real gateway includes its string to sign, and so do we: it is the fastest way
-            // to see which parameter the client encoded differently.
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "SignatureDoesNotMatch",
-                format!(
-                    "Specified signature is not matched with our calculation. \
-                     server string to sign is:{string_to_sign}"
-                ),
-            ));
-        }
-        let Some(sent_at) = verify::parse_timestamp(timestamp) else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidTimeStamp.Format",
-                "Specified time stamp or date value is not well formatted.",
-            ));
-        };
-        let skew_ms = (Timestamp::now().as_millisecond() - sent_at.as_millisecond()).unsigned_abs();
-        if u128::from(skew_ms) > self.timestamp_window.as_millis() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "InvalidTimeStamp.Expired",
-                "Specified time stamp or date value is expired.",
-            ));
-        }
-        if let Some((token, expires)) = &key.session {
-            if params.non_empty("SecurityToken") != Some(token.as_str()) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidSecurityToken.MismatchWithAccessKey",
-                    "Specified SecurityToken mismatch with the AccessKey.",
-                ));
-            }
-            if Instant::now() >= *expires {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidSecurityToken.Expired",
-                    "Specified SecurityToken is expired.",
-                ));
-            }
-        }
-        Ok(nonce)
     }
 
     /// Step 9 and the dial itself.

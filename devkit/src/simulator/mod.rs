@@ -57,6 +57,7 @@ mod answer;
 mod dial_log;
 mod faults;
 mod gateway;
+mod keys;
 mod nonces;
 mod params;
 mod server;

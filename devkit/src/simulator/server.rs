@@ -34,7 +34,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::answer::{self, ApiError, Body};
 use super::gateway::{Gateway, Reply};
+use super::keys::Keys;
 use super::params::Params;
+use super::sts::Sts;
 use super::{DialRecord, Fault, Issued, SimConfig};
 
 /// Largest request body accepted; the gateway's own limit is far above anything `DialEx` sends,
@@ -46,6 +48,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Simulator {
     addr: SocketAddr,
     gateway: Arc<Gateway>,
+    sts: Arc<Sts>,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     _stop_on_drop: DropGuard,
@@ -68,16 +71,17 @@ impl Simulator {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let gateway = Arc::new(Gateway::new(&config, shutdown.clone()).await?);
-        let server = tokio::spawn(accept_loop(
-            listener,
-            Arc::clone(&gateway),
-            shutdown.clone(),
-        ));
+        let keys = Arc::new(Keys::new(&config));
+        let services = Services {
+            gateway: Arc::new(Gateway::new(&config, Arc::clone(&keys), shutdown.clone()).await?),
+            sts: Arc::new(Sts::new(config.sts.clone(), keys)),
+        };
+        let server = tokio::spawn(accept_loop(listener, services.clone(), shutdown.clone()));
         tracing::info!(%addr, "CCC simulator listening");
         Ok(Simulator {
             addr,
-            gateway,
+            gateway: services.gateway,
+            sts: services.sts,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             server,
@@ -117,7 +121,7 @@ impl Simulator {
     /// Accepts `secret` for `access_key_id` from now on (adds the key, or rotates it), as
     /// when an operator fixes credentials on the account side.
     pub fn set_credentials(&self, access_key_id: &str, secret: &str) {
-        self.gateway.set_credentials(access_key_id, secret);
+        self.gateway.keys().set_credentials(access_key_id, secret);
     }
 
     /// The STS endpoint, for the worker's `AssumeRoleWithOIDC` and `AssumeRole`.
@@ -139,17 +143,17 @@ impl Simulator {
     /// before (any other is refused), as when the platform mounts a new service-account
     /// token.
     pub fn accept_oidc_token(&self, token: &str) {
-        self.gateway.sts.accept_oidc_token(token);
+        self.sts.accept_oidc_token(token);
     }
 
     /// How long the credentials STS issues from now on live.
     pub fn set_sts_lifetime(&self, lifetime: Duration) {
-        self.gateway.sts.set_lifetime(lifetime);
+        self.sts.set_lifetime(lifetime);
     }
 
     /// Every set of temporary credentials STS issued, in order.
     pub fn sts_issued(&self) -> Vec<Issued> {
-        self.gateway.sts.issued()
+        self.sts.issued()
     }
 
     /// Every dial executed so far, in the order they completed.
@@ -178,20 +182,28 @@ impl Simulator {
     }
 }
 
-async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+/// What the simulator serves: the gateway, and the STS (with the metadata service and the
+/// credentials URI) whose keys it accepts.
+#[derive(Clone)]
+struct Services {
+    gateway: Arc<Gateway>,
+    sts: Arc<Sts>,
+}
+
+async fn accept_loop(listener: TcpListener, services: Services, shutdown: CancellationToken) {
     // As many connections as the benchmark's clients open, and then some.
     dialex_worker::accept::accept_until(listener, shutdown, "CCC simulator", 4096, |stream| {
-        serve_connection(stream, Arc::clone(&gateway))
+        serve_connection(stream, services.clone())
     })
     .await;
 }
 
-async fn serve_connection(stream: TcpStream, gateway: Arc<Gateway>) {
+async fn serve_connection(stream: TcpStream, services: Services) {
     // Small request/response exchanges: don't let Nagle add latency to benchmarks.
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| {
-        let gateway = Arc::clone(&gateway);
-        async move { route(&gateway, request).await }
+        let services = services.clone();
+        async move { route(&services, request).await }
     });
     if let Err(error) = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -207,9 +219,10 @@ async fn serve_connection(stream: TcpStream, gateway: Arc<Gateway>) {
 struct DroppedOnPurpose;
 
 async fn route(
-    gateway: &Arc<Gateway>,
+    services: &Services,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, DroppedOnPurpose> {
+    let Services { gateway, sts } = services;
     enum Route {
         Gateway,
         Sts,
@@ -232,17 +245,15 @@ async fn route(
     };
     let response = match route {
         Route::Gateway => return dial_ex(gateway, request).await,
-        Route::Sts => sts(gateway, request).await,
-        Route::CredentialsUri => gateway.sts.served(gateway),
+        Route::Sts => assume(sts, request).await,
+        Route::CredentialsUri => sts.served(),
         Route::Metadata => {
             let path = request.uri().path().trim_start_matches("/latest/");
             let token = request
                 .headers()
                 .get("x-aliyun-ecs-metadata-token")
                 .and_then(|value| value.to_str().ok());
-            gateway
-                .sts
-                .metadata(gateway, request.method().as_str(), path, token)
+            sts.metadata(request.method().as_str(), path, token)
         }
         Route::Dials => answer::json(
             StatusCode::OK,
@@ -264,9 +275,9 @@ async fn route(
     Ok(response)
 }
 
-async fn sts(gateway: &Gateway, request: Request<Incoming>) -> Response<Body> {
+async fn assume(sts: &Sts, request: Request<Incoming>) -> Response<Body> {
     match parameters(request).await {
-        Ok((method, params)) => gateway.sts.handle(gateway, method.as_str(), &params),
+        Ok((method, params)) => sts.handle(method.as_str(), &params),
         Err(error) => rejection(error),
     }
 }

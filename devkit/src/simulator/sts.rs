@@ -4,7 +4,7 @@
 //! role, under `/latest/`. Each issues a temporary AccessKey with its security token, which
 //! the gateway then accepts for `DialEx` until it expires, and no longer.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hyper::{Response, StatusCode};
@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::answer::{self, ApiError, Body};
-use super::gateway::Gateway;
+use super::keys::Keys;
 use super::params::Params;
 
 /// The API version STS speaks.
@@ -55,6 +55,7 @@ pub struct Issued {
 }
 
 pub(crate) struct Sts {
+    keys: Arc<Keys>,
     config: Mutex<StsConfig>,
     /// The OIDC tokens `AssumeRoleWithOIDC` accepts (the platform rotates them; an old one
     /// stays valid a while after the next is mounted).
@@ -69,8 +70,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Sts {
-    pub(crate) fn new(config: StsConfig) -> Sts {
+    pub(crate) fn new(config: StsConfig, keys: Arc<Keys>) -> Sts {
         Sts {
+            keys,
             config: Mutex::new(config),
             oidc_tokens: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
@@ -91,20 +93,15 @@ impl Sts {
     }
 
     /// Answers one STS request.
-    pub(crate) fn handle(
-        &self,
-        gateway: &Gateway,
-        method: &str,
-        params: &Params,
-    ) -> Response<Body> {
+    pub(crate) fn handle(&self, method: &str, params: &Params) -> Response<Body> {
         let request_id = answer::new_request_id();
-        match self.assume(gateway, method, params) {
+        match self.assume(method, params) {
             Ok(body) => answer::json(StatusCode::OK, &request_id, &body.with_id(&request_id)),
             Err(error) => error.into_response(&request_id),
         }
     }
 
-    fn assume(&self, gateway: &Gateway, method: &str, params: &Params) -> Result<Answer, ApiError> {
+    fn assume(&self, method: &str, params: &Params) -> Result<Answer, ApiError> {
         let required = |name: &str| {
             params
                 .non_empty(name)
@@ -138,7 +135,7 @@ impl Sts {
                 ("AssumeRoleWithOIDC", Some(token.to_owned()))
             }
             "AssumeRole" => {
-                gateway.authenticate(method, params)?;
+                self.keys.authenticate(method, params)?;
                 ("AssumeRole", None)
             }
             _ => {
@@ -163,7 +160,7 @@ impl Sts {
                 _ => return Err(ApiError::invalid("DurationSeconds")),
             },
         };
-        let credentials = self.issue(gateway, action, oidc_token, asked.min(config.lifetime));
+        let credentials = self.issue(action, oidc_token, asked.min(config.lifetime));
         let session = params.non_empty("RoleSessionName").unwrap_or("session");
         Ok(Answer {
             request_id: String::new(),
@@ -181,7 +178,6 @@ impl Sts {
     /// A temporary key living `lifetime`, which the gateway accepts from now on.
     fn issue(
         &self,
-        gateway: &Gateway,
         action: &'static str,
         oidc_token: Option<String>,
         lifetime: Duration,
@@ -190,7 +186,8 @@ impl Sts {
         let access_key_id = format!("STS.{}", uuid::Uuid::new_v4().simple());
         let secret = uuid::Uuid::new_v4().simple().to_string();
         let token = format!("CAIS{}", uuid::Uuid::new_v4().simple());
-        gateway.add_temporary(&access_key_id, &secret, &token, now + lifetime);
+        self.keys
+            .add_temporary(&access_key_id, &secret, &token, now + lifetime);
         // Announced to the second, rounded down: never later than the key really expires.
         let expires_at = Timestamp::now() + lifetime;
         lock(&self.issued).push(Issued {
@@ -211,9 +208,9 @@ impl Sts {
 
     /// A credentials URI's answer: fresh temporary credentials, as a local credentials
     /// service serves them.
-    pub(crate) fn served(&self, gateway: &Gateway) -> Response<Body> {
+    pub(crate) fn served(&self) -> Response<Body> {
         let lifetime = lock(&self.config).lifetime;
-        let issued = self.issue(gateway, "credentials-uri", None, lifetime);
+        let issued = self.issue("credentials-uri", None, lifetime);
         let body = serde_json::json!({
             "Code": "Success",
             "AccessKeyId": issued.access_key_id,
@@ -228,13 +225,7 @@ impl Sts {
     /// instance with the RAM role of [`StsConfig::role_arn`] attached gives it.
     /// `PUT api/token` hands out a session token; the RAM paths then require it
     /// (`X-aliyun-ecs-metadata-token`), as an instance that allows only the hardened mode.
-    pub(crate) fn metadata(
-        &self,
-        gateway: &Gateway,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-    ) -> Response<Body> {
+    pub(crate) fn metadata(&self, method: &str, path: &str, token: Option<&str>) -> Response<Body> {
         let text = |status: StatusCode, body: String| {
             let mut response = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
             *response.status_mut() = status;
@@ -258,7 +249,7 @@ impl Sts {
         match path.strip_prefix("meta-data/ram/security-credentials/") {
             Some("") => text(StatusCode::OK, role),
             Some(asked) if asked == role => {
-                let issued = self.issue(gateway, "ecs-metadata", None, config.lifetime);
+                let issued = self.issue("ecs-metadata", None, config.lifetime);
                 let body = serde_json::json!({
                     "AccessKeyId": issued.access_key_id,
                     "AccessKeySecret": issued.access_key_secret,
