@@ -304,8 +304,13 @@ fn the_environment_holds_only_variables_the_worker_reads() {
             "{name}: key {key} of Secret {secret_name} is in {SECRET_EXAMPLE}"
         );
         match name {
+            // Optional: the pods may assume a RAM role instead (RRSA), and the worker refuses
+            // to start with one of the two and not the other.
             Credentials::ACCESS_KEY_ID | Credentials::ACCESS_KEY_SECRET => {
-                assert!(!optional, "{name} is required")
+                assert!(
+                    optional,
+                    "{name} is left out of the Secret with RRSA: optional"
+                )
             }
             Credentials::SECURITY_TOKEN => {
                 assert!(optional, "{name} is only for STS credentials: optional")
@@ -344,6 +349,7 @@ fn the_environment_holds_only_variables_the_worker_reads() {
     for required in [
         Credentials::ACCESS_KEY_ID,
         Credentials::ACCESS_KEY_SECRET,
+        Credentials::SECURITY_TOKEN,
         "DIALEX_AMQP__URL",
         "DIALEX_STORE__URL",
         "DIALEX_COOLDOWN__HASH_KEY",
