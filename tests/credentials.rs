@@ -11,7 +11,7 @@ use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::{SimConfig, StsConfig};
 use dialex_worker::credentials::{self, CredentialSource, Provider};
 use dialex_worker::outcome::Status;
-use helpers::{WAIT, callee, request, settings};
+use helpers::{WAIT, callee, harness, request, settings};
 use tokio::time::Instant;
 
 /// The variables RRSA's webhook sets in a pod, pointing at the simulator's STS and at
@@ -46,10 +46,7 @@ async fn five_second_sts_credentials_under_load_never_expire_on_a_request() {
     // 1,000 requests over 20 s.
     s.limits.calls_per_second = 50.0;
     s.limits.burst = 5;
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(s, SimConfig::default()).await;
     h.simulator.set_sts_lifetime(Duration::from_secs(5));
     h.simulator.accept_oidc_token("projected-token-1");
     let token_file = token_file();
@@ -127,11 +124,7 @@ async fn five_second_sts_credentials_under_load_never_expire_on_a_request() {
 /// what STS answered and what to check; nothing is dialed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_role_arn_pauses_the_worker_with_the_reason() {
-    let s = settings();
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(settings(), SimConfig::default()).await;
     h.simulator.accept_oidc_token("projected-token");
     let token_file = token_file();
     std::fs::write(&token_file, "projected-token").expect("token written");
@@ -173,10 +166,7 @@ async fn the_instances_ram_role_comes_from_the_metadata_service_and_is_refreshed
     // 80 requests over 8 s, with 5 s credentials.
     s.limits.calls_per_second = 10.0;
     s.limits.burst = 1;
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(s, SimConfig::default()).await;
     h.simulator.set_sts_lifetime(Duration::from_secs(5));
     let vars: HashMap<&str, String> = HashMap::from([
         ("ALIBABA_CLOUD_ECS_METADATA", "dialex-worker".to_owned()),
@@ -249,11 +239,7 @@ async fn dial_one(h: &mut Harness, id: &str, index: usize) -> Status {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_changed_in_the_credentials_file_is_used_without_a_restart() {
     use dialex_devkit::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET};
-    let s = settings();
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(settings(), SimConfig::default()).await;
     let file = credentials_file(
         "worker",
         &[
@@ -295,11 +281,7 @@ async fn a_key_changed_in_the_credentials_file_is_used_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ram_role_profile_assumes_the_role_with_its_access_key() {
     use dialex_devkit::simulator::{DEMO_ACCESS_KEY_ID, DEMO_ACCESS_KEY_SECRET};
-    let s = settings();
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(settings(), SimConfig::default()).await;
     let role_arn = StsConfig::default().role_arn;
     let file = credentials_file(
         "default",
@@ -331,11 +313,7 @@ async fn a_ram_role_profile_assumes_the_role_with_its_access_key() {
 /// its 5-second credentials expire, while requests keep coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credentials_uri_is_fetched_again_before_its_credentials_expire() {
-    let s = settings();
-    dialex_worker::telemetry::init(&s.log);
-    let mut h = Harness::start(s, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable on 127.0.0.1:5672");
+    let mut h = harness(settings(), SimConfig::default()).await;
     h.simulator.set_sts_lifetime(Duration::from_secs(5));
     let vars: HashMap<&str, String> = HashMap::from([(
         "ALIBABA_CLOUD_CREDENTIALS_URI",

@@ -9,13 +9,12 @@ mod helpers;
 
 use std::time::Duration;
 
-use dialex_devkit::harness::Harness;
 use dialex_devkit::simulator::SimConfig;
 use dialex_worker::config::StoreBackend;
 use dialex_worker::store::DialRecords as _;
 use dialex_worker::store::redis::RedisStore;
 use helpers::chaos::{self, script};
-use helpers::settings_with;
+use helpers::{harness, settings_with};
 use tokio::time::Instant;
 
 /// One scenario at a time: they kill the same servers.
@@ -24,6 +23,27 @@ static SERVERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `scripts/redis-ha.sh` with `args`.
 fn redis_ha(args: &[&str]) -> String {
     script("redis-ha.sh", args)
+}
+
+/// [`redis_ha`] on a blocking thread, so the workers in this process keep running.
+fn redis_ha_in_background(args: Vec<String>) -> tokio::task::JoinHandle<String> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_ha(&args)
+    })
+}
+
+/// Two workers' settings on the Redis store, claims confirmed by one replica within
+/// 200 ms, paced at 150 calls/s so that a server is lost mid-run; `url` gives the primary (or,
+/// with sentinels, its login).
+fn replicated(url: &str) -> dialex_worker::config::Settings {
+    let mut settings = settings_with(StoreBackend::Redis);
+    settings.store.url = url.to_owned().into();
+    settings.store.min_replicas_acked = 1;
+    settings.store.replica_ack_timeout_ms = 200;
+    settings.limits.calls_per_second = 150.0;
+    settings.limits.burst = 10;
+    settings
 }
 
 /// The ports of the current primary and of the other server, its replica.
@@ -57,21 +77,14 @@ async fn claims_wait_for_the_replica_and_the_workers_pause_while_it_is_gone() {
     let (primary, replica) = primary_and_replica();
     const REQUESTS: usize = 1_000;
 
-    let mut settings = settings_with(StoreBackend::Redis);
-    settings.store.url = format!("redis://127.0.0.1:{primary}").into();
-    settings.store.min_replicas_acked = 1;
-    settings.store.replica_ack_timeout_ms = 200;
-    // Paced so the replica goes down mid-run: 1,000 requests take about 7 s.
-    settings.limits.calls_per_second = 150.0;
-    settings.limits.burst = 10;
-    dialex_worker::telemetry::init(&settings.log);
-    let mut h = Harness::start(settings, SimConfig::default())
-        .await
-        .expect("RabbitMQ must be reachable");
+    // 1,000 requests take about 7 s.
+    let mut h = harness(
+        replicated(&format!("redis://127.0.0.1:{primary}")),
+        SimConfig::default(),
+    )
+    .await;
 
     let replica = replica.to_string();
-    let background =
-        |args: [String; 2]| tokio::task::spawn_blocking(move || redis_ha(&[&args[0], &args[1]]));
     let mut stage = Stage::Running;
     let mut tasks = Vec::new();
     let mut dials_while_gone = None;
@@ -83,7 +96,7 @@ async fn claims_wait_for_the_replica_and_the_workers_pause_while_it_is_gone() {
         "store.min_replicas_acked",
         |progress| match stage {
             Stage::Running if progress.done >= REQUESTS * 3 / 10 => {
-                tasks.push(background(["kill".into(), replica.clone()]));
+                tasks.push(redis_ha_in_background(vec!["kill".into(), replica.clone()]));
                 stage = Stage::Killed;
             }
             Stage::Killed if !progress.ready => stage = Stage::Paused(Instant::now()),
@@ -92,7 +105,10 @@ async fn claims_wait_for_the_replica_and_the_workers_pause_while_it_is_gone() {
             }
             Stage::Holding(since, dials) if since.elapsed() >= Duration::from_secs(3) => {
                 dials_while_gone = Some(progress.dials - dials);
-                tasks.push(background(["start".into(), replica.clone()]));
+                tasks.push(redis_ha_in_background(vec![
+                    "start".into(),
+                    replica.clone(),
+                ]));
                 stage = Stage::Restarted;
             }
             _ => {}
@@ -130,23 +146,14 @@ async fn the_workers_follow_the_sentinels_to_the_promoted_replica() {
     let (primary, replica) = primary_and_replica();
     const REQUESTS: usize = 2_000;
 
-    let mut settings = settings_with(StoreBackend::Redis);
-    // Nothing listens here: the user, password and database come from the URL, the primary
-    // from the sentinels.
-    settings.store.url = "redis://127.0.0.1:1/0".to_owned().into();
+    // Nothing listens at the URL: the user, password and database come from it, the primary
+    // from the sentinels. 2,000 requests take about 13 s.
+    let mut settings = replicated("redis://127.0.0.1:1/0");
     settings.store.sentinels = ["26391", "26392", "26393"]
         .map(|port| format!("127.0.0.1:{port}"))
         .to_vec();
     settings.store.sentinel_service = "dialex-test".to_owned();
-    settings.store.min_replicas_acked = 1;
-    settings.store.replica_ack_timeout_ms = 200;
-    // Paced so the primary goes down mid-run: 2,000 requests take about 13 s.
-    settings.limits.calls_per_second = 150.0;
-    settings.limits.burst = 10;
-    dialex_worker::telemetry::init(&settings.log);
-    let mut h = Harness::start(settings, SimConfig::default())
-        .await
-        .expect("RabbitMQ and the sentinels must be reachable");
+    let mut h = harness(settings, SimConfig::default()).await;
 
     let mut failover = None;
     let mut run = chaos::run(
@@ -185,17 +192,11 @@ async fn the_workers_follow_the_sentinels_to_the_promoted_replica() {
 /// server again (as their primary's replica). Returns the seconds from the kill to the
 /// promotion.
 async fn fail_over(primary: u16, replica: u16) -> f64 {
-    let blocking = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            redis_ha(&args)
-        })
-    };
     let killed = Instant::now();
-    blocking(vec!["kill".into(), primary.to_string()])
+    redis_ha_in_background(vec!["kill".into(), primary.to_string()])
         .await
         .expect("redis-ha.sh ran");
-    while blocking(vec!["primary".into()])
+    while redis_ha_in_background(vec!["primary".into()])
         .await
         .expect("redis-ha.sh ran")
         != replica.to_string()
@@ -207,7 +208,7 @@ async fn fail_over(primary: u16, replica: u16) -> f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let promoted_after = killed.elapsed().as_secs_f64();
-    blocking(vec!["start".into(), primary.to_string()])
+    redis_ha_in_background(vec!["start".into(), primary.to_string()])
         .await
         .expect("redis-ha.sh ran");
     promoted_after

@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
-use serde::Deserialize;
-
-use super::{Credentials, CredentialsError, Fetching, Lease, Provider};
+use super::http::{self, Temporary};
+use super::{CredentialsError, Fetching, Lease, Provider};
 
 pub(super) const ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
 /// This worker's own: where the metadata service is, for tests and proxies (the official
@@ -37,15 +35,10 @@ impl EcsRamRole {
         let Some(role) = env(ECS_METADATA) else {
             return Ok(None);
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(TIMEOUT)
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| CredentialsError::Fetch {
-                provider: "ECS RAM role",
-                reason: format!("could not build the HTTP client: {e}"),
-            })?;
+        let http = http::client(TIMEOUT, TIMEOUT).map_err(|reason| CredentialsError::Fetch {
+            provider: "ECS RAM role",
+            reason,
+        })?;
         Ok(Some(EcsRamRole {
             http,
             base: env(ECS_METADATA_ENDPOINT)
@@ -94,35 +87,14 @@ impl EcsRamRole {
                 status.as_u16()
             )));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| fail(format!("the answer was cut off: {}", e.without_url())))?;
-        let answer: RoleCredentials = serde_json::from_slice(&body).map_err(|e| {
-            fail(format!(
-                "unreadable credentials: {}",
-                super::sts::json_error(&e)
-            ))
-        })?;
-        if answer.code != "Success" {
-            return Err(fail(format!(
-                "the metadata service answered Code {}",
-                answer.code
-            )));
-        }
-        let expires_at = answer
-            .expiration
-            .parse()
-            .map_err(|e| fail(format!("unreadable Expiration: {e}")))?;
-        Ok(Lease {
-            credentials: Credentials {
-                access_key_id: answer.access_key_id,
-                access_key_secret: answer.access_key_secret,
-                security_token: Some(answer.security_token),
-            },
-            expires_at: Some(expires_at),
-            recheck_after: None,
-        })
+        let body = http::body(response).await.map_err(fail)?;
+        http::json::<Temporary>(&body)
+            .and_then(Temporary::into_lease_if_success)
+            .map_err(|e| {
+                fail(format!(
+                    "unusable credentials from the metadata service: {e}"
+                ))
+            })
     }
 
     /// A metadata session token, as the hardened mode asks.
@@ -152,14 +124,4 @@ impl Provider for EcsRamRole {
     fn fetch(&self) -> Fetching<'_> {
         Box::pin(self.fetch_role())
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RoleCredentials {
-    code: String,
-    access_key_id: String,
-    access_key_secret: SecretString,
-    security_token: SecretString,
-    expiration: String,
 }

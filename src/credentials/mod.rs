@@ -5,6 +5,7 @@
 
 mod ecs;
 mod file;
+mod http;
 mod oidc;
 mod source;
 mod sts;

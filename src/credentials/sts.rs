@@ -3,17 +3,15 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
-use super::{Credentials, CredentialsError, Lease};
+use super::http::{self, Temporary};
+use super::{Credentials, CredentialsError};
 
 const STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
 const STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
 const VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
-
-/// STS answers are a few hundred bytes.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The STS endpoint and an HTTP client for it.
 pub(super) struct Sts {
@@ -57,15 +55,8 @@ impl Sts {
                 "{STS_ENDPOINT} must be https:// (plain http only to a loopback address)"
             )));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("dialex-worker/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| fail(format!("could not build the HTTP client: {e}")))?;
         Ok(Sts {
-            http,
+            http: http::client(Duration::from_secs(5), Duration::from_secs(10)).map_err(fail)?,
             base: format!("{}/?", endpoint.trim_end_matches('/')),
         })
     }
@@ -79,7 +70,7 @@ impl Sts {
         action: &str,
         params: &[(&str, &str)],
         signer: Option<&Credentials>,
-    ) -> Result<Issued, String> {
+    ) -> Result<Temporary, String> {
         let timestamp = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let nonce = uuid::Uuid::new_v4().to_string();
         let mut common: Vec<(&str, &str)> = vec![
@@ -121,7 +112,7 @@ impl Sts {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
-        let mut response = self
+        let response = self
             .http
             .post(url)
             .header(
@@ -133,27 +124,15 @@ impl Sts {
             .await
             .map_err(|e| format!("STS did not answer: {}", e.without_url()))?;
         let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let bytes = http::body(response)
             .await
-            .map_err(|e| format!("STS's answer was cut off: {}", e.without_url()))?
-        {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(format!("STS answered HTTP {status} with an oversized body"));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+            .map_err(|e| format!("STS answered HTTP {status}, but {e}"))?;
         if status.is_success() {
-            let answer: Assumed = serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "STS answered HTTP {status} without credentials: {}",
-                    json_error(&e)
-                )
-            })?;
+            let answer: Assumed = http::json(&bytes)
+                .map_err(|e| format!("STS answered HTTP {status} without credentials: {e}"))?;
             return Ok(answer.credentials);
         }
-        let refusal: Refusal = serde_json::from_slice(&bytes).unwrap_or_default();
+        let refusal: Refusal = http::json(&bytes).unwrap_or_default();
         Err(format!(
             "STS answered HTTP {} {}: {}",
             status.as_u16(),
@@ -167,18 +146,7 @@ impl Sts {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Assumed {
-    credentials: Issued,
-}
-
-/// The temporary credentials in an `AssumeRole*` answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(super) struct Issued {
-    access_key_id: String,
-    access_key_secret: SecretString,
-    security_token: SecretString,
-    /// `2021-10-20T04:27:09Z`.
-    expiration: String,
+    credentials: Temporary,
 }
 
 /// An error answer.
@@ -187,35 +155,6 @@ pub(super) struct Issued {
 struct Refusal {
     code: Option<String>,
     message: Option<String>,
-}
-
-impl Issued {
-    /// The credentials and their expiry.
-    pub(super) fn into_lease(self) -> Result<Lease, String> {
-        let expires_at: Timestamp = self
-            .expiration
-            .parse()
-            .map_err(|e| format!("STS answered an unreadable Expiration: {e}"))?;
-        Ok(Lease {
-            credentials: Credentials {
-                access_key_id: self.access_key_id,
-                access_key_secret: self.access_key_secret,
-                security_token: Some(self.security_token),
-            },
-            expires_at: Some(expires_at),
-            recheck_after: None,
-        })
-    }
-}
-
-/// Where a JSON answer went wrong, without quoting it: it holds secrets.
-pub(super) fn json_error(error: &serde_json::Error) -> String {
-    format!(
-        "not the expected JSON ({:?} error at line {}, column {})",
-        error.classify(),
-        error.line(),
-        error.column()
-    )
 }
 
 /// The session name when `ALIBABA_CLOUD_ROLE_SESSION_NAME` gives none.

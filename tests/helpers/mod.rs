@@ -91,13 +91,18 @@ pub async fn outcomes_until(
     received
 }
 
-/// A harness with a running worker using the simulator's credentials. Fails loudly when
-/// RabbitMQ is unreachable: the tests never skip.
-pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
+/// A harness and its simulator, no worker yet. Fails loudly when RabbitMQ is unreachable:
+/// the tests never skip.
+pub async fn harness(settings: Settings, sim: SimConfig) -> Harness {
     dialex_worker::telemetry::init(&settings.log);
-    let mut harness = Harness::start(settings, sim).await.expect(
+    Harness::start(settings, sim).await.expect(
         "RabbitMQ must be reachable on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)",
-    );
+    )
+}
+
+/// A harness with a running worker using the simulator's credentials.
+pub async fn started(settings: Settings, sim: SimConfig) -> Harness {
+    let mut harness = harness(settings, sim).await;
     harness
         .start_worker(Harness::demo_credentials())
         .await
