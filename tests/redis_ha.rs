@@ -179,7 +179,6 @@ async fn the_workers_follow_the_sentinels_to_the_promoted_replica() {
         &statuses,
         h.simulator.dial_count(),
     );
-    assert_eq!(primary_and_replica(), (replica, primary));
     assert!(
         run.paused > Duration::ZERO && run.pause_explained,
         "/readyz never said the store failed"
