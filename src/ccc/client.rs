@@ -1,4 +1,5 @@
-//! The real `DialEx` client: one signed HTTPS attempt per call.
+//! The real `DialEx` client: one signed HTTPS attempt per call; and the read-only call-record
+//! queries, signed the same way.
 //!
 //! Requests go out the way Alibaba's current SDK sends them: `POST /` with the common
 //! parameters (and the signature) in the query string and the business parameters in an
@@ -10,8 +11,9 @@ use std::fmt::Write as _;
 
 use secrecy::ExposeSecret;
 
-use super::response::{DialFailure, ErrorClass, parse_answer};
-use super::{CccClient, DialAccepted, DialParams};
+use super::records::{CallEnding, RecordPage, RecordQuery, parse_ending, parse_page};
+use super::response::{DialFailure, ErrorClass, parse_answer, query_failure};
+use super::{CallRecords, CccClient, DialAccepted, DialParams};
 use crate::ccc::CccSettings;
 use crate::credentials::{CredentialSource, Unavailable};
 use crate::signature::{push_encoded, sign};
@@ -72,12 +74,16 @@ impl HttpCccClient {
         if let Some(provider) = params.provider {
             business.push(("Provider", provider));
         }
-        self.signed(&business)
+        self.signed("DialEx", &business)
     }
 
-    /// Signs a `DialEx` request with these business parameters and the credentials of the
+    /// Signs an `action` request with these business parameters and the credentials of the
     /// moment; fails only when they expired and could not be refreshed.
-    fn signed(&self, business: &[(&str, &str)]) -> Result<(String, String), Unavailable> {
+    fn signed(
+        &self,
+        action: &str,
+        business: &[(&str, &str)],
+    ) -> Result<(String, String), Unavailable> {
         let credentials = self.credentials.current()?;
         let nonce = uuid::Uuid::new_v4().to_string();
         let timestamp = jiff::Timestamp::now()
@@ -90,7 +96,7 @@ impl HttpCccClient {
 
         let mut common: Vec<(&str, &str)> = vec![
             ("AccessKeyId", &credentials.access_key_id),
-            ("Action", "DialEx"),
+            ("Action", action),
             ("Format", "JSON"),
             ("RegionId", &self.region_id),
             ("SignatureMethod", "HMAC-SHA1"),
@@ -143,14 +149,21 @@ fn no_credentials(unavailable: Unavailable) -> DialFailure {
 impl HttpCccClient {
     async fn post(&self, signed: &SignedRequest) -> Result<DialAccepted, DialFailure> {
         let (url, body) = signed.0.as_ref().map_err(Clone::clone)?;
+        let (status, bytes) = self.exchange(url, body).await?;
+        parse_answer(status, &bytes)
+    }
+
+    /// Sends one signed request and reads the answer's status and body (at most
+    /// [`MAX_ANSWER_BYTES`]).
+    async fn exchange(&self, url: &str, body: &str) -> Result<(u16, Vec<u8>), DialFailure> {
         let response = self
             .http
-            .post(url.as_str())
+            .post(url)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(body.clone())
+            .body(body.to_owned())
             .send()
             .await
             .map_err(transport_failure)?;
@@ -176,7 +189,54 @@ impl HttpCccClient {
             }
             bytes.extend_from_slice(&chunk);
         }
-        parse_answer(status, &bytes)
+        Ok((status, bytes))
+    }
+
+    /// Sends a read-only `action` and returns the success body for the caller to read.
+    async fn query(&self, action: &str, business: &[(&str, &str)]) -> Result<Vec<u8>, DialFailure> {
+        let (url, body) = self.signed(action, business).map_err(no_credentials)?;
+        let (status, bytes) = self.exchange(&url, &body).await?;
+        match query_failure(status, &bytes) {
+            Some(failure) => Err(failure),
+            None => Ok(bytes),
+        }
+    }
+}
+
+impl CallRecords for HttpCccClient {
+    async fn list_call_records(&self, query: &RecordQuery<'_>) -> Result<RecordPage, DialFailure> {
+        let page = query.page.to_string();
+        let page_size = query.page_size.to_string();
+        let start = query.start.as_millisecond().to_string();
+        let stop = query.stop.as_millisecond().to_string();
+        let body = self
+            .query(
+                "ListCallDetailRecords",
+                &[
+                    ("InstanceId", query.instance_id),
+                    ("PageNumber", &page),
+                    ("PageSize", &page_size),
+                    ("PhoneNumber", query.phone_number.as_str()),
+                    ("StartTime", &start),
+                    ("StopTime", &stop),
+                ],
+            )
+            .await?;
+        parse_page(&body)
+    }
+
+    async fn call_ending(
+        &self,
+        instance_id: &str,
+        contact_id: &str,
+    ) -> Result<CallEnding, DialFailure> {
+        let body = self
+            .query(
+                "ListCallEventDetailByContactId",
+                &[("ContactId", contact_id), ("InstanceId", instance_id)],
+            )
+            .await?;
+        parse_ending(&body)
     }
 }
 
@@ -194,12 +254,15 @@ impl CccClient for HttpCccClient {
     async fn probe(&self) -> Result<(), DialFailure> {
         // No Callee: the gateway checks credentials, signature and timestamp first, then
         // refuses the missing parameter. Nobody can be rung by this request.
-        let signed = self.signed(&[
-            ("AnswerMode", "0"),
-            ("Caller", "0"),
-            ("InstanceId", "dialex-worker-probe"),
-            ("RoutPoint", "probe"),
-        ]);
+        let signed = self.signed(
+            "DialEx",
+            &[
+                ("AnswerMode", "0"),
+                ("Caller", "0"),
+                ("InstanceId", "dialex-worker-probe"),
+                ("RoutPoint", "probe"),
+            ],
+        );
         match self
             .post(&SignedRequest(signed.map_err(no_credentials)))
             .await

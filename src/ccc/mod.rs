@@ -1,15 +1,18 @@
 //! The Alibaba Cloud Call Center edge: request signing, the `DialEx` client, the typed answers
 //! and their classification. (The gateway's simulator is the devkit's.)
 //!
-//! The pipeline sees only [`CccClient`], [`DialParams`], [`DialAccepted`] and [`DialFailure`]:
-//! nothing of HTTP leaks past this module.
+//! The pipeline sees only [`CccClient`], [`DialParams`], [`DialAccepted`] and [`DialFailure`];
+//! the follow-up sees [`CallRecords`] and the [`records`] types: nothing of HTTP leaks past this
+//! module.
 
 pub mod client;
+pub mod records;
 pub mod response;
 pub mod scrub;
 mod settings;
 
 pub use client::{ClientBuildError, HttpCccClient};
+pub use records::{CallDetailRecord, CallEnding, RecordPage, RecordQuery};
 pub use response::{ApiError, Classifier, DialAccepted, DialFailure, ErrorClass};
 pub use settings::CccSettings;
 
@@ -46,4 +49,21 @@ pub trait CccClient: Send + Sync + 'static {
     /// without placing a call. `Err` carries the failure while it does not: a refusal of the
     /// worker, or a gateway that fails (503, 500, unreachable).
     fn probe(&self) -> impl Future<Output = Result<(), DialFailure>> + Send;
+}
+
+/// CCC's call records, read after a dial to learn how the call went (see
+/// [`crate::followup`]). Queries only: asking again is always safe.
+pub trait CallRecords: Send + Sync + 'static {
+    /// One page of `ListCallDetailRecords`.
+    fn list_call_records(
+        &self,
+        query: &RecordQuery<'_>,
+    ) -> impl Future<Output = Result<RecordPage, DialFailure>> + Send;
+
+    /// How one call ended (`ListCallEventDetailByContactId`).
+    fn call_ending(
+        &self,
+        instance_id: &str,
+        contact_id: &str,
+    ) -> impl Future<Output = Result<CallEnding, DialFailure>> + Send;
 }

@@ -273,37 +273,65 @@ impl StringOrNumber {
 /// Interprets one HTTP answer (status and body) from the gateway. Messages and body snippets
 /// are scrubbed here (see [`super::scrub`]), before anything can copy them.
 pub fn parse_answer(http_status: u16, raw: &[u8]) -> Result<DialAccepted, DialFailure> {
+    let body = match read_answer(http_status, raw) {
+        Answered::Success(body) => body,
+        Answered::Refused(failure) => return Err(failure),
+        Answered::Unreadable => return Err(bare_status_failure(http_status, raw)),
+    };
+    if let Some(task_id) = body.task_id.filter(|t| !t.is_empty()) {
+        return Ok(DialAccepted {
+            task_id,
+            request_id: body.request_id.unwrap_or_default(),
+            code: body.code.unwrap_or_else(|| "OK".to_owned()),
+            message: body.message.filter(|m| !m.is_empty()).map(|m| scrub(&m)),
+            status_code: body.status_code.map(StringOrNumber::into_string),
+            status_desc: body.status_desc,
+            http_status_code: body.http_status_code,
+            time_stamp: body.time_stamp.map(StringOrNumber::into_string),
+        });
+    }
+    // "OK" without a TaskId: the call's fate is unknown and nothing can be correlated.
+    Err(DialFailure::Transport {
+        class: ErrorClass::Ambiguous,
+        code: "missing_task_id",
+        detail: "CCC reported success without a TaskId".to_owned(),
+    })
+}
+
+/// The failure an answer to a query (an action that changes nothing, such as
+/// `ListCallDetailRecords`) carries, or `None` when it is a success whose body the caller
+/// reads for itself.
+pub(crate) fn query_failure(http_status: u16, raw: &[u8]) -> Option<DialFailure> {
+    match read_answer(http_status, raw) {
+        Answered::Success(_) => None,
+        Answered::Refused(failure) => Some(failure),
+        Answered::Unreadable => Some(bare_status_failure(http_status, raw)),
+    }
+}
+
+/// What an answer's status and common fields say, before the action's own fields are read.
+enum Answered {
+    Success(Body),
+    Refused(DialFailure),
+    /// No Alibaba body, or one without an error code: the status alone decides.
+    Unreadable,
+}
+
+fn read_answer(http_status: u16, raw: &[u8]) -> Answered {
     let parsed: Option<Body> = serde_json::from_slice(raw).ok();
     let Some(body) = parsed.filter(|b| b.code.is_some() || b.request_id.is_some()) else {
-        return Err(bare_status_failure(http_status, raw));
+        return Answered::Unreadable;
     };
     let succeeded = (200..300).contains(&http_status)
         && body.success != Some(false)
         && body.code.as_deref().is_none_or(|c| c == "OK" || c == "200");
     if succeeded {
-        if let Some(task_id) = body.task_id.filter(|t| !t.is_empty()) {
-            return Ok(DialAccepted {
-                task_id,
-                request_id: body.request_id.unwrap_or_default(),
-                code: body.code.unwrap_or_else(|| "OK".to_owned()),
-                message: body.message.filter(|m| !m.is_empty()).map(|m| scrub(&m)),
-                status_code: body.status_code.map(StringOrNumber::into_string),
-                status_desc: body.status_desc,
-                http_status_code: body.http_status_code,
-                time_stamp: body.time_stamp.map(StringOrNumber::into_string),
-            });
-        }
-        // "OK" without a TaskId: the call's fate is unknown and nothing can be correlated.
-        return Err(DialFailure::Transport {
-            class: ErrorClass::Ambiguous,
-            code: "missing_task_id",
-            detail: "CCC reported success without a TaskId".to_owned(),
-        });
+        return Answered::Success(body);
     }
     if body.task_id.as_deref().is_some_and(|t| !t.is_empty()) {
         // A TaskId in an answer that is not a success (a 5xx saying OK, say): the call may
         // well have been placed. Never "certainly not placed".
-        return Err(DialFailure::Transport {
+        return Answered::Refused(DialFailure::Transport {
             class: ErrorClass::Ambiguous,
             code: "contradictory_answer",
             detail: format!("HTTP {http_status} with a TaskId but not a success"),
@@ -312,9 +340,9 @@ pub fn parse_answer(http_status: u16, raw: &[u8]) -> Result<DialAccepted, DialFa
     let Some(code) = body.code.filter(|c| c != "OK" && c != "200") else {
         // No error code to classify by: the status alone decides, as for a body we cannot
         // read (a 5xx whose meaning is unclear is ambiguous, never permanent).
-        return Err(bare_status_failure(http_status, raw));
+        return Answered::Unreadable;
     };
-    Err(DialFailure::Api(Box::new(ApiError {
+    Answered::Refused(DialFailure::Api(Box::new(ApiError {
         http_status,
         request_id: body.request_id,
         host_id: body.host_id,
