@@ -47,6 +47,7 @@ pub mod credentials;
 pub mod dead;
 pub mod defer;
 pub mod dial;
+pub mod followup;
 pub mod gates;
 pub mod health;
 pub mod intake;
