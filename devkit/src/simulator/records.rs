@@ -615,3 +615,88 @@ struct EventDetail {
     call_mode: &'static str,
     duration: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(per_second: u32) -> CallRecords {
+        CallRecords::new(&SimConfig {
+            record_queries_per_second: per_second,
+            ..SimConfig::default()
+        })
+    }
+
+    #[test]
+    fn the_pace_window_rolls_and_counts_only_admitted_queries() {
+        let records = records(2);
+        let mut state = State::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(records.admit(&mut state, "a", ms(0)));
+        assert!(records.admit(&mut state, "a", ms(400)));
+        assert!(!records.admit(&mut state, "a", ms(500)));
+        assert!(records.admit(&mut state, "b", ms(500)));
+        // The first query left the window; the refused one never counted.
+        assert!(records.admit(&mut state, "a", ms(1000)));
+        assert!(!records.admit(&mut state, "a", ms(1399)));
+        assert!(records.admit(&mut state, "a", ms(1400)));
+    }
+
+    #[test]
+    fn no_pace_limit_at_zero() {
+        let records = records(0);
+        let mut state = State::default();
+        let now = Instant::now();
+        assert!((0..1000).all(|_| records.admit(&mut state, "a", now)));
+    }
+
+    #[test]
+    fn query_faults_are_used_in_order() {
+        let mut queue = VecDeque::from([(Fault::Throttle, 2), (Fault::InternalError, 1)]);
+        assert_eq!(take_fault(&mut queue), Some(Fault::Throttle));
+        assert_eq!(take_fault(&mut queue), Some(Fault::Throttle));
+        assert_eq!(take_fault(&mut queue), Some(Fault::InternalError));
+        assert_eq!(take_fault(&mut queue), None);
+    }
+
+    #[test]
+    fn list_parameters() {
+        let base = [
+            ("InstanceId", "i"),
+            ("PageNumber", "2"),
+            ("PageSize", "100"),
+            ("StartTime", "1765000000000"),
+        ];
+        let params = Params::of(&base);
+        let query = ListQuery::parse(&params).unwrap();
+        assert_eq!((query.page_number, query.page_size), (2, 100));
+        assert_eq!(
+            (query.start_ms, query.stop_ms),
+            (Some(1_765_000_000_000), None)
+        );
+        let code = |key: &str, value: &str| {
+            let mut pairs = base.to_vec();
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            ListQuery::parse(&Params::of(&pairs)).unwrap_err().code
+        };
+        assert_eq!(code("PageSize", "101"), "InvalidParameter.PageSize");
+        assert_eq!(code("PageSize", ""), "MissingPageSize");
+        assert_eq!(code("PageNumber", "1.5"), "InvalidParameter.PageNumber");
+        assert_eq!(code("StopTime", "1e12"), "InvalidParameter.StopTime");
+    }
+
+    #[test]
+    fn scripts_default_to_an_answered_call() {
+        let script = CallScript::default();
+        assert_eq!(
+            (script.disposition.as_str(), script.duration_s),
+            ("Success", 37)
+        );
+        assert!(script.recorded && script.appears_after.is_none());
+        assert_eq!(CallScript::disposition("NoAnswer").duration_s, 0);
+        assert_eq!(release_reason_for("Success"), "NormalClearing");
+        assert_eq!(release_reason_for("NoAnswer"), "NoAnswer");
+    }
+}
