@@ -1,4 +1,5 @@
-//! The bodies the gateway answers with: the `DialEx` success body and the common error body.
+//! The bodies the gateway answers with: the `DialEx` success body, the common envelope of the
+//! other actions' success bodies, and the common error body.
 //!
 //! Error bodies carry `RequestId`, `HostId`, `Code`, `Message` and `Recommend` like the real
 //! gateway's; every answer also carries the `RequestId` in an `x-acs-request-id` header, as the
@@ -66,6 +67,33 @@ impl ApiError {
         )
     }
 
+    /// 400 `Throttling.User`: flow control.
+    pub(crate) fn throttling() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+        )
+    }
+
+    /// 503 `ServiceUnavailable`: a temporary failure of the server.
+    pub(crate) fn service_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
+        )
+    }
+
+    /// 500 `InternalError`: an unknown failure of the server.
+    pub(crate) fn internal_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "The request processing has failed due to some unknown error, exception or failure.",
+        )
+    }
+
     /// 400 `InvalidParameter` for requests that cannot even be read as parameters.
     pub(crate) fn malformed(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", message)
@@ -127,6 +155,32 @@ pub(crate) fn dial_ok(
         success: true,
         code: "OK",
         message: "",
+    };
+    json(StatusCode::OK, request_id, &body)
+}
+
+/// HTTP 200 with the envelope the 2017-07-05 actions other than `DialEx` share
+/// (`RequestId`, `Success`, `Code`, `Message`, `HttpStatusCode`) and the fields of `payload`
+/// beside them.
+pub(crate) fn success(request_id: &str, payload: &impl Serialize) -> Response<Body> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Envelope<'a, P> {
+        request_id: &'a str,
+        success: bool,
+        code: &'a str,
+        message: &'a str,
+        http_status_code: u16,
+        #[serde(flatten)]
+        payload: P,
+    }
+    let body = Envelope {
+        request_id,
+        success: true,
+        code: "OK",
+        message: "",
+        http_status_code: 200,
+        payload,
     };
     json(StatusCode::OK, request_id, &body)
 }

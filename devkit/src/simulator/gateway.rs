@@ -1,9 +1,11 @@
-//! What the gateway does with one `DialEx` request, in the gateway's order of checks.
+//! What the gateway does with one request, in the gateway's order of checks, and which action
+//! handles it: `DialEx` here, the call-record actions in `records`.
 //!
 //! The steps, their HTTP statuses and codes are tabled in the simulator's module docs.
 //!
-//! Steps 1-5 authenticate the request; only an authenticated request records its nonce, and
-//! every authenticated one does, even if it then fails validation or meets a fault.
+//! Steps 1-5 authenticate the request whatever its action; only an authenticated request
+//! records its nonce, and every authenticated one does, even if it then fails validation or
+//! meets a fault.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use super::faults::FaultQueues;
 use super::keys::Keys;
 use super::nonces::NonceCache;
 use super::params::Params;
+use super::records::{CallRecords, EventsQuery, ListQuery};
 use super::{DialRecord, Fault, SimConfig};
 
 /// What to do with the connection after handling a request.
@@ -30,7 +33,7 @@ pub(crate) enum Reply {
     Drop,
 }
 
-/// The gateway's state: credentials, replay guard, faults and the dial log.
+/// The gateway's state: credentials, replay guard, faults, the dial log and the call records.
 pub(crate) struct Gateway {
     /// Shared with STS, which adds the temporary keys it issues.
     keys: Arc<Keys>,
@@ -41,11 +44,21 @@ pub(crate) struct Gateway {
     /// Every request is answered 503 before anything is checked: the gateway is down.
     down: AtomicBool,
     log: DialLog,
+    records: CallRecords,
     task_id_prefix: i64,
     shutdown: CancellationToken,
 }
 
+/// One authenticated request whose action and parameters are valid.
+#[derive(Debug)]
+enum Admitted<'a> {
+    DialEx(DialEx<'a>),
+    ListCallDetailRecords(ListQuery<'a>),
+    ListCallEventDetailByContactId(EventsQuery<'a>),
+}
+
 /// The validated business parameters of one `DialEx` call.
+#[derive(Debug)]
 struct DialEx<'a> {
     instance_id: &'a str,
     caller: &'a str,
@@ -73,6 +86,7 @@ impl Gateway {
             faults: Mutex::new(FaultQueues::default()),
             down: AtomicBool::new(false),
             log: DialLog::open(config.dial_log.as_deref()).await?,
+            records: CallRecords::new(config),
             task_id_prefix: Timestamp::now().as_millisecond(),
             shutdown,
         })
@@ -80,6 +94,10 @@ impl Gateway {
 
     pub(crate) fn log(&self) -> &DialLog {
         &self.log
+    }
+
+    pub(crate) fn records(&self) -> &CallRecords {
+        &self.records
     }
 
     pub(crate) fn keys(&self) -> &Keys {
@@ -94,36 +112,40 @@ impl Gateway {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// Handles one `DialEx` request whose parameters have been decoded.
-    pub(crate) async fn dial_ex(self: &Arc<Self>, method: &str, params: &Params) -> Reply {
+    /// Handles one gateway request whose parameters have been decoded.
+    pub(crate) async fn handle(self: &Arc<Self>, method: &str, params: &Params) -> Reply {
         let request_id = answer::new_request_id();
         if self.down.load(Ordering::SeqCst) {
             // In front of everything, as a gateway that is down answers: nothing is
             // authenticated, no nonce remembered, nothing executed.
-            let error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "The request has failed due to a temporary failure of the server.",
-            );
+            let error = ApiError::service_unavailable();
             return Reply::Answer(error.into_response(&request_id));
         }
-        if let Some(callee) = params.get("Callee")
+        // Losing a request is a fault of the way to `DialEx` only, keyed by its `Callee`.
+        if params.get("Action") == Some("DialEx")
+            && let Some(callee) = params.get("Callee")
             && lock(&self.faults).take_if(callee, Fault::LostBeforeArrival)
         {
             tracing::debug!("simulator losing a request before it arrives");
             return Reply::Drop;
         }
         match self.admit(method, params) {
-            Ok(dial) => self.execute(dial, request_id).await,
+            Ok(Admitted::DialEx(dial)) => self.execute(dial, request_id).await,
+            Ok(Admitted::ListCallDetailRecords(query)) => {
+                Reply::Answer(self.records.list(&query, &request_id))
+            }
+            Ok(Admitted::ListCallEventDetailByContactId(query)) => {
+                Reply::Answer(self.records.events(&query, &request_id))
+            }
             Err(error) => {
-                tracing::debug!(code = %error.code, "simulator rejected DialEx");
+                tracing::debug!(code = %error.code, "simulator rejected a request");
                 Reply::Answer(error.into_response(&request_id))
             }
         }
     }
 
     /// Steps 1-8: authenticate, guard against replays, validate.
-    fn admit<'p>(&self, method: &str, params: &'p Params) -> Result<DialEx<'p>, ApiError> {
+    fn admit<'p>(&self, method: &str, params: &'p Params) -> Result<Admitted<'p>, ApiError> {
         let nonce = self.keys.authenticate(method, params)?;
         if !lock(&self.nonces).check_and_insert(nonce, Instant::now()) {
             return Err(ApiError::new(
@@ -146,26 +168,13 @@ impl Gateway {
         };
         match fault {
             Some(Fault::Throttle) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "Throttling.User",
-                    "Request was denied due to user flow control.",
-                );
+                return Reply::Answer(ApiError::throttling().into_response(&request_id));
             }
             Some(Fault::Unavailable) => {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "The request has failed due to a temporary failure of the server.",
-                );
+                return Reply::Answer(ApiError::service_unavailable().into_response(&request_id));
             }
             Some(Fault::InternalError) => {
-                return refuse(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "The request processing has failed due to some unknown error, exception or \
-                     failure.",
-                );
+                return Reply::Answer(ApiError::internal_error().into_response(&request_id));
             }
             Some(Fault::InvalidParameter) => {
                 return refuse(
@@ -235,6 +244,7 @@ impl Gateway {
             ended_at: started_at,
         };
         if self.latency.is_zero() {
+            self.records.dialed(&record);
             self.log.record(record);
             return Some((task_id, started_at));
         }
@@ -249,6 +259,7 @@ impl Gateway {
             }
             let ended_at = Timestamp::now();
             record.ended_at = ended_at;
+            this.records.dialed(&record);
             this.log.record(record);
             Some(ended_at)
         });
@@ -259,15 +270,18 @@ impl Gateway {
     }
 }
 
-/// Steps 7 and 8.
-fn validate<'p>(params: &'p Params, nonce: &'p str) -> Result<DialEx<'p>, ApiError> {
+/// Steps 7 and 8: the action, the API version, and the action's own parameters.
+fn validate<'p>(params: &'p Params, nonce: &'p str) -> Result<Admitted<'p>, ApiError> {
     let required = |name: &str| {
         params
             .non_empty(name)
             .ok_or_else(|| ApiError::missing(name))
     };
-
-    if required("Action")? != "DialEx" {
+    let action = required("Action")?;
+    if !matches!(
+        action,
+        "DialEx" | "ListCallDetailRecords" | "ListCallEventDetailByContactId"
+    ) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "InvalidAction.NotFound",
@@ -281,6 +295,22 @@ fn validate<'p>(params: &'p Params, nonce: &'p str) -> Result<DialEx<'p>, ApiErr
             "Specified parameter Version is not valid.",
         ));
     }
+    match action {
+        "ListCallDetailRecords" => ListQuery::parse(params).map(Admitted::ListCallDetailRecords),
+        "ListCallEventDetailByContactId" => {
+            EventsQuery::parse(params).map(Admitted::ListCallEventDetailByContactId)
+        }
+        _ => validate_dial(params, nonce).map(Admitted::DialEx),
+    }
+}
+
+/// Step 8 for `DialEx`.
+fn validate_dial<'p>(params: &'p Params, nonce: &'p str) -> Result<DialEx<'p>, ApiError> {
+    let required = |name: &str| {
+        params
+            .non_empty(name)
+            .ok_or_else(|| ApiError::missing(name))
+    };
 
     let instance_id = required("InstanceId")?;
     let caller = required("Caller")?;

@@ -1,10 +1,11 @@
-//! CCC simulator: a stand-in for the Alibaba Cloud Call Center gateway, for `DialEx` only.
+//! CCC simulator: a stand-in for the Alibaba Cloud Call Center gateway, for `DialEx` and the
+//! call-record actions `ListCallDetailRecords` and `ListCallEventDetailByContactId`.
 //!
 //! The real gateway cannot be reached from development machines or CI, yet the worker's most
 //! important promises (never ring a customer twice, never lose a request) hinge on how the
 //! gateway reacts to signatures, stale timestamps, reused nonces and faults. This module owns a
-//! small HTTP/1.1 server that answers `DialEx` the way the gateway does, so tests, the demo and
-//! the benchmark can run the real client against something that is just as strict.
+//! small HTTP/1.1 server that answers these actions the way the gateway does, so tests, the
+//! demo and the benchmark can run the real client against something that is just as strict.
 //!
 //! What it owns:
 //!
@@ -18,7 +19,9 @@
 //!   `POST /__sim/faults`.
 //! - `dial_log`: the record of every executed dial, kept in memory, served at
 //!   `GET /__sim/dials` and optionally appended to a JSON-lines file.
-//! - `gateway`: the order of checks the gateway applies and the answers it gives.
+//! - `records`: the call records of placed calls (late, sometimes missing, beside older calls to
+//!   the same number), per-callee [`CallScript`]s, the record queries' log, faults and pace.
+//! - `gateway`: the order of checks the gateway applies, and dispatching by `Action`.
 //! - `server`: sockets, connections, routing and shutdown ([`Simulator`]).
 //!
 //! # Answers
@@ -29,15 +32,22 @@
 //!
 //! | step | check | HTTP | `Code` |
 //! |---|---|---|---|
+//! | 0 | the gateway is down ([`Simulator::set_down`]), whatever the action | 503 | `ServiceUnavailable` |
+//! | 0 | `DialEx` only: a [`Fault::LostBeforeArrival`] queued for the `Callee` | no answer | |
 //! | 1 | `AccessKeyId`, `Signature`, `SignatureMethod`, `SignatureVersion`, `SignatureNonce`, `Timestamp` present and not empty | 400 | `Missing<Param>` |
 //! | 2 | `SignatureMethod` is `HMAC-SHA1`, `SignatureVersion` is `1.0` | 400 | `InvalidParameter.SignatureMethod` / `InvalidParameter.SignatureVersion` |
 //! | 3 | `AccessKeyId` known | 404 | `InvalidAccessKeyId.NotFound` |
 //! | 4 | signature matches | 400 | `SignatureDoesNotMatch` (message ends with the server's string to sign) |
 //! | 5 | `Timestamp` is `YYYY-MM-DDThh:mm:ssZ` and within the window | 400 | `InvalidTimeStamp.Format` / `InvalidTimeStamp.Expired` |
 //! | 6 | `SignatureNonce` not seen before (then remembered) | 400 | `SignatureNonceUsed` |
-//! | 7 | `Action` is `DialEx`, `Version` is `2017-07-05` | 400 / 404 / 400 | `MissingAction`, `MissingVersion` / `InvalidAction.NotFound` / `InvalidVersion` |
-//! | 8 | `InstanceId`, `Caller`, `Callee`, `AnswerMode`, `RoutPoint` present; `Caller`/`Callee` digits; `AnswerMode` 0/1/2; agent `RoutPoint` is `ram_id@domain` | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
-//! | 9 | an injected fault for the `Callee`, if any | see [`Fault`] | |
+//! | 7 | `Action` is `DialEx`, `ListCallDetailRecords` or `ListCallEventDetailByContactId`; `Version` is `2017-07-05` | 400 / 404 / 400 | `MissingAction`, `MissingVersion` / `InvalidAction.NotFound` / `InvalidVersion` |
+//! | 8 | `DialEx`: `InstanceId`, `Caller`, `Callee`, `AnswerMode`, `RoutPoint` present; `Caller`/`Callee` digits; `AnswerMode` 0/1/2; agent `RoutPoint` is `ram_id@domain` | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
+//! | 8 | `ListCallDetailRecords`: `InstanceId`, `PageNumber` (integer ≥ 1), `PageSize` (integer 1-100) present; `StartTime`/`StopTime`, if given, integers (epoch ms) | 400 | `Missing<Param>` / `InvalidParameter.<Param>` |
+//! | 8 | `ListCallEventDetailByContactId`: `InstanceId`, `ContactId` present | 400 | `Missing<Param>` |
+//! | 9 | `DialEx`: an injected fault for the `Callee`, if any | see [`Fault`] | |
+//! | 9 | `ListCallDetailRecords`: at most [`SimConfig::record_queries_per_second`] answered per instance in any rolling second | 400 | `Throttling.User` |
+//! | 10 | `ListCallDetailRecords`: an injected query fault ([`Simulator::inject_query_fault`]), if any | 400 / 503 / 500 | `Throttling.User` / `ServiceUnavailable` / `InternalError` |
+//! | 9 | `ListCallEventDetailByContactId`: the contact exists in the instance and its record is visible | 404 | `ContactNotExist` |
 //!
 //! Before step 1: a body over 64 KiB is 413 `InvalidParameter.BodyTooLarge`; a malformed
 //! escape, bad UTF-8, a parameter given twice or a non-form POST body is 400 `InvalidParameter`;
@@ -48,6 +58,30 @@
 //! `StatusDesc` and `Message`: `{"TimeStamp":"<epoch ms of the dial>","StatusCode":200,"StatusDesc":"Okay",
 //! "HttpStatusCode":200,"RequestId":"<UUID, upper case>","TaskId":"<digits>","Success":true,
 //! "Code":"OK","Message":""}`. Every answer carries its `RequestId` in `x-acs-request-id` too.
+//!
+//! # Call records
+//!
+//! Every executed dial creates a [`CallRecord`] (`ContactId` `job-<digits>`, `StartTime` 300 ms
+//! after the dial's `TimeStamp`, outcome from the callee's [`CallScript`], `Success` and 37 s by
+//! default), visible [`SimConfig::call_record_delay`] after the dial; the first dial to a number
+//! in an instance also creates an older `NoAnswer` record for it, ten minutes earlier and
+//! visible at once. `ListCallDetailRecords` answers, newest `StartTime` first and paged:
+//!
+//! ```json
+//! {"RequestId":"...","Success":true,"Code":"OK","Message":"","HttpStatusCode":200,
+//!  "CallDetailRecords":{"TotalCount":1,"PageNumber":1,"PageSize":10,"List":{"CallDetailRecord":[
+//!   {"ContactId":"job-1","StartTime":1765000000000,"Duration":37,"ContactType":"Outbound",
+//!    "ContactDisposition":"Success","CallingNumber":"02285196281","CalledNumber":"15732036617",
+//!    "AgentNames":"agent1","SkillGroupNames":"","InstanceId":"inst-1",
+//!    "Agents":{"CallDetailAgent":[{"AgentId":"agent1","AgentName":"agent1","SkillGroupName":"",
+//!     "QueueTime":0,"RingTime":4,"StartTime":1765000000000,"TalkTime":37,"HoldTime":0,
+//!     "WorkTime":0}]}}]}}}
+//! ```
+//!
+//! `ListCallEventDetailByContactId` answers with the same envelope and
+//! `"Data":{"Caller","Callee","CallType":"Outbound","StartTime":"<ms>","ReleaseAgent",
+//! "ReleaseReason","Events":{"CallEventDetail":[<Dialing at the start>,<Released at the end>]}}`,
+//! each event `{"TimeStamp":"<ms>","Event","AgentName":"","Status":"","CallMode":"","Duration"}`.
 //!
 //! Control plane (unauthenticated): `GET /__sim/dials` lists executed dials as [`DialRecord`]s;
 //! `POST /__sim/faults` with `{"callee":"...","fault":"throttle","times":1}` does what
@@ -60,6 +94,7 @@ mod gateway;
 mod keys;
 mod nonces;
 mod params;
+mod records;
 mod server;
 mod sts;
 mod verify;
@@ -73,6 +108,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub use records::{CallRecord, CallScript, RecordQuery};
 pub use server::Simulator;
 pub use sts::{Issued, StsConfig};
 
@@ -100,6 +136,13 @@ pub struct SimConfig {
     pub dial_log: Option<PathBuf>,
     /// The STS under `/sts/`: the role it lets callers assume, and for how long.
     pub sts: StsConfig,
+    /// How long after a call its record becomes visible to `ListCallDetailRecords` (2 s by
+    /// default), unless the callee's [`CallScript::appears_after`] says otherwise.
+    pub call_record_delay: Duration,
+    /// How many `ListCallDetailRecords` requests per instance the gateway answers in any
+    /// rolling second (20 by default); more are refused with `Throttling.User`. 0 lifts the
+    /// limit.
+    pub record_queries_per_second: u32,
 }
 
 impl Default for SimConfig {
@@ -114,6 +157,8 @@ impl Default for SimConfig {
             slow_delay: Duration::from_secs(30),
             dial_log: None,
             sts: StsConfig::default(),
+            call_record_delay: Duration::from_secs(2),
+            record_queries_per_second: 20,
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Routes:
 //!
-//! - `GET /` and `POST /`: the gateway (`DialEx`), see the gateway module's table of checks.
+//! - `GET /` and `POST /`: the gateway (`DialEx`, `ListCallDetailRecords`,
+//!   `ListCallEventDetailByContactId`), see the simulator module's table of checks.
 //! - `GET /__sim/dials`: every executed dial, as a JSON array of [`DialRecord`].
 //! - `POST /__sim/faults`: `{"callee": "...", "fault": "throttle", "times": 1}` queues a fault
 //!   (`times` defaults to 1); answers 200 with the accepted injection echoed.
@@ -37,7 +38,7 @@ use super::gateway::{Gateway, Reply};
 use super::keys::Keys;
 use super::params::Params;
 use super::sts::Sts;
-use super::{DialRecord, Fault, Issued, SimConfig};
+use super::{CallRecord, CallScript, DialRecord, Fault, Issued, RecordQuery, SimConfig};
 
 /// Largest request body accepted; the gateway's own limit is far above anything `DialEx` sends,
 /// and a bound keeps a broken client from growing the simulator's memory.
@@ -109,6 +110,38 @@ impl Simulator {
     /// consumes one.
     pub fn inject(&self, callee: &str, fault: Fault, times: u32) {
         self.gateway.inject(callee, fault, times);
+    }
+
+    /// Decides how every later call to `callee` turns out in the call records (disposition,
+    /// duration, when its record appears, whether it gets one), until replaced by another
+    /// script for the same callee. Calls to a callee without a script are answered `Success`.
+    pub fn script_call(&self, callee: &str, script: CallScript) {
+        self.gateway.records().script(callee, script);
+    }
+
+    /// Adds `record` to the call records as given, visible at once, as if the call centre had
+    /// placed a call no `DialEx` asked for (say, a second call to the same number).
+    pub fn add_call_record(&self, record: CallRecord) {
+        self.gateway.records().add(record);
+    }
+
+    /// Every call record, visible yet or not, in the order they were created.
+    pub fn call_records(&self) -> Vec<CallRecord> {
+        self.gateway.records().all()
+    }
+
+    /// Every authenticated, valid `ListCallDetailRecords` request, in arrival order, and
+    /// whether the pace limit refused it.
+    pub fn record_queries(&self) -> Vec<RecordQuery> {
+        self.gateway.records().queries()
+    }
+
+    /// Makes the next `times` authenticated, valid `ListCallDetailRecords` requests that the
+    /// pace limit lets through answer with `fault`: [`Fault::Throttle`] is 400
+    /// `Throttling.User`, [`Fault::InternalError`] 500 `InternalError`, any other 503
+    /// `ServiceUnavailable`. Queued after faults injected before.
+    pub fn inject_query_fault(&self, fault: Fault, times: u32) {
+        self.gateway.records().inject_query_fault(fault, times);
     }
 
     /// Takes the whole gateway down (`true`: every request, the worker's probe included, is
@@ -244,7 +277,7 @@ async fn route(
         _ => Route::NotFound,
     };
     let response = match route {
-        Route::Gateway => return dial_ex(gateway, request).await,
+        Route::Gateway => return gateway_request(gateway, request).await,
         Route::Sts => assume(sts, request).await,
         Route::CredentialsUri => sts.served(),
         Route::Metadata => {
@@ -282,7 +315,7 @@ async fn assume(sts: &Sts, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn dial_ex(
+async fn gateway_request(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, DroppedOnPurpose> {
@@ -290,7 +323,7 @@ async fn dial_ex(
         Ok(parsed) => parsed,
         Err(error) => return Ok(rejection(error)),
     };
-    match gateway.dial_ex(method.as_str(), &params).await {
+    match gateway.handle(method.as_str(), &params).await {
         Reply::Answer(response) => Ok(response),
         Reply::Drop => Err(DroppedOnPurpose),
     }

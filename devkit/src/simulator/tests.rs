@@ -172,18 +172,29 @@ impl DialReq {
 struct Answer {
     status: u16,
     body: Value,
+    /// The `x-acs-request-id` header, if any.
+    request_id: Option<String>,
 }
 
 impl Answer {
     async fn read(response: reqwest::Response) -> reqwest::Result<Self> {
         let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get("x-acs-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let text = response.text().await?;
         let body = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
         };
-        Ok(Self { status, body })
+        Ok(Self {
+            status,
+            body,
+            request_id,
+        })
     }
 
     fn code(&self) -> &str {
@@ -789,4 +800,571 @@ async fn shutdown_aborts_connections_held_by_a_slow_fault() {
         pending.await.unwrap(),
         "the slow request should have been cut off"
     );
+}
+
+// --- Call records: ListCallDetailRecords and ListCallEventDetailByContactId ---
+
+const INSTANCE: &str = "d278629c-c687-4aa3-b044-4fe9b012e7ef";
+
+impl DialReq {
+    /// A POST of `action` with `business` as its own parameters (common ones as for `DialEx`).
+    fn action(action: &str, business: &[(&str, &str)]) -> Self {
+        let mut req = Self::post("1").set("Action", action);
+        req.business = owned(business);
+        req
+    }
+
+    /// `ListCallDetailRecords` for [`INSTANCE`], first page of 10, plus `extra` parameters.
+    fn list(extra: &[(&str, &str)]) -> Self {
+        let mut req = Self::action(
+            "ListCallDetailRecords",
+            &[
+                ("InstanceId", INSTANCE),
+                ("PageNumber", "1"),
+                ("PageSize", "10"),
+            ],
+        );
+        for (key, value) in extra {
+            req = req.set(key, value);
+        }
+        req
+    }
+
+    /// `ListCallEventDetailByContactId` for `contact_id` in [`INSTANCE`].
+    fn events(contact_id: &str) -> Self {
+        Self::action(
+            "ListCallEventDetailByContactId",
+            &[("InstanceId", INSTANCE), ("ContactId", contact_id)],
+        )
+    }
+}
+
+impl Answer {
+    /// Asserts a success answer of the common envelope, the request id in body and header.
+    fn assert_success(&self) {
+        assert_eq!((self.status, self.code()), (200, "OK"), "{}", self.body);
+        assert_eq!(self.body["Success"], true);
+        assert_eq!(self.body["HttpStatusCode"], 200);
+        assert_eq!(self.body["Message"], "");
+        let request_id = self.body["RequestId"].as_str().unwrap();
+        assert_eq!(request_id, request_id.to_uppercase());
+        assert!(uuid::Uuid::parse_str(request_id).is_ok());
+        assert_eq!(self.request_id.as_deref(), Some(request_id));
+    }
+
+    /// `CallDetailRecords.TotalCount` of a successful `ListCallDetailRecords`.
+    fn total(&self) -> u64 {
+        self.body["CallDetailRecords"]["TotalCount"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The page of records of a successful `ListCallDetailRecords`.
+    fn records(&self) -> Vec<Value> {
+        self.assert_success();
+        self.body["CallDetailRecords"]["List"]["CallDetailRecord"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn record(contact_id: &str, instance_id: &str, callee: &str, at_ms: i64) -> CallRecord {
+    CallRecord {
+        contact_id: contact_id.to_owned(),
+        instance_id: instance_id.to_owned(),
+        calling_number: "02285196281".to_owned(),
+        called_number: callee.to_owned(),
+        start_time: Timestamp::from_millisecond(at_ms).unwrap(),
+        duration_s: 0,
+        disposition: "NoAnswer".to_owned(),
+        agent_names: String::new(),
+        release_reason: "NoAnswer".to_owned(),
+    }
+}
+
+fn with_record_delay(delay: Duration) -> SimConfig {
+    SimConfig {
+        call_record_delay: delay,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_dials_record_appears_after_the_delay_beside_an_older_unrelated_one() {
+    let sim = start(with_record_delay(Duration::from_millis(400))).await;
+    let callee = "15700000100";
+    let dialed = send(&DialReq::post(callee), &sim).await;
+    assert_eq!(dialed.status, 200, "{}", dialed.body);
+    let dialed_ms: i64 = dialed.body["TimeStamp"].as_str().unwrap().parse().unwrap();
+
+    // At once only the older call is there: same numbers, ten minutes earlier, not answered.
+    let early = send(&DialReq::list(&[("PhoneNumber", callee)]), &sim).await;
+    let records = early.records();
+    assert_eq!((early.total(), records.len()), (1, 1), "{}", early.body);
+    let older = &records[0];
+    assert_eq!(older["StartTime"], dialed_ms - 10 * 60 * 1000);
+    assert_eq!(older["ContactDisposition"], "NoAnswer");
+    assert_eq!(older["Duration"], 0);
+    assert_eq!(older["CallingNumber"], "02285196281");
+    assert_eq!(older["CalledNumber"], callee);
+    assert_eq!(older["AgentNames"], "");
+    assert_eq!(older["Agents"]["CallDetailAgent"], serde_json::json!([]));
+    assert_eq!(sim.call_records().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = send(&DialReq::list(&[("PhoneNumber", callee)]), &sim).await;
+    let records = later.records();
+    assert_eq!(later.total(), 2, "{}", later.body);
+    assert_eq!(later.body["CallDetailRecords"]["PageNumber"], 1);
+    assert_eq!(later.body["CallDetailRecords"]["PageSize"], 10);
+    let call = &records[0];
+    let contact_id = call["ContactId"].as_str().unwrap();
+    assert!(contact_id.starts_with("job-"), "{contact_id}");
+    assert!(contact_id[4..].bytes().all(|b| b.is_ascii_digit()));
+    assert_ne!(contact_id, records[1]["ContactId"].as_str().unwrap());
+    let start = dialed_ms + 300;
+    assert_eq!(
+        call,
+        &serde_json::json!({
+            "ContactId": contact_id,
+            "StartTime": start,
+            "Duration": 37,
+            "ContactType": "Outbound",
+            "ContactDisposition": "Success",
+            "CallingNumber": "02285196281",
+            "CalledNumber": callee,
+            "AgentNames": "agent01",
+            "SkillGroupNames": "",
+            "InstanceId": INSTANCE,
+            "Agents": {"CallDetailAgent": [{
+                "AgentId": "agent01", "AgentName": "agent01", "SkillGroupName": "",
+                "QueueTime": 0, "RingTime": 4, "StartTime": start, "TalkTime": 37,
+                "HoldTime": 0, "WorkTime": 0,
+            }]},
+        })
+    );
+    assert_eq!(records[1], *older);
+
+    // Only the first call to a number brings an older one along.
+    assert_eq!(send(&DialReq::post(callee), &sim).await.status, 200);
+    assert_eq!(sim.call_records().len(), 3);
+}
+
+#[tokio::test]
+async fn skill_group_calls_name_the_group_and_no_agent() {
+    let sim = start(with_record_delay(Duration::ZERO)).await;
+    let req = DialReq::post("15700000101")
+        .set("AnswerMode", "2")
+        .set("RoutPoint", "queue-1");
+    assert_eq!(send(&req, &sim).await.status, 200);
+    let answer = send(&DialReq::list(&[("ContactDisposition", "Success")]), &sim).await;
+    let records = answer.records();
+    assert_eq!(records.len(), 1, "{}", answer.body);
+    assert_eq!(records[0]["SkillGroupNames"], "queue-1");
+    assert_eq!(records[0]["AgentNames"], "");
+    assert_eq!(
+        records[0]["Agents"]["CallDetailAgent"],
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test]
+async fn record_filters_paging_and_total_count() {
+    let sim = start(with_record_delay(Duration::ZERO)).await;
+    let t = 1_765_000_000_000;
+    for (id, at) in [("c-1", t), ("c-2", t + 1000), ("c-3", t + 2000)] {
+        sim.add_call_record(record(id, INSTANCE, "15700000110", at));
+    }
+    sim.add_call_record(record("c-4", INSTANCE, "15700000111", t + 3000));
+    sim.add_call_record(record("c-5", "another-instance", "15700000110", t + 500));
+    let mut inbound_caller = record("c-6", INSTANCE, "02285196281", t + 4000);
+    inbound_caller.calling_number = "15700000110".to_owned();
+    inbound_caller.disposition = "Success".to_owned();
+    sim.add_call_record(inbound_caller);
+
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer
+            .records()
+            .iter()
+            .map(|r| r["ContactId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = send(&DialReq::list(&[]), &sim).await;
+    assert_eq!(ids(&all), ["c-6", "c-4", "c-3", "c-2", "c-1"]);
+    assert_eq!(all.total(), 5);
+
+    // Either number matches; other instances never do.
+    let number = send(&DialReq::list(&[("PhoneNumber", "15700000110")]), &sim).await;
+    assert_eq!(ids(&number), ["c-6", "c-3", "c-2", "c-1"]);
+
+    let (from, to) = ((t + 1000).to_string(), (t + 2000).to_string());
+    let window = send(
+        &DialReq::list(&[
+            ("PhoneNumber", "15700000110"),
+            ("StartTime", &from),
+            ("StopTime", &to),
+        ]),
+        &sim,
+    )
+    .await;
+    assert_eq!(ids(&window), ["c-3", "c-2"]);
+    assert_eq!(window.total(), 2);
+    let from_only = send(&DialReq::list(&[("StartTime", &to)]), &sim).await;
+    assert_eq!(ids(&from_only), ["c-6", "c-4", "c-3"]);
+
+    let page_2 = send(
+        &DialReq::list(&[
+            ("PhoneNumber", "15700000110"),
+            ("PageSize", "3"),
+            ("PageNumber", "2"),
+        ]),
+        &sim,
+    )
+    .await;
+    assert_eq!(ids(&page_2), ["c-1"]);
+    assert_eq!(page_2.total(), 4);
+    assert_eq!(page_2.body["CallDetailRecords"]["PageNumber"], 2);
+    assert_eq!(page_2.body["CallDetailRecords"]["PageSize"], 3);
+    let past_the_end = send(&DialReq::list(&[("PageNumber", "9")]), &sim).await;
+    assert_eq!((ids(&past_the_end).len(), past_the_end.total()), (0, 5));
+
+    let answered = send(&DialReq::list(&[("ContactDisposition", "Success")]), &sim).await;
+    assert_eq!(ids(&answered), ["c-6"]);
+    let outbound = send(&DialReq::list(&[("ContactType", "Outbound")]), &sim).await;
+    assert_eq!(outbound.total(), 5);
+    let inbound = send(&DialReq::list(&[("ContactType", "Inbound")]), &sim).await;
+    assert_eq!(inbound.total(), 0);
+
+    let other = send(&DialReq::list(&[("InstanceId", "another-instance")]), &sim).await;
+    assert_eq!(ids(&other), ["c-5"]);
+}
+
+#[tokio::test]
+async fn a_scripted_outcome_appears_after_its_own_delay_and_sticks() {
+    let sim = start(with_record_delay(Duration::from_secs(60))).await;
+    let callee = "15700000120";
+    sim.script_call(
+        callee,
+        CallScript {
+            appears_after: Some(Duration::from_millis(300)),
+            ..CallScript::disposition("NoAnswer")
+        },
+    );
+    assert_eq!(send(&DialReq::post(callee), &sim).await.status, 200);
+    let unanswered = [("PhoneNumber", callee), ("ContactDisposition", "NoAnswer")];
+    // The older unrelated call only.
+    assert_eq!(send(&DialReq::list(&unanswered), &sim).await.total(), 1);
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let answer = send(&DialReq::list(&unanswered), &sim).await;
+    let records = answer.records();
+    assert_eq!(records.len(), 2, "{}", answer.body);
+    let call = &records[0];
+    assert_eq!(call["Duration"], 0);
+    // An agent call nobody answered names no agent.
+    assert_eq!(call["AgentNames"], "");
+    assert_eq!(call["Agents"]["CallDetailAgent"], serde_json::json!([]));
+
+    let events = send(&DialReq::events(call["ContactId"].as_str().unwrap()), &sim).await;
+    events.assert_success();
+    assert_eq!(events.body["Data"]["ReleaseReason"], "NoAnswer");
+    assert_eq!(events.body["Data"]["ReleaseAgent"], "");
+
+    // Sticky: the next call to the number turns out the same, until the script is replaced.
+    assert_eq!(send(&DialReq::post(callee), &sim).await.status, 200);
+    sim.script_call(
+        callee,
+        CallScript {
+            release_reason: Some("UserBusy".to_owned()),
+            ..CallScript::disposition("Busy")
+        },
+    );
+    assert_eq!(send(&DialReq::post(callee), &sim).await.status, 200);
+    let outcomes: Vec<(String, u32, String)> = sim
+        .call_records()
+        .into_iter()
+        .map(|r| (r.disposition, r.duration_s, r.release_reason))
+        .collect();
+    let outcome = |d: &str, s: u32, r: &str| (d.to_owned(), s, r.to_owned());
+    assert_eq!(
+        outcomes,
+        [
+            outcome("NoAnswer", 0, "NoAnswer"),
+            outcome("NoAnswer", 0, "NoAnswer"),
+            outcome("NoAnswer", 0, "NoAnswer"),
+            outcome("Busy", 0, "UserBusy"),
+        ]
+    );
+    assert_eq!(CallScript::default(), CallScript::disposition("Success"));
+    assert_eq!(CallScript::default().duration_s, 37);
+}
+
+#[tokio::test]
+async fn an_unrecorded_call_never_appears() {
+    let sim = start(with_record_delay(Duration::ZERO)).await;
+    let callee = "15700000130";
+    sim.script_call(
+        callee,
+        CallScript {
+            recorded: false,
+            ..CallScript::default()
+        },
+    );
+    assert_eq!(send(&DialReq::post(callee), &sim).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = send(&DialReq::list(&[("PhoneNumber", callee)]), &sim).await;
+    let records = answer.records();
+    assert_eq!(records.len(), 1, "{}", answer.body);
+    assert_eq!(records[0]["ContactDisposition"], "NoAnswer");
+    assert_eq!(sim.call_records().len(), 1);
+    assert_eq!(sim.dial_count(), 1);
+}
+
+#[tokio::test]
+async fn record_queries_are_authenticated_like_dialex() {
+    let sim = start(SimConfig::default()).await;
+    let mut forged = DialReq::list(&[]);
+    forged.secret = "not-the-secret".to_owned();
+    let answer = send(&forged, &sim).await;
+    answer.assert_error(400, "SignatureDoesNotMatch");
+    let expected = format!("server string to sign is:{}", forged.string_to_sign());
+    assert!(
+        answer.message().ends_with(&expected),
+        "{}",
+        answer.message()
+    );
+    assert!(answer.request_id.is_some());
+
+    let query = DialReq::list(&[]);
+    send(&query, &sim).await.assert_success();
+    send(&query, &sim)
+        .await
+        .assert_error(400, "SignatureNonceUsed");
+    let events = DialReq::events("job-0");
+    send(&events, &sim)
+        .await
+        .assert_error(404, "ContactNotExist");
+    send(&events, &sim)
+        .await
+        .assert_error(400, "SignatureNonceUsed");
+    send(&DialReq::list(&[]).remove("Timestamp"), &sim)
+        .await
+        .assert_error(400, "MissingTimestamp");
+
+    // Only the authenticated, valid query is logged.
+    let queries = sim.record_queries();
+    assert_eq!(queries.len(), 1);
+    assert_eq!(queries[0].instance_id, INSTANCE);
+    assert!(!queries[0].throttled);
+
+    // Down means down for every action.
+    sim.set_down(true);
+    send(&DialReq::list(&[]), &sim)
+        .await
+        .assert_error(503, "ServiceUnavailable");
+    assert_eq!(sim.record_queries().len(), 1);
+}
+
+#[tokio::test]
+async fn record_query_parameters_are_validated() {
+    let sim = start(SimConfig::default()).await;
+    let answer = send(&DialReq::list(&[]).remove("PageSize"), &sim).await;
+    answer.assert_error(400, "MissingPageSize");
+    assert_eq!(answer.message(), "PageSize is mandatory for this action.");
+    send(&DialReq::list(&[]).remove("PageNumber"), &sim)
+        .await
+        .assert_error(400, "MissingPageNumber");
+    send(&DialReq::list(&[]).remove("InstanceId"), &sim)
+        .await
+        .assert_error(400, "MissingInstanceId");
+    for (key, value, code) in [
+        ("PageSize", "500", "InvalidParameter.PageSize"),
+        ("PageSize", "0", "InvalidParameter.PageSize"),
+        ("PageSize", "ten", "InvalidParameter.PageSize"),
+        ("PageNumber", "0", "InvalidParameter.PageNumber"),
+        ("PageNumber", "-1", "InvalidParameter.PageNumber"),
+        ("StartTime", "2025-12-06", "InvalidParameter.StartTime"),
+        ("StopTime", "soon", "InvalidParameter.StopTime"),
+        ("Version", "2019-10-30", "InvalidVersion"),
+    ] {
+        send(&DialReq::list(&[(key, value)]), &sim)
+            .await
+            .assert_error(400, code);
+    }
+    send(&DialReq::list(&[("PageSize", "100")]), &sim)
+        .await
+        .assert_success();
+    send(&DialReq::list(&[]).remove("Version"), &sim)
+        .await
+        .assert_error(400, "MissingVersion");
+    send(&DialReq::events("job-1").remove("ContactId"), &sim)
+        .await
+        .assert_error(400, "MissingContactId");
+    send(&DialReq::action("ListCallDetailRecord", &[]), &sim)
+        .await
+        .assert_error(404, "InvalidAction.NotFound");
+    send(&DialReq::action("StartBack2BackCall", &[]), &sim)
+        .await
+        .assert_error(404, "InvalidAction.NotFound");
+    assert_eq!(sim.record_queries().len(), 1);
+}
+
+#[tokio::test]
+async fn the_pace_limit_throttles_queries_above_the_rate_per_instance() {
+    let config = SimConfig {
+        record_queries_per_second: 3,
+        ..SimConfig::default()
+    };
+    let sim = start(config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let answer = send(&DialReq::list(&[]), &sim).await;
+        if answer.status != 200 {
+            answer.assert_error(400, "Throttling.User");
+        }
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 400, 400]);
+    // Another instance has its own allowance.
+    send(&DialReq::list(&[("InstanceId", "another-instance")]), &sim)
+        .await
+        .assert_success();
+    let queries = sim.record_queries();
+    let throttled: Vec<bool> = queries.iter().map(|q| q.throttled).collect();
+    assert_eq!(throttled, [false, false, false, true, true, false]);
+    assert_eq!(queries[5].instance_id, "another-instance");
+    assert!(queries.windows(2).all(|w| w[0].at <= w[1].at));
+
+    // A second later the instance is answered again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&DialReq::list(&[]), &sim).await.assert_success();
+}
+
+#[tokio::test]
+async fn injected_query_faults_answer_the_next_queries() {
+    let sim = start(SimConfig::default()).await;
+    sim.inject_query_fault(Fault::Throttle, 1);
+    sim.inject_query_fault(Fault::Unavailable, 1);
+    sim.inject_query_fault(Fault::InternalError, 2);
+    // A dial is not a query: the faults stay queued.
+    assert_eq!(send(&DialReq::post("15700000140"), &sim).await.status, 200);
+    // Nor is an invalid query.
+    send(&DialReq::list(&[("PageSize", "500")]), &sim)
+        .await
+        .assert_error(400, "InvalidParameter.PageSize");
+
+    send(&DialReq::list(&[]), &sim)
+        .await
+        .assert_error(400, "Throttling.User");
+    send(&DialReq::list(&[]), &sim)
+        .await
+        .assert_error(503, "ServiceUnavailable");
+    for _ in 0..2 {
+        send(&DialReq::list(&[]), &sim)
+            .await
+            .assert_error(500, "InternalError");
+    }
+    send(&DialReq::list(&[]), &sim).await.assert_success();
+    let queries = sim.record_queries();
+    assert_eq!(queries.len(), 5);
+    assert!(queries.iter().all(|q| !q.throttled));
+}
+
+#[tokio::test]
+async fn contact_events_for_known_and_unknown_contacts() {
+    let sim = start(with_record_delay(Duration::ZERO)).await;
+    let callee = "15700000150";
+    let dialed = send(&DialReq::post(callee), &sim).await;
+    assert_eq!(dialed.status, 200);
+    let call = sim
+        .call_records()
+        .into_iter()
+        .find(|r| r.called_number == callee && r.disposition == "Success")
+        .unwrap();
+    let dialed_ms: i64 = dialed.body["TimeStamp"].as_str().unwrap().parse().unwrap();
+    assert_eq!(call.start_time.as_millisecond(), dialed_ms + 300);
+
+    let answer = send(&DialReq::events(&call.contact_id), &sim).await;
+    answer.assert_success();
+    let start = (dialed_ms + 300).to_string();
+    let released = (dialed_ms + 300 + 37_000).to_string();
+    assert_eq!(
+        answer.body["Data"],
+        serde_json::json!({
+            "Caller": "02285196281",
+            "Callee": callee,
+            "CallType": "Outbound",
+            "StartTime": start,
+            "ReleaseAgent": "agent01",
+            "ReleaseReason": "NormalClearing",
+            "Events": {"CallEventDetail": [
+                {"TimeStamp": start, "Event": "Dialing", "AgentName": "", "Status": "",
+                 "CallMode": "", "Duration": 0},
+                {"TimeStamp": released, "Event": "Released", "AgentName": "", "Status": "",
+                 "CallMode": "", "Duration": 37},
+            ]},
+        })
+    );
+
+    let unknown = send(&DialReq::events("job-does-not-exist"), &sim).await;
+    unknown.assert_error(404, "ContactNotExist");
+    assert_eq!(unknown.message(), "The specified contact does not exist.");
+    send(
+        &DialReq::events(&call.contact_id).set("InstanceId", "another-instance"),
+        &sim,
+    )
+    .await
+    .assert_error(404, "ContactNotExist");
+
+    // A contact whose record is not visible yet is not known yet either.
+    sim.script_call(
+        "15700000151",
+        CallScript {
+            appears_after: Some(Duration::from_secs(60)),
+            ..CallScript::default()
+        },
+    );
+    assert_eq!(send(&DialReq::post("15700000151"), &sim).await.status, 200);
+    let pending = sim
+        .call_records()
+        .into_iter()
+        .find(|r| r.called_number == "15700000151" && r.disposition == "Success")
+        .unwrap();
+    send(&DialReq::events(&pending.contact_id), &sim)
+        .await
+        .assert_error(404, "ContactNotExist");
+}
+
+#[tokio::test]
+async fn contact_ids_are_unique_across_simulators() {
+    let one = start(with_record_delay(Duration::ZERO)).await;
+    let two = start(with_record_delay(Duration::ZERO)).await;
+    for sim in [&one, &two] {
+        assert_eq!(send(&DialReq::post("15700000160"), sim).await.status, 200);
+    }
+    let ids: HashSet<String> = one
+        .call_records()
+        .into_iter()
+        .chain(two.call_records())
+        .map(|r| r.contact_id)
+        .collect();
+    assert_eq!(ids.len(), 4);
+}
+
+#[tokio::test]
+async fn a_call_that_takes_time_starts_after_its_dial_returns() {
+    let config = SimConfig {
+        latency: Duration::from_millis(100),
+        call_record_delay: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let sim = start(config).await;
+    let dialed = send(&DialReq::post("15700000170"), &sim).await;
+    assert_eq!(dialed.status, 200);
+    let dialed_ms: i64 = dialed.body["TimeStamp"].as_str().unwrap().parse().unwrap();
+    let answer = send(&DialReq::list(&[("ContactDisposition", "Success")]), &sim).await;
+    let records = answer.records();
+    assert_eq!(records.len(), 1, "{}", answer.body);
+    assert_eq!(records[0]["StartTime"], dialed_ms + 300);
 }
