@@ -69,6 +69,19 @@ impl EmbeddedUnderTest {
             Kind::DailyCounters => {
                 expiries(&txn, DAILY_COUNTERS, DAILY_COUNTERS_BY_EXPIRY, |row| row.0)
             }
+            // One table holds both, told apart by the key's first letter.
+            Kind::Contacts | Kind::CallResults => {
+                let letter = if matches!(kind, Kind::Contacts) {
+                    'c'
+                } else {
+                    'r'
+                };
+                expiries(&txn, CALL_RESULTS, CALL_RESULTS_BY_EXPIRY, |row| row.0).map(|set| {
+                    set.into_iter()
+                        .filter(|(_, key)| key.starts_with(letter))
+                        .collect()
+                })
+            }
         }
     }
 }
@@ -167,7 +180,13 @@ impl Backend for EmbeddedUnderTest {
 
     async fn untidy(&self) -> Vec<String> {
         let mut untidy = Vec::new();
-        for kind in [Kind::Records, Kind::Cooldowns, Kind::DailyCounters] {
+        for kind in [
+            Kind::Records,
+            Kind::Cooldowns,
+            Kind::DailyCounters,
+            Kind::Contacts,
+            Kind::CallResults,
+        ] {
             let [rows, index] = self.rows_and_index(kind);
             for row in rows.difference(&index) {
                 untidy.push(format!("{kind:?} row {row:?} has no index entry"));

@@ -120,6 +120,8 @@ impl Backend for RedisUnderTest {
             Kind::Records => "req",
             Kind::Cooldowns => "cd",
             Kind::DailyCounters => "day",
+            Kind::Contacts => "contact",
+            Kind::CallResults => "result",
         };
         let pattern = format!("{}:{tag}:*", self.settings.key_prefix);
         keys(&self.store, &pattern).await.len()
