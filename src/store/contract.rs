@@ -1,4 +1,4 @@
-//! The [`DialStore`] contract, written once and run against every backend.
+//! The [`DialStore`] and [`CallResults`] contract, written once and run against every backend.
 //!
 //! Each test here is a generic `async fn` over a [`Backend`]: a fresh, isolated store plus the
 //! few ways a test looks inside it. A backend's test module implements [`Backend`] and calls
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    CalleeState, Claim, ClaimToken, Cooldown, DialRecords, DialStore, MAX_FINGERPRINT_LEN, Record,
-    Recorded, StoreError,
+    CallResults, CalleeState, Claim, ClaimToken, Cooldown, DialRecords, DialStore,
+    MAX_FINGERPRINT_LEN, Record, Recorded, StoreError,
 };
 
 /// The worker every contract store claims as.
@@ -35,7 +35,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// A backend as the contract tests see it: a store of its own, and a look inside.
 pub(super) trait Backend: Sized {
-    type Store: DialStore + Clone;
+    type Store: DialStore + CallResults + Clone;
 
     /// Opens a fresh store that no other test shares (its own directory, its own key prefix),
     /// whose claims name [`WORKER`] and last `lease`. Panics if it cannot: a backend that is not
@@ -64,7 +64,8 @@ pub(super) trait Backend: Sized {
     async fn live(&self, kind: Kind) -> usize;
 
     /// Whatever stored could outlive its expiry, one line each; empty when the store is tidy.
-    /// Embedded: every record, cooldown and counter row has exactly its expiry-index entry.
+    /// Embedded: every record, cooldown, counter, contact and call-result row has exactly its
+    /// expiry-index entry.
     /// Redis: every key has a TTL.
     async fn untidy(&self) -> Vec<String>;
 
@@ -85,6 +86,10 @@ pub(super) enum Kind {
     Records,
     Cooldowns,
     DailyCounters,
+    /// Contacts claimed for a request.
+    Contacts,
+    /// Call results recorded for a request.
+    CallResults,
 }
 
 /// Adds a `contract` module running every contract test against `$backend` (a type implementing
@@ -115,10 +120,16 @@ macro_rules! contract_tests {
                 daily_release_never_goes_below_zero_nor_creates_a_counter,
                 daily_counters_are_per_day_and_per_key,
                 a_working_store_passes_its_check,
+                the_first_claim_on_a_contact_wins,
+                contact_holders_are_answered_in_order,
+                a_contact_id_in_two_instances_is_two_contacts,
+                the_first_call_result_wins_byte_for_byte,
+                ids_holding_separators_do_not_collide,
             );
             $crate::store::contract::contract_tests!(@multi_thread $backend:
                 exactly_one_of_many_concurrent_claims_acquires,
                 concurrent_daily_reservations_never_exceed_the_cap,
+                exactly_one_of_many_concurrent_contact_claims_wins,
             );
         }
     };
@@ -795,5 +806,252 @@ pub(super) async fn a_working_store_passes_its_check<B: Backend>() {
     let backend = B::open(LEASE).await;
     backend.store().check().await.unwrap();
     backend.another_replica().await.check().await.unwrap();
+    finish(backend).await;
+}
+
+/// An instance id and one of another instance.
+const INSTANCE: &str = "ccc-1";
+const OTHER_INSTANCE: &str = "ccc-2";
+/// A call result, with bytes a re-encoding would change (spacing, key order, non-ASCII).
+const RESULT: &[u8] = "{\"status\": \"answered\",  \"name\":\"Zoë\"}".as_bytes();
+const OTHER_RESULT: &[u8] = br#"{"status":"no_answer"}"#;
+
+async fn claim_contact<S: CallResults>(store: &S, contact_id: &str, request_id: &str) -> String {
+    store
+        .claim_contact(INSTANCE, contact_id, request_id)
+        .await
+        .expect("claim contact")
+}
+
+pub(super) async fn the_first_claim_on_a_contact_wins<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let (store, other) = (backend.store(), backend.another_replica().await);
+    assert_eq!(claim_contact(store, "c1", "r1").await, "r1");
+    // Another request, here or on another replica, is told who holds it, and takes nothing.
+    assert_eq!(claim_contact(store, "c1", "r2").await, "r1");
+    assert_eq!(claim_contact(&other, "c1", "r3").await, "r1");
+    // The holder claiming again (a redelivered follow-up) gets it back.
+    assert_eq!(claim_contact(&other, "c1", "r1").await, "r1");
+    assert_eq!(claim_contact(store, "c1", "r1").await, "r1");
+    // Another contact is independent, even for the same request.
+    assert_eq!(claim_contact(store, "c2", "r2").await, "r2");
+    assert_eq!(claim_contact(store, "c3", "r1").await, "r1");
+    assert_eq!(backend.live(Kind::Contacts).await, 3);
+    assert_eq!(backend.live(Kind::CallResults).await, 0);
+    finish(backend).await;
+}
+
+pub(super) async fn contact_holders_are_answered_in_order<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let (store, other) = (backend.store(), backend.another_replica().await);
+    let nobody: Vec<Option<String>> = vec![None, None];
+    assert_eq!(
+        store
+            .contact_holders(INSTANCE, &["c1", "c2"])
+            .await
+            .unwrap(),
+        nobody
+    );
+    assert_eq!(
+        store.contact_holders(INSTANCE, &[]).await.unwrap(),
+        Vec::<Option<String>>::new()
+    );
+    claim_contact(store, "c1", "r1").await;
+    claim_contact(&other, "c3", "r3").await;
+    claim_contact(store, "c3", "r1").await;
+    let expected = vec![
+        Some("r3".to_owned()),
+        None,
+        Some("r1".to_owned()),
+        Some("r1".to_owned()),
+        None,
+    ];
+    for asker in [store, &other] {
+        assert_eq!(
+            asker
+                .contact_holders(INSTANCE, &["c3", "c2", "c1", "c1", "nope"])
+                .await
+                .unwrap(),
+            expected
+        );
+    }
+    // Asking changes nothing.
+    assert_eq!(backend.live(Kind::Contacts).await, 2);
+    finish(backend).await;
+}
+
+pub(super) async fn a_contact_id_in_two_instances_is_two_contacts<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let store = backend.store();
+    assert_eq!(
+        store.claim_contact(INSTANCE, "c1", "r1").await.unwrap(),
+        "r1"
+    );
+    assert_eq!(
+        store
+            .claim_contact(OTHER_INSTANCE, "c1", "r2")
+            .await
+            .unwrap(),
+        "r2"
+    );
+    assert_eq!(
+        store.contact_holders(INSTANCE, &["c1"]).await.unwrap(),
+        [Some("r1".to_owned())]
+    );
+    assert_eq!(
+        store
+            .contact_holders(OTHER_INSTANCE, &["c1"])
+            .await
+            .unwrap(),
+        [Some("r2".to_owned())]
+    );
+    assert_eq!(backend.live(Kind::Contacts).await, 2);
+    finish(backend).await;
+}
+
+pub(super) async fn the_first_call_result_wins_byte_for_byte<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let (store, other) = (backend.store(), backend.another_replica().await);
+    assert_eq!(store.call_result("r1").await.unwrap(), None);
+    assert_eq!(
+        store.record_call_result("r1", RESULT).await.unwrap(),
+        RESULT
+    );
+    // A second result, here or on another replica, is answered with the first, unchanged.
+    assert_eq!(
+        store.record_call_result("r1", OTHER_RESULT).await.unwrap(),
+        RESULT
+    );
+    assert_eq!(
+        other.record_call_result("r1", OTHER_RESULT).await.unwrap(),
+        RESULT
+    );
+    assert_eq!(
+        other.record_call_result("r1", RESULT).await.unwrap(),
+        RESULT
+    );
+    for asker in [store, &other] {
+        assert_eq!(
+            asker.call_result("r1").await.unwrap().as_deref(),
+            Some(RESULT)
+        );
+        assert_eq!(asker.call_result("r2").await.unwrap(), None);
+    }
+    // Another request's result is its own; a call result is no dial record.
+    assert_eq!(
+        other.record_call_result("r2", OTHER_RESULT).await.unwrap(),
+        OTHER_RESULT
+    );
+    assert_eq!(
+        store.call_result("r2").await.unwrap().as_deref(),
+        Some(OTHER_RESULT)
+    );
+    assert_eq!(backend.stored("r1").await, None);
+    assert_eq!(backend.live(Kind::CallResults).await, 2);
+    assert_eq!(backend.live(Kind::Records).await, 0);
+    assert_eq!(backend.live(Kind::Contacts).await, 0);
+    finish(backend).await;
+}
+
+pub(super) async fn ids_holding_separators_do_not_collide<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let store = backend.store();
+    // Pairs that a plain `<instance><separator><contact>` key would make one.
+    let pairs = [
+        ("a:b", "c"),
+        ("a", "b:c"),
+        ("a|b", "c"),
+        ("a", "b|c"),
+        ("1:a", "b"),
+        ("1|a", "b"),
+        ("a", "1:a:b"),
+        ("a", "1|a|b"),
+    ];
+    for (i, (instance, contact)) in pairs.iter().enumerate() {
+        let request = format!("r{i}");
+        assert_eq!(
+            store
+                .claim_contact(instance, contact, &request)
+                .await
+                .unwrap(),
+            request,
+            "{instance:?} {contact:?}"
+        );
+    }
+    for (i, (instance, contact)) in pairs.iter().enumerate() {
+        assert_eq!(
+            store.contact_holders(instance, &[*contact]).await.unwrap(),
+            [Some(format!("r{i}"))],
+            "{instance:?} {contact:?}"
+        );
+    }
+    // Request ids shaped like contact keys are results of their own, not contacts.
+    let requests = ["a:b:c", "1:a:b", "c1|a|b", "r|x", "contact:1:a:b"];
+    for (i, request) in requests.iter().enumerate() {
+        let result = format!("{{\"n\":{i}}}").into_bytes();
+        assert_eq!(
+            store.record_call_result(request, &result).await.unwrap(),
+            result,
+            "{request:?}"
+        );
+    }
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(
+            store.call_result(request).await.unwrap(),
+            Some(format!("{{\"n\":{i}}}").into_bytes()),
+            "{request:?}"
+        );
+    }
+    assert_eq!(backend.live(Kind::Contacts).await, pairs.len());
+    assert_eq!(backend.live(Kind::CallResults).await, requests.len());
+    finish(backend).await;
+}
+
+pub(super) async fn exactly_one_of_many_concurrent_contact_claims_wins<B: Backend>() {
+    let backend = B::open(LEASE).await;
+    let stores = [
+        backend.store().clone(),
+        backend.another_replica().await,
+        backend.another_replica().await,
+    ];
+    let barrier = Arc::new(tokio::sync::Barrier::new(30));
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (store, barrier) = (stores[i % stores.len()].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let request = format!("r{i}");
+                let holder = store.claim_contact(INSTANCE, "c1", &request).await?;
+                let result = store.record_call_result("same", request.as_bytes()).await?;
+                Ok::<_, StoreError>((request, holder, result))
+            })
+        })
+        .collect();
+    let mut holders = std::collections::BTreeSet::new();
+    let mut results = std::collections::BTreeSet::new();
+    let mut won = 0;
+    for task in tasks {
+        let (request, holder, result) = task.await.unwrap().unwrap();
+        if holder == request {
+            won += 1;
+        }
+        holders.insert(holder);
+        results.insert(result);
+    }
+    // Everyone was told the same holder and the same result, and exactly one took the contact.
+    assert_eq!((won, holders.len(), results.len()), (1, 1, 1));
+    let holder = holders.pop_first();
+    assert_eq!(
+        backend
+            .store()
+            .contact_holders(INSTANCE, &["c1"])
+            .await
+            .unwrap(),
+        [holder]
+    );
+    assert_eq!(
+        backend.store().call_result("same").await.unwrap(),
+        results.pop_first()
+    );
     finish(backend).await;
 }

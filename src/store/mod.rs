@@ -1,5 +1,9 @@
-//! Shared state behind two small traits: dial records per `request_id` ([`DialRecords`]), and
-//! per-callee cooldowns and daily counters ([`CalleeState`]); [`DialStore`] is both.
+//! Shared state behind small traits: dial records per `request_id` ([`DialRecords`]), and
+//! per-callee cooldowns and daily counters ([`CalleeState`]); [`DialStore`] is both. A third,
+//! [`CallResults`], serves the follow-up after a dial: which CCC call record (contact) belongs
+//! to which request, and the call-result event recorded for a request. Both are first writer
+//! wins, so that two requests never take the same record and a redelivered follow-up publishes
+//! the same result again, never a different one.
 //!
 //! This is where "never twice" is kept. Before a request is dialed, its `request_id` is
 //! *claimed* with a lease naming this worker, then the dial's result (the terminal outcome event)
@@ -397,6 +401,54 @@ pub trait CalleeState: Send + Sync + 'static {
         key: &str,
         day: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// After a dial: which CCC call record (contact) belongs to which request, and the call result
+/// recorded for a request. First writer wins on both; entries live as long as dial records
+/// (`store.record_ttl_ms`). Every method is atomic on its own.
+///
+/// Not part of [`DialStore`]: only the follow-up needs it, so it is a bound of its own.
+pub trait CallResults: Send + Sync + 'static {
+    /// Takes `contact_id` (unique within `instance_id`) for `request_id`, unless a request holds
+    /// it already; returns the request that holds it now (`request_id` itself when it was free
+    /// or already ours).
+    fn claim_contact(
+        &self,
+        instance_id: &str,
+        contact_id: &str,
+        request_id: &str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Who holds each of `contact_ids` in `instance_id`, in the same order; `None` where nobody
+    /// does.
+    fn contact_holders(
+        &self,
+        instance_id: &str,
+        contact_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<Option<String>>, StoreError>> + Send;
+
+    /// Records `result` (the call-result event, JSON bytes) for `request_id` unless one is
+    /// recorded already; returns the recorded one (ours, or the earlier one, byte for byte).
+    fn record_call_result(
+        &self,
+        request_id: &str,
+        result: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// The call result recorded for `request_id`, if any.
+    fn call_result(
+        &self,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+}
+
+/// A stored contact holder as the request id it is: both backends store the `&str` they were
+/// given, so anything else is corruption.
+fn holder(bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        StoreError::Corrupt(String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).into_owned())
+    })
 }
 
 /// How long a per-day call counter is kept: long enough to outlive its day in any timezone.

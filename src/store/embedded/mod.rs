@@ -1,5 +1,5 @@
-//! Embedded backend: dial records, cooldowns and daily call counters in one local [redb] file, for
-//! a single replica.
+//! Embedded backend: dial records, cooldowns, daily call counters and call results in one local
+//! [redb] file, for a single replica.
 //!
 //! # Why redb
 //!
@@ -24,10 +24,18 @@
 //! | `cooldowns_by_expiry` | `(expires_at_ms, key)`     | `()`                                    |
 //! | `daily_counters`      | `<day length>\|<day>\|<key>` | `(expires_at_ms, count)`              |
 //! | `daily_counters_by_expiry` | `(expires_at_ms, counter key)` | `()`                          |
+//! | `call_results`        | `c<instance length>\|<instance_id>\|<contact_id>` | `(expires_at_ms, holding request_id)` |
+//! |                       | `r\|<request_id>`            | `(expires_at_ms, call-result event)`    |
+//! | `call_results_by_expiry` | `(expires_at_ms, call-result key)` | `()`                        |
 //!
 //! A counter key leads with the day label's length, so it is unambiguous whatever the day label and
 //! key contain. A counter's expiry is set when it is created and not moved by later
 //! reservations or releases.
+//!
+//! `call_results` holds both halves of [`CallResults`]: contacts and results, told apart by the
+//! key's first letter. A contact key gives the instance id's length, so no separator inside an
+//! id can make two (instance, contact) pairs one key. Both are first writer wins: an entry's
+//! value and expiry (`record_ttl` from its first write) never change until it expires.
 //!
 //! Every write keeps a row and its expiry-index entry in step, in the same transaction. Expired
 //! rows are treated as absent by every operation; a background sweeper deletes them later, walking
@@ -39,8 +47,8 @@
 //! read-check-write inside it is atomic, the way a Lua script is in the Redis backend. Time is the
 //! local system clock (ms since the epoch), read by each operation once the writer lock is held, so
 //! that operations see time move forward in commit order. Operations whose loss could lead to a
-//! second dial or a wrong outcome (`claim`, `record`, `release`, the cooldowns, the daily counters)
-//! are durable: fsynced before they return. The sweeper is not: losing a sweep in a crash is
+//! second dial or a wrong outcome (`claim`, `record`, `release`, the cooldowns, the daily counters,
+//! contacts and call results) are durable: fsynced before they return. The sweeper is not: losing a sweep in a crash is
 //! harmless (an expired row is treated as absent), and the next durable commit persists it anyway.
 //! An operation that finds nothing to change needs no commit and costs no fsync.
 //!
@@ -84,8 +92,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    CalleeState, Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialRecords, Record, Recorded,
-    StoreError, check_fingerprint,
+    CallResults, CalleeState, Claim, ClaimToken, Cooldown, DAILY_COUNTER_TTL, DialRecords, Record,
+    Recorded, StoreError, check_fingerprint, holder,
 };
 use crate::config::StoreSettings;
 
@@ -124,6 +132,9 @@ const COOLDOWNS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
 const DAILY_COUNTERS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("daily_counters");
 const DAILY_COUNTERS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("daily_counters_by_expiry");
+const CALL_RESULTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("call_results");
+const CALL_RESULTS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("call_results_by_expiry");
 
 type ExpiryTable<'t> = redb::Table<'t, (u64, &'static str), ()>;
 type RecordTable<'t> = redb::Table<'t, &'static str, (u64, &'static [u8])>;
@@ -182,6 +193,11 @@ impl Inner {
                     limit,
                     |v| v.0,
                 )?,
+                Swept::CallResults => {
+                    sweep_table(txn, CALL_RESULTS, CALL_RESULTS_BY_EXPIRY, now, limit, |v| {
+                        v.0
+                    })?
+                }
             };
             let changed = if deleted == 0 {
                 Changed::No
@@ -257,6 +273,8 @@ impl EmbeddedStore {
         txn.open_table(COOLDOWNS_BY_EXPIRY).or_backend()?;
         txn.open_table(DAILY_COUNTERS).or_backend()?;
         txn.open_table(DAILY_COUNTERS_BY_EXPIRY).or_backend()?;
+        txn.open_table(CALL_RESULTS).or_backend()?;
+        txn.open_table(CALL_RESULTS_BY_EXPIRY).or_backend()?;
         txn.commit().or_backend()?;
 
         let db = Arc::new(db);
@@ -358,6 +376,69 @@ impl EmbeddedStore {
                 .len()
                 .or_backend()?,
         ])
+    }
+
+    /// Row counts of (call results and contacts, their expiry index).
+    #[cfg(test)]
+    fn call_result_row_counts(&self) -> Result<[u64; 2], StoreError> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = self.inner.db.begin_read().or_backend()?;
+        Ok([
+            txn.open_table(CALL_RESULTS)
+                .or_backend()?
+                .len()
+                .or_backend()?,
+            txn.open_table(CALL_RESULTS_BY_EXPIRY)
+                .or_backend()?
+                .len()
+                .or_backend()?,
+        ])
+    }
+
+    /// Stores `value` under the `call_results` key `key` unless a live entry is there, and
+    /// returns the entry that is there now. Durable before it returns, like a dial record:
+    /// losing it could let a second request take the same contact, or a second, different
+    /// result be published.
+    async fn first_wins(&self, key: String, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let record_ttl_ms = self.inner.record_ttl_ms;
+        self.write(Durability::Immediate, move |txn, now| {
+            let mut rows = txn.open_table(CALL_RESULTS).or_backend()?;
+            let mut index = txn.open_table(CALL_RESULTS_BY_EXPIRY).or_backend()?;
+            let current = read_record(&rows, &key)?;
+            let old_expiry = match current {
+                Some((expires, stored)) if expires > now => return Ok((stored, Changed::No)),
+                // Absent, or expired and not yet swept: ours, with a fresh horizon.
+                current => current.map(|(expires, _)| expires),
+            };
+            let expires = now.saturating_add(record_ttl_ms);
+            rows.insert(key.as_str(), (expires, value.as_slice()))
+                .or_backend()?;
+            move_expiry(&mut index, &key, old_expiry, expires)?;
+            Ok((value.clone(), Changed::Yes))
+        })
+        .await
+    }
+
+    /// The live entries under `keys` in `call_results`, in the same order.
+    async fn live_call_results(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // Through the writer, although it only reads: it sees every write in commit order and
+        // tells live from expired on the same clock as the writes. Nothing changes, so nothing
+        // is committed or fsynced.
+        self.write(Durability::None, move |txn, now| {
+            let rows = txn.open_table(CALL_RESULTS).or_backend()?;
+            let live = keys
+                .iter()
+                .map(|key| {
+                    Ok(read_record(&rows, key)?
+                        .and_then(|(expires, value)| (expires > now).then_some(value)))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok((live, Changed::No))
+        })
+        .await
     }
 
     /// Row counts of (records, record expiry index, cooldowns, cooldown expiry index).
@@ -607,6 +688,63 @@ impl CalleeState for EmbeddedStore {
     }
 }
 
+impl CallResults for EmbeddedStore {
+    async fn claim_contact(
+        &self,
+        instance_id: &str,
+        contact_id: &str,
+        request_id: &str,
+    ) -> Result<String, StoreError> {
+        let key = contact_key(instance_id, contact_id);
+        holder(self.first_wins(key, request_id.as_bytes().to_vec()).await?)
+    }
+
+    async fn contact_holders(
+        &self,
+        instance_id: &str,
+        contact_ids: &[&str],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        if contact_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = contact_ids
+            .iter()
+            .map(|contact_id| contact_key(instance_id, contact_id))
+            .collect();
+        self.live_call_results(keys)
+            .await?
+            .into_iter()
+            .map(|stored| stored.map(holder).transpose())
+            .collect()
+    }
+
+    async fn record_call_result(
+        &self,
+        request_id: &str,
+        result: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        self.first_wins(result_key(request_id), result.to_vec())
+            .await
+    }
+
+    async fn call_result(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut live = self.live_call_results(vec![result_key(request_id)]).await?;
+        Ok(live.pop().flatten())
+    }
+}
+
+/// The `call_results` key of a contact: `c<instance length>|<instance_id>|<contact_id>`. The
+/// length makes it unambiguous whatever the ids hold, and the leading `c` keeps it apart from
+/// every result key.
+fn contact_key(instance_id: &str, contact_id: &str) -> String {
+    format!("c{}|{instance_id}|{contact_id}", instance_id.len())
+}
+
+/// The `call_results` key of a request's call result: `r|<request_id>`.
+fn result_key(request_id: &str) -> String {
+    format!("r|{request_id}")
+}
+
 /// The `daily_counters` key of `key` on `day`: `<day length>|<day>|<key>`, unambiguous for any
 /// day label and key.
 fn counter_key(key: &str, day: &str) -> String {
@@ -621,7 +759,8 @@ fn read_counter(
     Ok(counters.get(counter).or_backend()?.map(|row| row.value()))
 }
 
-/// A record row, copied out of the transaction: `(expires_at_ms, encoded Record)`.
+/// A record row, copied out of the transaction: `(expires_at_ms, encoded Record)`. Also reads
+/// `call_results` rows, which have the same shape: `(expires_at_ms, value)`.
 fn read_record(records: &RecordTable<'_>, id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
     Ok(records.get(id).or_backend()?.map(|row| {
         let (expires, bytes) = row.value();

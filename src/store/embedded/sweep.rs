@@ -1,5 +1,5 @@
-//! The expiry sweeper: a background task that deletes expired records, cooldowns and daily
-//! counters in batches, by their expiry indexes, on the writer thread.
+//! The expiry sweeper: a background task that deletes expired records, cooldowns, daily
+//! counters and call results in batches, by their expiry indexes, on the writer thread.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use super::{Inner, OrBackend as _, SWEEP_BATCH, writer_stopped};
 use crate::store::StoreError;
 
 /// Every `every`, deletes expired records, then expired cooldowns, then expired daily counters,
-/// one batch per transaction on the writer thread, yielding between batches. Holds only a `Weak`
+/// then expired call results and contacts, one batch per transaction on the writer thread, yielding between batches. Holds only a `Weak`
 /// (upgraded just long enough to queue a batch), so it never keeps the store (and its file) open;
 /// stops when `stop` is cancelled (the last store clone was dropped).
 pub(super) async fn sweep_loop(store: Weak<Inner>, every: Duration, stop: CancellationToken) {
@@ -22,7 +22,12 @@ pub(super) async fn sweep_loop(store: Weak<Inner>, every: Duration, stop: Cancel
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        for kind in [Swept::Records, Swept::Cooldowns, Swept::DailyCounters] {
+        for kind in [
+            Swept::Records,
+            Swept::Cooldowns,
+            Swept::DailyCounters,
+            Swept::CallResults,
+        ] {
             let mut total = 0;
             loop {
                 let queued = {
@@ -63,6 +68,8 @@ pub(super) enum Swept {
     Records,
     Cooldowns,
     DailyCounters,
+    /// Contacts and call results (one table).
+    CallResults,
 }
 
 /// [`Inner::sweep`], waited for on the calling thread (not an async one).

@@ -69,6 +69,19 @@ impl EmbeddedUnderTest {
             Kind::DailyCounters => {
                 expiries(&txn, DAILY_COUNTERS, DAILY_COUNTERS_BY_EXPIRY, |row| row.0)
             }
+            // One table holds both, told apart by the key's first letter.
+            Kind::Contacts | Kind::CallResults => {
+                let letter = if matches!(kind, Kind::Contacts) {
+                    'c'
+                } else {
+                    'r'
+                };
+                expiries(&txn, CALL_RESULTS, CALL_RESULTS_BY_EXPIRY, |row| row.0).map(|set| {
+                    set.into_iter()
+                        .filter(|(_, key)| key.starts_with(letter))
+                        .collect()
+                })
+            }
         }
     }
 }
@@ -167,7 +180,13 @@ impl Backend for EmbeddedUnderTest {
 
     async fn untidy(&self) -> Vec<String> {
         let mut untidy = Vec::new();
-        for kind in [Kind::Records, Kind::Cooldowns, Kind::DailyCounters] {
+        for kind in [
+            Kind::Records,
+            Kind::Cooldowns,
+            Kind::DailyCounters,
+            Kind::Contacts,
+            Kind::CallResults,
+        ] {
             let [rows, index] = self.rows_and_index(kind);
             for row in rows.difference(&index) {
                 untidy.push(format!("{kind:?} row {row:?} has no index entry"));
@@ -698,4 +717,73 @@ async fn a_panicking_operation_fails_and_the_writer_goes_on() {
         store.record("r1", &token, EVENT).await.unwrap(),
         Recorded::Stored
     );
+}
+
+#[tokio::test]
+async fn expired_call_results_read_as_absent_may_be_taken_again_and_are_swept() {
+    let dir = TempDir::new();
+    // A record TTL of 60 ms, and no sweep: the expired rows stay to be looked at.
+    let store = open(&settings_with(&dir, 20, 60, 60_000));
+    for (contact, request) in [("c1", "r1"), ("c2", "r2")] {
+        assert_eq!(
+            store.claim_contact("i", contact, request).await.unwrap(),
+            request
+        );
+        assert_eq!(
+            store.record_call_result(request, EVENT).await.unwrap(),
+            EVENT
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.call_result_row_counts().unwrap(), [4, 4]);
+    drop(store);
+
+    // Past their expiry, not yet swept: absent, and free to take.
+    let settings = settings_with(&dir, 20, 60_000, 60_000);
+    let store = open(&settings);
+    assert_eq!(
+        store.contact_holders("i", &["c1", "c2"]).await.unwrap(),
+        [None, None]
+    );
+    assert_eq!(store.call_result("r1").await.unwrap(), None);
+    assert_eq!(store.claim_contact("i", "c1", "r9").await.unwrap(), "r9");
+    assert_eq!(store.record_call_result("r1", b"{}").await.unwrap(), b"{}");
+    // The taken rows moved their index entries to their new expiry.
+    assert_eq!(store.call_result_row_counts().unwrap(), [4, 4]);
+    drop(store);
+
+    // Reopened with a short sweep interval: only the expired entries go.
+    let store = open(&settings_with(&dir, 20, 60_000, 25));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = store.call_result_row_counts().unwrap();
+        if counts == [2, 2] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sweeper left {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.contact_holders("i", &["c1", "c2"]).await.unwrap(),
+        [Some("r9".to_owned()), None]
+    );
+    assert_eq!(store.call_result("r1").await.unwrap(), Some(b"{}".to_vec()));
+    assert_eq!(store.call_result("r2").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn call_results_survive_closing_and_reopening() {
+    let dir = TempDir::new();
+    let settings = settings(&dir);
+    let store = open(&settings);
+    store.claim_contact("i", "c1", "r1").await.unwrap();
+    store.record_call_result("r1", EVENT).await.unwrap();
+    drop(store);
+
+    let store = open(&settings);
+    assert_eq!(store.claim_contact("i", "c1", "r2").await.unwrap(), "r1");
+    assert_eq!(store.record_call_result("r1", b"{}").await.unwrap(), EVENT);
 }

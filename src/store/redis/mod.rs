@@ -1,7 +1,7 @@
 //! The Redis backend: everything the worker shares between replicas, in one Redis.
 //!
-//! - [`RedisStore`] (this module, `records` and `callee`): dial records, callee cooldowns
-//!   and daily counters.
+//! - [`RedisStore`] (this module, `records`, `callee` and `results`): dial records, callee
+//!   cooldowns, daily counters, and contacts and call results.
 //! - [`limits`]: the shared limiter's slots.
 //! - [`dnc`]: the shared do-not-call set.
 //! - `conn`: how every one of them reaches Redis (TLS, timeouts, a checked first connection,
@@ -35,7 +35,8 @@
 //! each result is followed by `WAIT` in the same pipeline, on the same connection, so the
 //! count covers that very write: a claim the replicas do not confirm in time is given back
 //! undialed, a result is written again until they do. A failover to a replica then cannot
-//! lose either.
+//! lose either. Contacts and call results are waited for the same way; one the replicas do not
+//! confirm is an error, and asking again finds the same value and waits once more.
 //!
 //! # Keys
 //!
@@ -48,6 +49,11 @@
 //!   keyed hash of instance and callee: no phone number is ever stored.
 //! - `<prefix>:day:<day>:<key>`: an integer, the calls counted for that callee (the same keyed
 //!   hash) on that day label, expiring [`DAILY_COUNTER_TTL`](super::DAILY_COUNTER_TTL) after its first reservation.
+//! - `<prefix>:contact:<instance length>:<instance_id>:<contact_id>`: a string, the
+//!   `request_id` holding that CCC call record (contact), expiring `record_ttl` after it was
+//!   first claimed. The instance id's length keeps ids holding `:` from colliding.
+//! - `<prefix>:result:<request_id>`: a string, the call-result event recorded for the request,
+//!   expiring `record_ttl` after it was first recorded.
 //! - `<prefix>:lim:{<instance_id>}:…`: the limiter's state (see [`limits`]).
 //! - `<prefix>:dnc`: the shared do-not-call set (see [`dnc`]).
 //!
@@ -64,6 +70,7 @@ pub(crate) mod conn;
 pub mod dnc;
 pub mod limits;
 mod records;
+mod results;
 #[cfg(test)]
 mod tests;
 
@@ -129,6 +136,7 @@ struct Scripts {
     cooldown_release: Script,
     daily_reserve: Script,
     daily_release: Script,
+    first_wins: Script,
 }
 
 impl Scripts {
@@ -142,10 +150,11 @@ impl Scripts {
             cooldown_release: Script::new(callee::COOLDOWN_RELEASE_LUA),
             daily_reserve: Script::new(callee::DAILY_RESERVE_LUA),
             daily_release: Script::new(callee::DAILY_RELEASE_LUA),
+            first_wins: Script::new(results::FIRST_WINS_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.claim,
             &self.record,
@@ -155,6 +164,7 @@ impl Scripts {
             &self.cooldown_release,
             &self.daily_reserve,
             &self.daily_release,
+            &self.first_wins,
         ]
     }
 }

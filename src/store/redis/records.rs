@@ -159,7 +159,7 @@ impl DialRecords for RedisStore {
 }
 
 /// `EVALSHA` of `script` with its one key: the caller adds the arguments.
-fn evalsha(script: &Script, key: String) -> Cmd {
+pub(super) fn evalsha(script: &Script, key: String) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(1).arg(key);
     cmd
@@ -170,7 +170,7 @@ impl RedisStore {
     /// replicas, `WAIT`s for them in the same round trip on the same connection, so that the
     /// count covers this very write. Returns the script's answer, and whether enough replicas
     /// hold it. Loads the script and runs it again if Redis forgot it (a failover, a restart).
-    async fn run_replicated<T: FromRedisValue>(
+    pub(super) async fn run_replicated<T: FromRedisValue>(
         &self,
         what: &str,
         script: &Script,

@@ -4,7 +4,8 @@ use super::*;
 use crate::config::{Settings, StoreBackend};
 use crate::store::contract::{Backend, DAY, FP, Kind, RawRecord, WORKER, contract_tests};
 use crate::store::{
-    CalleeState as _, Claim, ClaimToken, DAILY_COUNTER_TTL, DialRecords as _, Record,
+    CallResults as _, CalleeState as _, Claim, ClaimToken, DAILY_COUNTER_TTL, DialRecords as _,
+    Record,
 };
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -119,6 +120,8 @@ impl Backend for RedisUnderTest {
             Kind::Records => "req",
             Kind::Cooldowns => "cd",
             Kind::DailyCounters => "day",
+            Kind::Contacts => "contact",
+            Kind::CallResults => "result",
         };
         let pattern = format!("{}:{tag}:*", self.settings.key_prefix);
         keys(&self.store, &pattern).await.len()
@@ -294,5 +297,71 @@ async fn a_claim_no_replica_confirms_is_given_back_and_the_check_fails() {
         .check()
         .await
         .expect("the primary alone answers");
+    cleanup(&store).await;
+}
+
+#[tokio::test]
+async fn contacts_and_call_results_live_the_record_ttl_from_their_first_write() {
+    let settings = settings(60_000);
+    let a = connect(&settings, WORKER).await;
+    let prefix = &settings.key_prefix;
+    assert_eq!(
+        a.contact_key("a:b", "c"),
+        format!("{prefix}:contact:3:a:b:c")
+    );
+    assert_eq!(a.result_key("r1"), format!("{prefix}:result:r1"));
+
+    a.claim_contact("i", "c1", "r1").await.unwrap();
+    a.record_call_result("r1", b"{}").await.unwrap();
+    let keys = [a.contact_key("i", "c1"), a.result_key("r1")];
+    let mut first = Vec::new();
+    for key in &keys {
+        let ttl = pttl(&a, key).await;
+        assert!(ttl > 60_000 && ttl <= 120_000, "{key} PTTL {ttl}");
+        first.push(ttl);
+    }
+    // Later attempts change neither the value nor its expiry.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(a.claim_contact("i", "c1", "r2").await.unwrap(), "r1");
+    assert_eq!(
+        a.record_call_result("r1", b"[]").await.unwrap(),
+        b"{}".to_vec()
+    );
+    for (key, first) in keys.iter().zip(first) {
+        let ttl = pttl(&a, key).await;
+        assert!(ttl > 0 && ttl < first, "{key} PTTL {ttl} after {first}");
+    }
+    cleanup(&a).await;
+}
+
+/// No replica confirms on the machine's Redis: the first writer's value is stored but not
+/// acted on; asked again once no replica is required, the same value comes back.
+#[tokio::test]
+async fn a_contact_or_call_result_no_replica_confirms_is_an_error() {
+    let mut s = settings(10_000);
+    s.min_replicas_acked = 1;
+    s.replica_ack_timeout_ms = 50;
+    let store = connect(&s, "w1").await;
+    let unconfirmed = store.claim_contact("i", "c1", "r1").await;
+    assert!(
+        matches!(unconfirmed, Err(StoreError::NotReplicated { acked: 0, .. })),
+        "{unconfirmed:?}"
+    );
+    let unconfirmed = store.record_call_result("r1", b"{}").await;
+    assert!(
+        matches!(unconfirmed, Err(StoreError::NotReplicated { acked: 0, .. })),
+        "{unconfirmed:?}"
+    );
+
+    s.min_replicas_acked = 0;
+    let primary_alone = connect(&s, "w2").await;
+    assert_eq!(
+        primary_alone.claim_contact("i", "c1", "r2").await.unwrap(),
+        "r1"
+    );
+    assert_eq!(
+        primary_alone.record_call_result("r1", b"[]").await.unwrap(),
+        b"{}".to_vec()
+    );
     cleanup(&store).await;
 }
