@@ -105,14 +105,20 @@ pub struct Tiers {
 }
 
 impl Tiers {
+    /// The request queue's tiers.
     pub fn new(settings: &DeferralSettings, names: &AmqpNames) -> Self {
+        Tiers::of_queue(settings, &names.request_queue)
+    }
+
+    /// The wait tiers of `queue` (`<queue>.wait.<delay>`), with the configured delays.
+    pub fn of_queue(settings: &DeferralSettings, queue: &str) -> Self {
         Tiers {
             tiers: settings
                 .tiers_ms
                 .iter()
                 .map(|&ms| Tier {
                     delay: Duration::from_millis(ms),
-                    queue: format!("{}.wait.{}", names.request_queue, label(ms)),
+                    queue: format!("{queue}.wait.{}", label(ms)),
                 })
                 .collect(),
             lateness: Lateness::default(),

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ccc::ErrorClass;
+use crate::followup::result::Disposition;
 use crate::gates::limits::{DEFAULT_CLASS, LimitsSettings};
 use crate::outcome::{DeferReason, Status, SuppressReason};
 
@@ -59,6 +60,11 @@ impl EncodeLabelValue for SuppressReason {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SuppressLabels {
     pub reason: SuppressReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DispositionLabels {
+    pub disposition: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +172,8 @@ pub struct Metrics {
     pub requests_received: Counter,
     pub replays_received: Counter,
     pub outcomes: Family<StatusLabels, Counter>,
+    /// Call-result events published by the follow-up, by disposition.
+    pub call_results: Family<DispositionLabels, Counter>,
     pub ccc_attempts: Family<AttemptLabels, Counter>,
     pub ccc_request_duration: Histogram,
     /// By instance class (`[limits.instances."<id>"] class`); see [`Metrics::queue_to_dial`].
@@ -232,6 +240,7 @@ impl Metrics {
             requests_received: Counter::default(),
             replays_received: Counter::default(),
             outcomes: Family::default(),
+            call_results: Family::default(),
             ccc_attempts: Family::default(),
             ccc_request_duration: latency_histogram(),
             queue_to_dial,
@@ -259,6 +268,11 @@ impl Metrics {
         // of a fresh pod would never fire.
         for status in Status::ALL {
             metrics.outcome_series(status);
+        }
+        for disposition in Disposition::ALL {
+            let _ = metrics.call_results.get_or_create(&DispositionLabels {
+                disposition: disposition.as_str(),
+            });
         }
         for cause in PauseCause::ALL {
             metrics.set_paused(cause, false);
@@ -341,6 +355,15 @@ impl Metrics {
 
     pub fn outcome(&self, status: Status) {
         self.outcome_series(status).inc();
+    }
+
+    /// A call-result event published (re-published ones included).
+    pub fn call_result(&self, disposition: Disposition) {
+        self.call_results
+            .get_or_create(&DispositionLabels {
+                disposition: disposition.as_str(),
+            })
+            .inc();
     }
 
     fn outcome_series(&self, status: Status) -> impl std::ops::Deref<Target = Counter> + '_ {
@@ -443,6 +466,11 @@ impl Metrics {
             "outcomes",
             "Outcome events published, by status (re-published results included)",
             self.outcomes.clone(),
+        );
+        r.register(
+            "call_results",
+            "Call-result events the follow-up published, by disposition (re-published ones included)",
+            self.call_results.clone(),
         );
         r.register(
             "ccc_attempts",

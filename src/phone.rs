@@ -228,6 +228,23 @@ fn classify(n: &[u8]) -> Result<Kind, PhoneError> {
     }
 }
 
+/// The number as digits: for the internal follow-up jobs, which hold numbers as a request
+/// does. Never used for events.
+impl serde::Serialize for PhoneNumber {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Read back through [`PhoneNumber::parse`], so a number read is as valid as one decoded
+/// from a request; the error says what is wrong without repeating the number.
+impl<'de> serde::Deserialize<'de> for PhoneNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        PhoneNumber::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for PhoneNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_masked(f)

@@ -11,10 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{self, AmqpError, PublishError, Publisher, op, topology};
 use crate::backend::{Backend, BackendError};
-use crate::ccc::CccClient;
+use crate::ccc::{CallRecords, CccClient};
 use crate::config::{Settings, StoreBackend};
 use crate::defer::Tiers;
 use crate::dial::DialPolicy;
+use crate::followup::Followup;
+use crate::followup::pace::Pace;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::{DncError, DncList, DncSources};
 use crate::gates::hours::{BusinessHours, CalendarError};
@@ -23,8 +25,8 @@ use crate::health::Health;
 use crate::intake::{Stopped, consume};
 use crate::metrics::{Metrics, PauseCause};
 use crate::outage::OutageBreaker;
-use crate::pipeline::{Halt, HaltCause, Pipeline};
-use crate::store::DialStore;
+use crate::pipeline::{Halt, HaltCause, Pipeline, Schedule};
+use crate::store::{CallResults, DialStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -54,7 +56,7 @@ pub fn worker_id() -> String {
 
 /// Opens the backend `store.backend` names (the one place that choice is made) and runs the
 /// worker on it.
-pub async fn run_with_configured_store<C: CccClient>(
+pub async fn run_with_configured_store<C: CccClient + CallRecords + Clone>(
     settings: &Settings,
     client: C,
     metrics: Arc<Metrics>,
@@ -75,7 +77,11 @@ pub async fn run_with_configured_store<C: CccClient>(
 }
 
 /// Declares the topology, consumes until `shutdown`, and closes cleanly.
-pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
+pub async fn run<
+    C: CccClient + CallRecords + Clone,
+    S: DialStore + CallResults + Clone,
+    L: Limiter,
+>(
     settings: &Settings,
     client: C,
     backend: Backend<S, L>,
@@ -107,6 +113,16 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
     })
     .await?;
     let halt = Arc::new(Halt::default());
+    let followup_tiers = crate::followup::wait_tiers(settings);
+    let followup = followup_tiers.as_ref().map(|tiers| Followups {
+        followup: Followup {
+            records: client.clone(),
+            store: backend.store.clone(),
+            settings: settings.followup.clone(),
+            pace: Pace::new(settings.followup.queries_per_second),
+        },
+        tiers: tiers.clone(),
+    });
     let pipeline = Arc::new(Pipeline {
         client,
         store: backend.store,
@@ -124,6 +140,10 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
         delivery_limit: amqp_settings.delivery_limit,
         lease: settings.store.lease(),
         unreleased: Default::default(),
+        followup: followup_tiers.map(|tiers| Schedule {
+            first_poll: settings.followup.poll_after(0).unwrap_or_default(),
+            tiers,
+        }),
     });
 
     // The broker supervisor: one session per connection pair; a lost session is rebuilt
@@ -143,7 +163,19 @@ pub async fn run<C: CccClient, S: DialStore, L: Limiter>(
                     tracing::info!("reconnected to RabbitMQ");
                 }
                 pause = RECONNECT_MIN;
-                let ended = serve(settings, &session, &pipeline, &health, &shutdown).await;
+                let requests = async {
+                    let ended = serve(settings, &session, &pipeline, &health, &shutdown).await;
+                    session.lost.cancel();
+                    ended
+                };
+                let followups = serve_followups(
+                    settings,
+                    &session,
+                    followup.as_ref(),
+                    &pipeline.publisher,
+                    &metrics,
+                );
+                let (ended, ()) = tokio::join!(requests, followups);
                 session.close().await;
                 match ended {
                     Ended::Shutdown => return Ok(()),
@@ -236,9 +268,10 @@ impl Session {
             .unwrap_or_else(|_| Err(timed_out("open publish channel")))
             .map_err(SessionError::Connect)?;
         let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
+        let followup_tiers = crate::followup::wait_tiers(settings);
         tokio::time::timeout(
             BROKER_TIMEOUT,
-            topology::declare(&channel, amqp_settings, &tiers),
+            topology::declare(&channel, amqp_settings, &tiers, followup_tiers.as_ref()),
         )
         .await
         .unwrap_or_else(|_| Err(timed_out("declare topology")))
@@ -297,7 +330,11 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
         let inherited_pause = pipeline.halt.cause().is_some();
         let consumer = match tokio::time::timeout(
             BROKER_TIMEOUT,
-            start_consumer(&session.consume, amqp_settings),
+            start_consumer(
+                &session.consume,
+                &amqp_settings.names.request_queue,
+                amqp_settings.prefetch,
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(timed_out("start consuming")))
@@ -438,22 +475,70 @@ async fn serve<C: CccClient, S: DialStore, L: Limiter>(
     }
 }
 
-/// Opens a consuming channel with the configured prefetch and starts the consumer.
+/// The follow-up as the session runs it: its stages and its queue's wait tiers.
+struct Followups<R, S> {
+    followup: Followup<R, S>,
+    tiers: Tiers,
+}
+
+/// Consumes follow-up jobs for as long as the session lasts (the follow-up keeps going while
+/// the dial path pauses: it dials nobody). A consumer that cannot start is tried again with
+/// the next session.
+async fn serve_followups<R: CallRecords, S: CallResults>(
+    settings: &Settings,
+    session: &Session,
+    followups: Option<&Followups<R, S>>,
+    publisher: &Publisher,
+    metrics: &Metrics,
+) {
+    let Some(followups) = followups else {
+        return;
+    };
+    let queue = &settings.amqp.names.followup_queue;
+    let started = tokio::time::timeout(
+        BROKER_TIMEOUT,
+        start_consumer(&session.consume, queue, settings.followup.prefetch),
+    )
+    .await
+    .unwrap_or_else(|_| Err(timed_out("start consuming follow-ups")));
+    let (channel, consumer) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            tracing::warn!(%error, "could not start consuming follow-up jobs");
+            session.lost.cancel();
+            return;
+        }
+    };
+    tracing::info!(queue, "consuming follow-up jobs");
+    crate::followup::run::consume(
+        consumer,
+        &followups.followup,
+        publisher,
+        &followups.tiers,
+        metrics,
+        session.lost.clone(),
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
+}
+
+/// Opens a consuming channel with `prefetch` and starts consuming `queue`.
 async fn start_consumer(
     connection: &lapin::Connection,
-    amqp_settings: &crate::config::AmqpSettings,
+    queue: &str,
+    prefetch: u16,
 ) -> Result<(lapin::Channel, lapin::Consumer), AmqpError> {
     let channel = connection
         .create_channel()
         .await
         .map_err(op("open consume channel"))?;
     channel
-        .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .map_err(op("set prefetch"))?;
     let consumer = channel
         .basic_consume(
-            amqp_settings.names.request_queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

@@ -1036,7 +1036,7 @@ fn differences(declared: &serde_json::Value, file: &serde_json::Value) -> Vec<St
 fn planned_definitions() -> serde_json::Value {
     let settings = Settings::load_from(None, Vec::new()).expect("defaults");
     let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
-    let plan = topology::plan(&settings.amqp, &tiers);
+    let plan = topology::plan(&settings.amqp, &tiers, None);
     let exchanges: Vec<_> = plan
         .exchanges
         .iter()
@@ -1111,7 +1111,7 @@ async fn rabbitmq_definitions_are_what_the_worker_declares() {
         .expect("RabbitMQ on amqp.url's host (scripts/services.sh starts it)");
     let channel = connection.create_channel().await.expect("channel");
     let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
-    topology::declare(&channel, &settings.amqp, &tiers)
+    topology::declare(&channel, &settings.amqp, &tiers, None)
         .await
         .expect("the worker declares its topology");
     let _ = connection.close(200, "bye".into()).await;

@@ -105,13 +105,15 @@ impl Harness {
             &mut names.dead_queue,
             &mut names.outcome_exchange,
             &mut names.outcome_catch_all_queue,
+            &mut names.followup_queue,
         ] {
             name.push_str(".test-");
             name.push_str(suffix);
         }
         let (connection, channel) = open(&base.amqp).await?;
         let tiers = Tiers::new(&base.deferral, &base.amqp.names);
-        topology::declare(&channel, &base.amqp, &tiers).await?;
+        let followup_tiers = dialex_worker::followup::wait_tiers(&base);
+        topology::declare(&channel, &base.amqp, &tiers, followup_tiers.as_ref()).await?;
         Ok(Harness {
             metrics: Arc::new(Metrics::for_limits(&base.limits)),
             settings: base,
@@ -520,6 +522,14 @@ impl Harness {
         .into_iter()
         .cloned()
         .chain(tiers.all().iter().map(|t| t.queue.clone()));
+        let followups = dialex_worker::followup::wait_tiers(&self.settings)
+            .map(|tiers| {
+                let mut queues: Vec<String> = tiers.all().iter().map(|t| t.queue.clone()).collect();
+                queues.push(names.followup_queue.clone());
+                queues
+            })
+            .unwrap_or_default();
+        let queues = queues.chain(followups);
         for queue in queues {
             self.channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

@@ -1,4 +1,4 @@
-//! The confirmed publisher: outcome events and dead letters.
+//! The confirmed publisher: outcome events, call results, waits and dead letters.
 //!
 //! Every publish is persistent, `mandatory`, and waits for the broker's confirm: a request is
 //! acknowledged only after what it produced is safely in a queue. An unroutable or nacked
@@ -16,6 +16,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionStatus};
 use super::{AmqpError, Incoming, op};
 use crate::config::{AmqpNames, AmqpSettings};
 use crate::defer::Tier;
+use crate::followup::FollowupJob;
+use crate::followup::job::JOB_TYPE;
+use crate::followup::result::CallResultEvent;
 use crate::metrics::Metrics;
 use crate::outcome::{DeferReason, OutcomeEvent};
 
@@ -163,6 +166,47 @@ impl Publisher {
             &properties,
         )
         .await
+    }
+
+    /// Publishes a call-result event (serialized as `body`) to the outcome exchange as
+    /// `<result_routing_prefix>.<disposition>`, and waits for the confirm. Published again,
+    /// it carries the same `event_id`.
+    pub async fn publish_result(
+        &self,
+        event: &CallResultEvent,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let routing_key = format!(
+            "{}.{}",
+            self.names.result_routing_prefix,
+            event.disposition.as_str()
+        );
+        let properties = BasicProperties::default()
+            .with_message_id(event.event_id.to_string().into())
+            .with_correlation_id(event.request_id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_type("dial.result".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_timestamp(event.completed_at.as_second().max(0) as u64);
+        self.publish_with_retry(
+            &self.names.outcome_exchange,
+            &routing_key,
+            body,
+            &properties,
+        )
+        .await
+    }
+
+    /// Puts a follow-up job on the wait queue of `tier`; it comes back to the follow-up
+    /// queue when the queue's TTL has passed.
+    pub async fn follow_up(&self, job: &FollowupJob, tier: &Tier) -> Result<(), PublishError> {
+        let properties = BasicProperties::default()
+            .with_correlation_id(job.request_id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_type(JOB_TYPE.into())
+            .with_delivery_mode(PERSISTENT);
+        self.publish_with_retry("", &tier.queue, &job.to_json(), &properties)
+            .await
     }
 
     /// Parks the original message on the dead exchange with the reason in its headers.

@@ -72,8 +72,10 @@ fn quorum(name: &str, mut extra: Vec<(&'static str, Argument)>) -> Queue {
     }
 }
 
-/// The topology for `amqp`'s names and the wait `tiers`.
-pub fn plan(amqp: &AmqpSettings, tiers: &Tiers) -> Plan {
+/// The topology for `amqp`'s names and the wait `tiers`; with `followup` (the follow-up
+/// queue's wait tiers, when the follow-up is on), the follow-up queue, its tiers, and the
+/// catch-all's binding for call results too.
+pub fn plan(amqp: &AmqpSettings, tiers: &Tiers, followup: Option<&Tiers>) -> Plan {
     let names = &amqp.names;
     let exchange = |name: &str, kind| Exchange {
         name: name.to_owned(),
@@ -113,19 +115,33 @@ pub fn plan(amqp: &AmqpSettings, tiers: &Tiers) -> Plan {
             &names.request_routing_key,
         ),
     ];
-    for tier in tiers.all() {
-        let ttl_ms = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
+    // Each wait tier hands its messages back, when their time is up, to `exchange` with
+    // `routing_key`. A waiting message must come back even if the broker restarts mid-hop.
+    let mut wait_tiers = |tiers: &Tiers, exchange: &str, routing_key: &str| {
+        for tier in tiers.all() {
+            let ttl_ms = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
+            let mut args = vec![
+                ("x-message-ttl", Argument::Number(ttl_ms)),
+                ("x-dead-letter-exchange", text(exchange)),
+                ("x-dead-letter-routing-key", text(routing_key)),
+            ];
+            args.extend(at_least_once());
+            queues.push(quorum(&tier.queue, args));
+        }
+    };
+    wait_tiers(tiers, &names.request_exchange, &names.request_routing_key);
+    if let Some(followup_tiers) = followup {
+        // Through the default exchange, straight back to the follow-up queue.
+        wait_tiers(followup_tiers, "", &names.followup_queue);
         let mut args = vec![
-            ("x-message-ttl", Argument::Number(ttl_ms)),
-            ("x-dead-letter-exchange", text(&names.request_exchange)),
             (
-                "x-dead-letter-routing-key",
-                text(&names.request_routing_key),
+                "x-delivery-limit",
+                Argument::Number(i64::from(amqp.delivery_limit)),
             ),
+            ("x-dead-letter-exchange", text(&names.dead_exchange)),
         ];
-        // A waiting request must come back even if the broker restarts mid-hop.
         args.extend(at_least_once());
-        queues.push(quorum(&tier.queue, args));
+        queues.push(quorum(&names.followup_queue, args));
     }
     if !names.outcome_catch_all_queue.is_empty() {
         queues.push(quorum(&names.outcome_catch_all_queue, Vec::new()));
@@ -134,6 +150,13 @@ pub fn plan(amqp: &AmqpSettings, tiers: &Tiers) -> Plan {
             &names.outcome_exchange,
             &format!("{}.#", names.outcome_routing_prefix),
         ));
+        if followup.is_some() {
+            bindings.push(binding(
+                &names.outcome_catch_all_queue,
+                &names.outcome_exchange,
+                &format!("{}.#", names.result_routing_prefix),
+            ));
+        }
     }
     Plan {
         exchanges,
@@ -147,8 +170,9 @@ pub async fn declare(
     channel: &Channel,
     amqp: &AmqpSettings,
     tiers: &Tiers,
+    followup: Option<&Tiers>,
 ) -> Result<(), AmqpError> {
-    let plan = plan(amqp, tiers);
+    let plan = plan(amqp, tiers, followup);
     for exchange in &plan.exchanges {
         let kind = match exchange.kind {
             "fanout" => ExchangeKind::Fanout,
@@ -210,7 +234,7 @@ mod tests {
     fn the_default_plan_is_the_wire_contract() {
         let settings = Settings::load_from(None, Vec::new()).unwrap();
         let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
-        let plan = plan(&settings.amqp, &tiers);
+        let plan = plan(&settings.amqp, &tiers, None);
         let kinds: Vec<_> = plan
             .exchanges
             .iter()

@@ -24,7 +24,9 @@ pub const API_VERSION: &str = "2017-07-05";
 /// Bodies larger than this are not read: the gateway's answers are a few hundred bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// `DialEx` over HTTPS (or plain HTTP to the loopback simulator).
+/// `DialEx` over HTTPS (or plain HTTP to the loopback simulator). Cheap to clone: the HTTP
+/// client and the credentials are shared.
+#[derive(Clone)]
 pub struct HttpCccClient {
     http: reqwest::Client,
     /// The endpoint origin followed by `/?`, ready for the query.

@@ -19,6 +19,7 @@ pub(crate) mod render;
 mod validate;
 
 pub use crate::ccc::CccSettings;
+pub use crate::followup::FollowupSettings;
 pub use crate::gates::cooldown::CooldownSettings;
 pub use crate::gates::hours::BusinessHoursSettings;
 pub use crate::gates::limits::LimitsSettings;
@@ -64,6 +65,7 @@ pub struct Settings {
     pub business_hours: BusinessHoursSettings,
     pub limits: LimitsSettings,
     pub outage: OutageSettings,
+    pub followup: FollowupSettings,
     pub dnc: DncSettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
@@ -188,6 +190,10 @@ pub struct AmqpNames {
     pub outcome_routing_prefix: String,
     /// Empty means "no catch-all queue".
     pub outcome_catch_all_queue: String,
+    /// Call-result events go out as `<result_routing_prefix>.<disposition>`.
+    pub result_routing_prefix: String,
+    /// Where follow-up jobs are consumed from.
+    pub followup_queue: String,
 }
 
 /// Kept between the end of the longest dial and the end of a claim's lease, for the record

@@ -274,6 +274,33 @@ impl Settings {
         if outage.max_probe_interval_ms < 1000 {
             problems.invalid("outage.max_probe_interval_ms", "must be at least 1000");
         }
+        let followup = &self.followup;
+        if followup.polls_ms.is_empty() || followup.polls_ms.contains(&0) {
+            problems.invalid("followup.polls_ms", "must list at least one positive delay");
+        } else if !followup.polls_ms.is_sorted_by(|a, b| a < b) {
+            problems.invalid("followup.polls_ms", "must be increasing");
+        }
+        if !(followup.queries_per_second.is_finite() && followup.queries_per_second > 0.0) {
+            problems.invalid("followup.queries_per_second", "must be a positive number");
+        }
+        if followup.match_window_ms == 0 {
+            problems.invalid("followup.match_window_ms", "must be positive");
+        }
+        if followup.prefetch == 0 {
+            problems.invalid("followup.prefetch", "must be at least 1");
+        }
+        if followup.enabled && amqp.names.followup_queue.is_empty() {
+            problems.invalid(
+                "amqp.names.followup_queue",
+                "must be set with followup.enabled",
+            );
+        }
+        if followup.enabled && amqp.names.result_routing_prefix.is_empty() {
+            problems.invalid(
+                "amqp.names.result_routing_prefix",
+                "must be set with followup.enabled",
+            );
+        }
         if self.dnc.reload_interval_ms == 0 {
             problems.invalid("dnc.reload_interval_ms", "must be positive");
         }

@@ -1,4 +1,4 @@
-//! The broker as the pipeline sees it: four verbs on a delivery, each confirmed.
+//! The broker as the pipeline sees it: a few verbs on a delivery, each confirmed.
 //!
 //! [`crate::amqp::Publisher`] implements it over RabbitMQ; the pipeline's unit tests use a
 //! recording one, so every exit is tested without a broker.
@@ -8,6 +8,7 @@ use std::future::Future;
 use super::Deferral;
 use crate::amqp::{Incoming, PublishError, Publisher};
 use crate::defer::Tier;
+use crate::followup::FollowupJob;
 use crate::outcome::OutcomeEvent;
 
 /// Where the pipeline's decisions go. Every method returns once the broker confirmed.
@@ -28,6 +29,13 @@ pub trait Broker: Send + Sync + 'static {
         incoming: &Incoming,
         tier: &Tier,
         deferral: &Deferral,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Puts a follow-up job on the follow-up wait queue of `tier`.
+    fn follow_up(
+        &self,
+        job: &FollowupJob,
+        tier: &Tier,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     /// Parks `incoming` on the dead-letter exchange with a reason.
@@ -74,6 +82,10 @@ impl Broker for Publisher {
             deferral.booking.as_deref(),
         )
         .await
+    }
+
+    async fn follow_up(&self, job: &FollowupJob, tier: &Tier) -> Result<(), PublishError> {
+        Publisher::follow_up(self, job, tier).await
     }
 
     async fn dead_letter(

@@ -80,10 +80,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
 /// Publishes a stored result again, as the bytes first published (same `event_id`).
 pub(super) fn stored_result(stored: Vec<u8>) -> Step {
     match serde_json::from_slice::<OutcomeEvent>(&stored) {
-        Ok(event) => Step::Finish(Finish {
-            event,
-            json: stored,
-        }),
+        Ok(event) => Step::Finish(Finish::new(event, stored)),
         Err(error) => {
             tracing::error!(%error, "the stored result is unreadable; parking the request");
             Step::Park(Parking {

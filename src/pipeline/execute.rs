@@ -4,6 +4,7 @@
 use super::{Broker, Deferral, HaltCause, Parking, Pipeline, Step};
 use crate::amqp::{Incoming, PublishError};
 use crate::ccc::CccClient;
+use crate::followup::FollowupJob;
 use crate::gates::limits::Limiter;
 use crate::outcome::OutcomeEvent;
 use crate::settle::Disposition;
@@ -12,11 +13,15 @@ use crate::store::DialStore;
 impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
     pub(super) async fn execute(&self, step: Step, incoming: &Incoming) -> Disposition {
         match step {
-            Step::Finish(finish) => match self.publish(&finish.event, &finish.json, incoming).await
-            {
-                Ok(()) => Disposition::Ack,
-                Err(error) => self.undelivered(&error, incoming).await,
-            },
+            Step::Finish(finish) => {
+                if let Err(error) = self.publish(&finish.event, &finish.json, incoming).await {
+                    return self.undelivered(&error, incoming).await;
+                }
+                match self.schedule_followup(finish.followup.as_ref()).await {
+                    Ok(()) => Disposition::Ack,
+                    Err(error) => self.undelivered(&error, incoming).await,
+                }
+            }
             Step::Defer(deferral) => self.defer(deferral, incoming).await,
             Step::GiveBack => self.give_back(incoming).await,
             Step::Redeliver => Disposition::Requeue,
@@ -43,6 +48,19 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             "outcome published"
         );
         Ok(())
+    }
+
+    /// Schedules the follow-up of a dialed request, before the request is acknowledged: a
+    /// crash in between brings the request back, and its stored result schedules it again (a
+    /// second job publishes the same stored call result).
+    async fn schedule_followup(&self, job: Option<&FollowupJob>) -> Result<(), PublishError> {
+        let (Some(job), Some(followup)) = (job, &self.followup) else {
+            return Ok(());
+        };
+        let tier = followup
+            .tiers
+            .for_delay(crate::defer::time_until(job.due_at));
+        self.publisher.follow_up(job, tier).await
     }
 
     /// An outcome the broker would not take. The request is never dead-lettered for that (its

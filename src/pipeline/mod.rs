@@ -40,6 +40,7 @@ use crate::amqp::{Incoming, Publisher};
 use crate::ccc::{CccClient, DialFailure, ErrorClass};
 use crate::defer::Tiers;
 use crate::dial::{DialPolicy, DialResult, Watchers, dial};
+use crate::followup::FollowupJob;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::DncList;
 use crate::gates::hours::BusinessHours;
@@ -76,6 +77,16 @@ pub struct Pipeline<C, S, L, B = Publisher> {
     pub lease: Duration,
     /// Claims the store could not take back when they were released (it was down).
     pub unreleased: std::sync::Mutex<Vec<(String, ClaimToken)>>,
+    /// Where dialed requests' follow-up jobs go, when the follow-up is on.
+    pub followup: Option<Schedule>,
+}
+
+/// How the dial path schedules follow-ups: the first poll's delay after the dial, and the
+/// follow-up queue's wait tiers.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub first_poll: Duration,
+    pub tiers: Tiers,
 }
 
 impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
@@ -94,7 +105,11 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
                     callee = %request.callee(),
                 );
                 async {
-                    let step = self.process(&request, incoming).await;
+                    let mut step = self.process(&request, incoming).await;
+                    if let (Step::Finish(finish), Some(followup)) = (&mut step, &self.followup) {
+                        finish.followup =
+                            FollowupJob::after(&request, &finish.event, followup.first_poll);
+                    }
                     self.execute(step, incoming).await
                 }
                 .instrument(span)

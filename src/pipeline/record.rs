@@ -45,7 +45,7 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
             let recorded = self.store.record(request_id, held.claim(), &json).await;
             self.metrics.store_op(StoreOp::Record, started.elapsed());
             let error = match recorded {
-                Ok(Recorded::Stored) => return Step::Finish(Finish { event, json }),
+                Ok(Recorded::Stored) => return Step::Finish(Finish::new(event, json)),
                 Ok(Recorded::Earlier(stored)) => return stored_result(stored),
                 Err(error) => error,
             };

@@ -5,6 +5,7 @@ use jiff::Timestamp;
 
 use super::HaltCause;
 use crate::ccc::DialFailure;
+use crate::followup::FollowupJob;
 use crate::outcome::{DeferReason, OutcomeEvent};
 use crate::store::StoreError;
 
@@ -32,6 +33,19 @@ pub enum Step {
 pub struct Finish {
     pub event: OutcomeEvent,
     pub json: Vec<u8>,
+    /// The follow-up job to schedule after the event, for a `dialed` request when the
+    /// follow-up is on.
+    pub followup: Option<FollowupJob>,
+}
+
+impl Finish {
+    pub fn new(event: OutcomeEvent, json: Vec<u8>) -> Finish {
+        Finish {
+            event,
+            json,
+            followup: None,
+        }
+    }
 }
 
 /// A request that waits outside the process until `until`.

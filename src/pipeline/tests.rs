@@ -229,6 +229,11 @@ enum Call {
         reason: String,
     },
     GiveBack,
+    FollowUp {
+        queue: String,
+        request_id: String,
+        task_id: String,
+    },
 }
 
 #[derive(Default)]
@@ -284,6 +289,14 @@ impl Broker for Recorder {
             reason: deferral.reason,
             attempts: deferral.attempts,
             not_before: deferral.until,
+        })
+    }
+
+    async fn follow_up(&self, job: &FollowupJob, tier: &Tier) -> Result<(), PublishError> {
+        self.log(Call::FollowUp {
+            queue: tier.queue.clone(),
+            request_id: job.request_id.clone(),
+            task_id: job.task_id.clone(),
         })
     }
 
@@ -376,6 +389,7 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         delivery_limit: s.amqp.delivery_limit,
         lease: s.store.lease(),
         unreleased: Default::default(),
+        followup: None,
     };
     Fixture {
         pipeline,

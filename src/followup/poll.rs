@@ -1,0 +1,274 @@
+//! One follow-up job's poll, as a decision: the call result to publish, or when to look
+//! again. Nothing here touches the broker; [`super::run`] carries the step out.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::FollowupSettings;
+use super::job::FollowupJob;
+use super::matching::{self, Dialed, Match};
+use super::pace::Pace;
+use super::result::{CallResultEvent, Subject, UnknownReason};
+use crate::ccc::{CallDetailRecord, CallRecords, DialFailure, RecordQuery};
+use crate::store::{CallResults, StoreError};
+
+/// A job that comes back this much before its poll is due is polled anyway (the wait tiers
+/// round delays down to whole tiers).
+const EARLY: SignedDuration = SignedDuration::from_millis(250);
+/// Records per `ListCallDetailRecords` page, and the pages read per poll: far more calls to
+/// one number than fit in one match window.
+const PAGE_SIZE: u32 = 100;
+const MAX_PAGES: u32 = 5;
+/// How soon a job whose poll failed (a query, the store) is tried again: 5 s, doubling, at
+/// most a minute.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What to do with a job.
+#[derive(Debug)]
+pub enum JobStep {
+    /// Publish the request's call result (as stored: the same bytes on every delivery) and
+    /// acknowledge the job.
+    Publish(Published),
+    /// Look again once `due_at` has come: the job goes to the wait tier that fits.
+    Wait(FollowupJob),
+    /// The stored result cannot be read: the job is parked for an operator.
+    Park {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// A call result ready to publish.
+#[derive(Debug)]
+pub struct Published {
+    pub event: CallResultEvent,
+    pub json: Vec<u8>,
+}
+
+/// The follow-up's stages, shared by every job in flight.
+pub struct Followup<R, S> {
+    pub records: R,
+    pub store: S,
+    pub settings: FollowupSettings,
+    pub pace: Pace,
+}
+
+/// What one poll found, owned.
+#[derive(Debug)]
+enum Found {
+    /// The call, taken for the request.
+    Call(Box<CallDetailRecord>),
+    /// Several records could be the call.
+    Several,
+    Nothing,
+}
+
+/// Why a poll could not decide.
+#[derive(Debug)]
+enum Failed {
+    Query(DialFailure),
+    Store(StoreError),
+}
+
+impl<R: CallRecords, S: CallResults> Followup<R, S> {
+    /// The step for `job`, delivered now.
+    pub async fn step(&self, mut job: FollowupJob) -> JobStep {
+        if job.due_at.duration_since(Timestamp::now()) > EARLY {
+            return JobStep::Wait(job);
+        }
+        match self.store.call_result(&job.request_id).await {
+            Ok(Some(stored)) => return stored_result(stored),
+            Ok(None) => {}
+            Err(error) => return self.later(job, &error),
+        }
+        let found = match self.poll(&job).await {
+            Ok(found) => found,
+            Err(failed) => return self.failed(job, failed).await,
+        };
+        job.polls = job.polls.saturating_add(1);
+        job.failures = 0;
+        let event = match found {
+            Found::Call(record) => self.result_of(&job, &record).await,
+            _ if job.polls < self.settings.polls() => {
+                let after = self.settings.poll_after(job.polls).unwrap_or_default();
+                job.due_at = job.dialed_at.checked_add(after).unwrap_or(Timestamp::MAX);
+                tracing::debug!(
+                    polls = job.polls,
+                    ?found,
+                    "no single record yet; looking again later"
+                );
+                return JobStep::Wait(job);
+            }
+            Found::Several => CallResultEvent::unknown(&subject(&job), UnknownReason::Ambiguous),
+            Found::Nothing => CallResultEvent::unknown(&subject(&job), UnknownReason::NoRecord),
+        };
+        self.record(&job, &event).await
+    }
+
+    /// Reads the records of the job's number in its match window and decides which is its
+    /// call; a call found is taken for the request before it is returned.
+    async fn poll(&self, job: &FollowupJob) -> Result<Found, Failed> {
+        let window = self.settings.window();
+        let (start, stop) = window.bounds(job.dialed_at);
+        let mut records = Vec::new();
+        for page in 1..=MAX_PAGES {
+            self.pace.start(&job.instance_id).await;
+            let query = RecordQuery {
+                instance_id: &job.instance_id,
+                phone_number: &job.callee,
+                start,
+                stop,
+                page,
+                page_size: PAGE_SIZE,
+            };
+            let answer = self
+                .records
+                .list_call_records(&query)
+                .await
+                .map_err(Failed::Query)?;
+            let got = answer.records.len();
+            records.extend(answer.records);
+            if got < PAGE_SIZE as usize || records.len() as u64 >= answer.total {
+                break;
+            }
+        }
+        let dialed = Dialed {
+            request_id: &job.request_id,
+            caller: &job.caller,
+            callee: &job.callee,
+            dialed_at: job.dialed_at,
+        };
+        let candidates = matching::candidates(&records, &dialed, window);
+        if candidates.is_empty() {
+            return Ok(Found::Nothing);
+        }
+        let ids: Vec<&str> = candidates.iter().map(|r| r.contact_id.as_str()).collect();
+        let mut holders = self
+            .store
+            .contact_holders(&job.instance_id, &ids)
+            .await
+            .map_err(Failed::Store)?;
+        // Each round either takes a record or learns that another request just took one:
+        // at most one round per candidate.
+        for _ in 0..=candidates.len() {
+            let record = match matching::decide(&candidates, &holders, &job.request_id) {
+                Match::Exact(record) => record,
+                Match::Ambiguous(_) => return Ok(Found::Several),
+                Match::None => return Ok(Found::Nothing),
+            };
+            let holder = self
+                .store
+                .claim_contact(&job.instance_id, &record.contact_id, &job.request_id)
+                .await
+                .map_err(Failed::Store)?;
+            if holder == job.request_id {
+                return Ok(Found::Call(Box::new(record.clone())));
+            }
+            if let Some(i) = ids.iter().position(|id| *id == record.contact_id) {
+                holders[i] = Some(holder);
+            }
+        }
+        Ok(Found::Nothing)
+    }
+
+    /// The result for the job's call, with how it ended when that is asked for and CCC
+    /// says (a failure to say only leaves `release_reason` out).
+    async fn result_of(&self, job: &FollowupJob, record: &CallDetailRecord) -> CallResultEvent {
+        let ending = if self.settings.fetch_release_reason {
+            self.pace.start(&job.instance_id).await;
+            match self
+                .records
+                .call_ending(&job.instance_id, &record.contact_id)
+                .await
+            {
+                Ok(ending) => Some(ending),
+                Err(failure) => {
+                    tracing::warn!(
+                        code = failure.code(),
+                        "could not learn how the call ended; publishing the result without it"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        CallResultEvent::of_record(&subject(job), record, ending.as_ref())
+    }
+
+    /// Stores `event` as the request's result unless one is stored, and publishes the stored
+    /// one.
+    async fn record(&self, job: &FollowupJob, event: &CallResultEvent) -> JobStep {
+        match self
+            .store
+            .record_call_result(&job.request_id, &event.to_json())
+            .await
+        {
+            Ok(stored) => stored_result(stored),
+            Err(error) => self.later(job.clone(), &error),
+        }
+    }
+
+    /// A poll that could not decide. A query that keeps failing ends as `unknown`
+    /// (`query_failed`), recorded like any result; anything else is tried again soon,
+    /// without spending a poll.
+    async fn failed(&self, mut job: FollowupJob, failed: Failed) -> JobStep {
+        match failed {
+            Failed::Query(failure) => {
+                job.failures = job.failures.saturating_add(1);
+                if job.failures >= self.settings.max_query_failures {
+                    tracing::error!(
+                        code = failure.code(),
+                        failures = job.failures,
+                        "CCC's records could not be read; the call result is unknown"
+                    );
+                    let event =
+                        CallResultEvent::unknown(&subject(&job), UnknownReason::QueryFailed);
+                    return self.record(&job, &event).await;
+                }
+                self.later(job, &failure)
+            }
+            Failed::Store(error) => self.later(job, &error),
+        }
+    }
+
+    /// Looks again after a pause that grows with the failures in a row: 5 s, doubling, at
+    /// most a minute.
+    fn later(&self, mut job: FollowupJob, why: &dyn std::fmt::Display) -> JobStep {
+        let retry_in = RETRY_FIRST
+            .saturating_mul(1 << job.failures.saturating_sub(1).min(4))
+            .min(RETRY_MAX);
+        tracing::warn!(error = %why, ?retry_in, "could not poll CCC's records; trying again");
+        job.due_at = Timestamp::now()
+            .checked_add(retry_in)
+            .unwrap_or(Timestamp::MAX);
+        JobStep::Wait(job)
+    }
+}
+
+/// What the result event says about the job's request.
+fn subject(job: &FollowupJob) -> Subject<'_> {
+    Subject {
+        request_id: &job.request_id,
+        task_id: &job.task_id,
+        dialed_at: job.dialed_at,
+        attributes: job.attributes.as_deref(),
+        polls: job.polls,
+    }
+}
+
+/// Publishes a stored result as stored.
+fn stored_result(json: Vec<u8>) -> JobStep {
+    match serde_json::from_slice::<CallResultEvent>(&json) {
+        Ok(event) => JobStep::Publish(Published { event, json }),
+        Err(error) => {
+            tracing::error!(%error, "the stored call result is unreadable; parking the job");
+            JobStep::Park {
+                reason: "unreadable_record",
+                detail: "the stored call result could not be read".to_owned(),
+            }
+        }
+    }
+}
