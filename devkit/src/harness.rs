@@ -236,6 +236,21 @@ impl Harness {
                 "AMQP__NAMES__OUTCOME_CATCH_ALL_QUEUE",
                 n.outcome_catch_all_queue.clone(),
             ),
+            ("AMQP__NAMES__FOLLOWUP_QUEUE", n.followup_queue.clone()),
+            ("FOLLOWUP__ENABLED", s.followup.enabled.to_string()),
+            (
+                "FOLLOWUP__POLLS_MS",
+                s.followup
+                    .polls_ms
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "FOLLOWUP__QUERIES_PER_SECOND",
+                s.followup.queries_per_second.to_string(),
+            ),
             ("CCC__ENDPOINT", s.ccc.endpoint.clone()),
             (
                 "CCC__REQUEST_TIMEOUT_MS",
@@ -333,15 +348,42 @@ impl Harness {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
+        let names = &self.settings.amqp.names;
+        self.publish_to(
+            &names.request_exchange,
+            &names.request_routing_key,
+            body,
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes a follow-up job straight to the follow-up queue, as the worker would after
+    /// a dial (persistent, JSON, confirmed).
+    pub async fn publish_followup_job(
+        &self,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        let queue = &self.settings.amqp.names.followup_queue;
+        self.publish_to("", queue, body, properties).await
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
         let properties = properties
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
-        let names = &self.settings.amqp.names;
         let confirmation = self
             .channel
             .basic_publish(
-                names.request_exchange.as_str().into(),
-                names.request_routing_key.as_str().into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()

@@ -282,4 +282,50 @@ mod tests {
                 .all(|q| q.arguments[0] == ("x-queue-type", text("quorum")))
         );
     }
+
+    #[test]
+    fn the_follow_up_adds_its_queue_its_tiers_and_the_results_binding() {
+        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
+        let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
+        let without = plan(&settings.amqp, &tiers, None);
+        settings.followup.enabled = true;
+        let followup = crate::followup::wait_tiers(&settings).unwrap();
+        let with = plan(&settings.amqp, &tiers, Some(&followup));
+        assert_eq!(with.queues.len(), without.queues.len() + 7);
+        let queue = |name: &str| with.queues.iter().find(|q| q.name == name).unwrap();
+        let jobs = queue("dial.followups");
+        assert!(
+            jobs.arguments
+                .contains(&("x-delivery-limit", Argument::Number(5)))
+        );
+        assert!(
+            jobs.arguments
+                .contains(&("x-dead-letter-exchange", text("dial.dead")))
+        );
+        let wait = queue("dial.followups.wait.30s");
+        assert!(
+            wait.arguments
+                .contains(&("x-message-ttl", Argument::Number(30_000)))
+        );
+        // Back through the default exchange, straight to the follow-up queue.
+        assert!(
+            wait.arguments
+                .contains(&("x-dead-letter-exchange", text("")))
+        );
+        assert!(
+            wait.arguments
+                .contains(&("x-dead-letter-routing-key", text("dial.followups")))
+        );
+        assert!(with.bindings.contains(&Binding {
+            queue: "dial.outcomes.all".into(),
+            exchange: "dial.outcomes".into(),
+            routing_key: "dial.result.#".into(),
+        }));
+        assert!(
+            !without
+                .queues
+                .iter()
+                .any(|q| q.name.starts_with("dial.followups"))
+        );
+    }
 }

@@ -301,6 +301,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("deferral.tiers_ms")
+                .with_list_parse_key("followup.polls_ms")
                 .with_list_parse_key("store.sentinels")
                 .with_list_parse_key("business_hours.closed_dates")
                 .with_list_parse_key("business_hours.weekly.mon")

@@ -11,6 +11,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::Consumer;
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::FollowupJob;
 use super::poll::{Followup, JobStep};
@@ -92,9 +93,23 @@ async fn carry_out<R: CallRecords, S: CallResults>(
         }
     };
     let span = tracing::info_span!("followup", request_id = %job.request_id, polls = job.polls);
-    let _entered = span.enter();
-    match followup.step(job.clone()).await {
+    carry_out_job(job, incoming, followup, publisher, tiers, metrics)
+        .instrument(span)
+        .await
+}
+
+async fn carry_out_job<R: CallRecords, S: CallResults>(
+    job: FollowupJob,
+    incoming: &Incoming,
+    followup: &Followup<R, S>,
+    publisher: &Publisher,
+    tiers: &Tiers,
+    metrics: &Metrics,
+) -> Disposition {
+    match followup.step(job).await {
         JobStep::Publish(published) => {
+            #[cfg(feature = "test-hooks")]
+            crate::test_hooks::after_result(incoming);
             match publisher
                 .publish_result(&published.event, &published.json)
                 .await

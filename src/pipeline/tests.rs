@@ -241,6 +241,8 @@ struct Recorder {
     calls: Mutex<Vec<Call>>,
     /// Every publish fails: the broker does not take them.
     refuses: AtomicBool,
+    /// Publishes that go through before `refuses` is raised (0: no such limit).
+    passes: AtomicU32,
 }
 
 impl Recorder {
@@ -252,7 +254,16 @@ impl Recorder {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
 
+    /// The next `n` publishes go through; every one after them fails.
+    fn refuse_after(&self, n: u32) {
+        self.passes.store(n + 1, Ordering::SeqCst);
+    }
+
     fn log(&self, call: Call) -> Result<(), PublishError> {
+        if self.passes.load(Ordering::SeqCst) > 0 && self.passes.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            self.refuses.store(true, Ordering::SeqCst);
+        }
         if self.refuses.load(Ordering::SeqCst) {
             return Err(PublishError::NotConnected);
         }
@@ -389,7 +400,10 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         delivery_limit: s.amqp.delivery_limit,
         lease: s.store.lease(),
         unreleased: Default::default(),
-        followup: None,
+        followup: crate::followup::wait_tiers(&s).map(|tiers| Schedule {
+            first_poll: s.followup.poll_after(0).unwrap_or_default(),
+            tiers,
+        }),
     };
     Fixture {
         pipeline,
@@ -568,6 +582,64 @@ async fn a_new_request_is_dialed_recorded_and_finished_with_its_task_id() {
         Claim::Recorded { .. }
     ));
     assert!(!cooldown_is_free(&f, &delivery.body).await);
+}
+
+#[tokio::test]
+async fn with_the_follow_up_on_a_dialed_request_schedules_its_job_after_the_outcome() {
+    let f = fixture(|s| s.followup.enabled = true).await;
+    let delivery = incoming(body("r-f", serde_json::json!({})));
+    assert_eq!(f.handle(&delivery).await, Disposition::Ack);
+    let calls = f.publisher.take();
+    assert!(matches!(
+        &calls[0],
+        Call::Outcome {
+            status: Status::Dialed,
+            ..
+        }
+    ));
+    // The first poll is a minute after the dial: the job waits in the 30 s tier first.
+    assert_eq!(
+        calls[1..],
+        [Call::FollowUp {
+            queue: "dial.followups.wait.30s".into(),
+            request_id: "r-f".into(),
+            task_id: "task-1".into(),
+        }]
+    );
+    // Published again from its record, it schedules the job again: a job lost with a
+    // crash before the ack is never lost for good.
+    assert_eq!(f.handle(&delivery).await, Disposition::Ack);
+    assert!(matches!(
+        f.publisher.take()[..],
+        [Call::Outcome { .. }, Call::FollowUp { .. }]
+    ));
+    // A request that was not dialed has no follow-up.
+    let expired = body(
+        "r-x",
+        serde_json::json!({"expires_at": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(f.handle(&incoming(expired)).await, Disposition::Ack);
+    assert!(matches!(
+        f.publisher.take()[..],
+        [Call::Outcome {
+            status: Status::Expired,
+            ..
+        }]
+    ));
+}
+
+#[tokio::test]
+async fn a_job_the_broker_will_not_take_gives_the_dialed_request_back() {
+    let f = fixture(|s| s.followup.enabled = true).await;
+    let delivery = incoming(body("r-g", serde_json::json!({})));
+    // The outcome goes through; the job does not.
+    f.publisher.refuse_after(1);
+    let disposition = f.handle(&delivery).await;
+    assert_ne!(disposition, Disposition::Ack);
+    assert!(
+        f.halt.is_raised(),
+        "the worker pauses on a broker that refuses"
+    );
 }
 
 #[tokio::test]
