@@ -356,8 +356,7 @@ async fn a_duplicated_job_publishes_the_stored_result_again_never_a_second_one()
 async fn a_crash_between_recording_and_publishing_publishes_the_recorded_result_after_restart() {
     // The harness declares the follow-up queues; the in-process worker that dials has the
     // follow-up off, so the only job is the test's own, with the hook.
-    let mut settings = followup_settings(StoreBackend::Redis);
-    let mut h = helpers::harness(settings, quick_records()).await;
+    let mut h = helpers::harness(followup_settings(StoreBackend::Redis), quick_records()).await;
     h.settings.followup.enabled = false;
     h.start_worker(Harness::demo_credentials()).await.unwrap();
     h.publish_request(&request("r-4", &callee(4), "ivr"), None)
