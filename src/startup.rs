@@ -17,6 +17,7 @@ use crate::defer::Tiers;
 use crate::dial::DialPolicy;
 use crate::followup::Followup;
 use crate::followup::pace::Pace;
+use crate::followup::run::Runner;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::{DncError, DncList, DncSources};
 use crate::gates::hours::{BusinessHours, CalendarError};
@@ -510,15 +511,13 @@ async fn serve_followups<R: CallRecords, S: CallResults>(
         }
     };
     tracing::info!(queue, "consuming follow-up jobs");
-    crate::followup::run::consume(
-        consumer,
-        &followups.followup,
+    let runner = Runner {
+        followup: &followups.followup,
         publisher,
-        &followups.tiers,
+        tiers: &followups.tiers,
         metrics,
-        session.lost.clone(),
-    )
-    .await;
+    };
+    runner.consume(consumer, session.lost.clone()).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
 }
 

@@ -6,7 +6,7 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dialex_devkit::harness::Harness;
+use dialex_devkit::harness::{Delivered, Harness};
 use dialex_devkit::simulator::{CallRecord, CallScript, Fault, SimConfig};
 use dialex_worker::config::{Settings, StoreBackend};
 use dialex_worker::followup::FollowupJob;
@@ -63,8 +63,8 @@ impl Events {
 /// Reads the catch-all queue until `results` call results have arrived.
 async fn read_until(h: &mut Harness, events: &mut Events, results: usize) {
     while events.result_count() < results {
-        let delivery = h
-            .next_outcome_delivery(WAIT)
+        let delivered = h
+            .next_event(WAIT)
             .await
             .expect("the catch-all queue")
             .unwrap_or_else(|| {
@@ -73,36 +73,28 @@ async fn read_until(h: &mut Harness, events: &mut Events, results: usize) {
                     events.result_count()
                 )
             });
-        let body = delivery.data.clone();
-        let text = String::from_utf8_lossy(&body).into_owned();
-        for number in h.simulator.dials().iter().map(|d| &d.callee) {
-            assert!(!text.contains(number.as_str()), "a phone number in {text}");
-        }
-        match delivery.properties.kind().as_ref().map(|k| k.as_str()) {
-            Some("dial.result") => {
-                let event: CallResultEvent = serde_json::from_slice(&body).expect("a call result");
+        match delivered {
+            Delivered::Result(result) => {
+                let text = String::from_utf8_lossy(&result.body).into_owned();
+                for number in h.simulator.dials().iter().map(|d| &d.callee) {
+                    assert!(!text.contains(number.as_str()), "a phone number in {text}");
+                }
+                let message_id = result.properties.message_id().clone();
                 assert_eq!(
-                    delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|m| m.as_str()),
-                    Some(event.event_id.to_string().as_str())
+                    message_id.as_ref().map(|m| m.as_str()),
+                    Some(result.event.event_id.to_string().as_str())
                 );
                 events
                     .results
-                    .entry(event.request_id.clone())
+                    .entry(result.event.request_id.clone())
                     .or_default()
-                    .push((delivery.routing_key.to_string(), event, body));
+                    .push((result.routing_key, result.event, result.body));
             }
-            _ => {
-                let event: OutcomeEvent = serde_json::from_slice(&body).expect("an outcome");
-                events
-                    .outcomes
-                    .entry(event.request_id.clone())
-                    .or_default()
-                    .push(event);
-            }
+            Delivered::Outcome(outcome) => events
+                .outcomes
+                .entry(outcome.event.request_id.clone())
+                .or_default()
+                .push(outcome.event),
         }
     }
 }

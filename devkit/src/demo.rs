@@ -2,15 +2,17 @@
 //!
 //! Starts a simulator and a worker in this process, publishes a handful of sample requests
 //! (one per answer mode, a `+86` number, a throttled-then-retried call, an invalid callee and
-//! a malformed body), prints the outcome events as a table, cleans up and exits.
+//! a malformed body), prints the outcome events as a table, then the call results the
+//! follow-up found in the simulator's call records, cleans up and exits.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::harness::Harness;
-use crate::simulator::{Fault, SimConfig};
+use crate::harness::{Delivered, Harness, Received};
+use crate::simulator::{CallScript, Fault, SimConfig};
 use dialex_worker::config::Settings;
+use dialex_worker::outcome::Status;
 
 struct Sample {
     what: &'static str,
@@ -83,21 +85,34 @@ fn samples(run: &str) -> Vec<Sample> {
 }
 
 /// Runs the demo; returns an error a person can act on.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let mut harness = Harness::start(settings, SimConfig::default())
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "{error:#}\n\nRabbitMQ must be running on the configured URL (default 127.0.0.1:5672, guest/guest).\n\
-                 Start it with `rabbitmq-server -detached` (or `bash scripts/services.sh`), then run the demo again."
-            )
-        })?;
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // The follow-up on, looking soon: the simulator's records appear half a second after
+    // each call.
+    settings.followup.enabled = true;
+    settings.followup.polls_ms = vec![1_000, 3_000, 6_000];
+    let sim = SimConfig {
+        call_record_delay: Duration::from_millis(500),
+        ..SimConfig::default()
+    };
+    let mut harness = Harness::start(settings, sim).await.map_err(|error| {
+        anyhow::anyhow!(
+            "{error:#}\n\nRabbitMQ must be running on the configured URL (default 127.0.0.1:5672, guest/guest).\n\
+             Start it with `rabbitmq-server -detached` (or `bash scripts/services.sh`), then run the demo again."
+        )
+    })?;
     println!(
         "CCC simulator on {}; worker consuming {}",
         harness.simulator.endpoint(),
         harness.settings.amqp.names.request_queue
     );
     harness.simulator.inject("13800000004", Fault::Throttle, 1);
+    // How the customers take the calls, for the follow-up to find.
+    harness
+        .simulator
+        .script_call("13900000002", CallScript::disposition("NoAnswer"));
+    harness
+        .simulator
+        .script_call("075512345678", CallScript::disposition("Voicemail"));
     harness.start_worker(Harness::demo_credentials()).await?;
 
     let run = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -108,10 +123,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("publishing a sample request")?;
     }
-    let mut outcomes = harness
-        .outcomes(samples.len(), Duration::from_secs(30))
-        .await?;
+    // Every sample has an outcome; every dialed one, a call result a few seconds later.
+    let mut outcomes: Vec<Received> = Vec::new();
+    let mut results = Vec::new();
+    let dialed = |outcomes: &[Received]| {
+        outcomes
+            .iter()
+            .filter(|o| o.event.status == Status::Dialed)
+            .count()
+    };
+    while outcomes.len() < samples.len() || results.len() < dialed(&outcomes) {
+        match harness.next_event(Duration::from_secs(30)).await? {
+            Some(Delivered::Outcome(outcome)) => outcomes.push(outcome),
+            Some(Delivered::Result(result)) => results.push(result.event),
+            None => anyhow::bail!(
+                "no event for 30 s ({} outcomes, {} call results)",
+                outcomes.len(),
+                results.len()
+            ),
+        }
+    }
     outcomes.sort_by(|a, b| a.event.request_id.cmp(&b.event.request_id));
+    results.sort_by(|a, b| a.request_id.cmp(&b.request_id));
 
     println!();
     println!(
@@ -128,6 +161,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             e.task_id.as_deref().unwrap_or("-"),
             e.code.as_deref().unwrap_or("-"),
             e.attempts
+        );
+    }
+    println!();
+    println!("Call results (dial.result.<disposition>), from the simulator's call records:");
+    println!(
+        "{:<20} {:<10} {:<12} {:>8} {:>6}",
+        "request_id", "result", "CCC", "duration", "polls"
+    );
+    println!("{}", "-".repeat(60));
+    for r in &results {
+        println!(
+            "{:<20} {:<10} {:<12} {:>8} {:>6}",
+            r.request_id,
+            r.disposition.as_str(),
+            r.ccc_disposition.as_deref().unwrap_or("-"),
+            r.duration_s
+                .map_or_else(|| "-".to_owned(), |d| format!("{d} s")),
+            r.polls,
         );
     }
     let dead = harness.dead_letters().await?;

@@ -26,6 +26,7 @@ use dialex_worker::app::App;
 use dialex_worker::config::Settings;
 use dialex_worker::credentials::{CredentialSource, Credentials};
 use dialex_worker::defer::Tiers;
+use dialex_worker::followup::result::CallResultEvent;
 use dialex_worker::metrics::Metrics;
 use dialex_worker::outcome::OutcomeEvent;
 use dialex_worker::startup::RunError;
@@ -52,6 +53,23 @@ pub struct Received {
     pub event: OutcomeEvent,
     pub routing_key: String,
     pub properties: BasicProperties,
+}
+
+/// A call-result event as a downstream consumer receives it (with the follow-up on).
+#[derive(Debug)]
+pub struct ReceivedResult {
+    pub event: CallResultEvent,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    /// The bytes as published.
+    pub body: Vec<u8>,
+}
+
+/// What the catch-all queue delivered: an outcome or, with the follow-up on, a call result.
+#[derive(Debug)]
+pub enum Delivered {
+    Outcome(Received),
+    Result(ReceivedResult),
 }
 
 /// A message parked on the dead-letter queue.
@@ -458,6 +476,37 @@ impl Harness {
             routing_key: delivery.routing_key.to_string(),
             properties: delivery.properties,
         }))
+    }
+
+    /// The next outcome or call result from the catch-all queue (told apart by the AMQP
+    /// `type`), or `None` after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<Delivered>> {
+        let Some(delivery) = self.next_outcome_delivery(timeout).await? else {
+            return Ok(None);
+        };
+        let routing_key = delivery.routing_key.to_string();
+        let is_result = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == "dial.result");
+        if is_result {
+            let event: CallResultEvent =
+                serde_json::from_slice(&delivery.data).context("a call result did not parse")?;
+            return Ok(Some(Delivered::Result(ReceivedResult {
+                event,
+                routing_key,
+                properties: delivery.properties,
+                body: delivery.data,
+            })));
+        }
+        let event: OutcomeEvent =
+            serde_json::from_slice(&delivery.data).context("an outcome event did not parse")?;
+        Ok(Some(Delivered::Outcome(Received {
+            event,
+            routing_key,
+            properties: delivery.properties,
+        })))
     }
 
     /// The next message on the catch-all outcome queue, unparsed.

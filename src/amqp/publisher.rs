@@ -144,13 +144,12 @@ impl Publisher {
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
         let routing_key = event.routing_key(&self.names.outcome_routing_prefix);
-        let mut properties = BasicProperties::default()
-            .with_message_id(event.event_id.to_string().into())
-            .with_correlation_id(event.request_id.as_str().into())
-            .with_content_type("application/json".into())
-            .with_type("dial.outcome".into())
-            .with_delivery_mode(PERSISTENT)
-            .with_timestamp(event.completed_at.as_second().max(0) as u64);
+        let mut properties = event_properties(
+            event.event_id,
+            &event.request_id,
+            "dial.outcome",
+            event.completed_at,
+        );
         if let Some(traceparent) = traceparent {
             let mut headers = FieldTable::default();
             headers.insert(
@@ -181,13 +180,12 @@ impl Publisher {
             self.names.result_routing_prefix,
             event.disposition.as_str()
         );
-        let properties = BasicProperties::default()
-            .with_message_id(event.event_id.to_string().into())
-            .with_correlation_id(event.request_id.as_str().into())
-            .with_content_type("application/json".into())
-            .with_type("dial.result".into())
-            .with_delivery_mode(PERSISTENT)
-            .with_timestamp(event.completed_at.as_second().max(0) as u64);
+        let properties = event_properties(
+            event.event_id,
+            &event.request_id,
+            "dial.result",
+            event.completed_at,
+        );
         self.publish_with_retry(
             &self.names.outcome_exchange,
             &routing_key,
@@ -370,6 +368,23 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// The properties of an event for downstream systems: its id as `message_id` (the same on a
+/// re-published event), the request as `correlation_id`, JSON, persistent, of `kind`.
+fn event_properties(
+    event_id: uuid::Uuid,
+    request_id: &str,
+    kind: &str,
+    at: Timestamp,
+) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(event_id.to_string().into())
+        .with_correlation_id(request_id.into())
+        .with_content_type("application/json".into())
+        .with_type(kind.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_timestamp(at.as_second().max(0) as u64)
 }
 
 /// `properties` without the header `name`.

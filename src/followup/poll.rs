@@ -272,3 +272,229 @@ fn stored_result(json: Vec<u8>) -> JobStep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::ccc::{CallEnding, ErrorClass, RecordPage};
+    use crate::config::Settings;
+    use crate::followup::result::{Disposition, MatchKind};
+    use crate::phone::PhoneNumber;
+    use crate::store::embedded::EmbeddedStore;
+
+    const CALLER: &str = "02285196281";
+    const CALLEE: &str = "15732036617";
+    const DIALED_MS: i64 = 1_765_000_000_000;
+
+    /// Answers queries from a script, one answer per page asked for.
+    #[derive(Default)]
+    struct Scripted {
+        pages: Mutex<VecDeque<Result<RecordPage, DialFailure>>>,
+        asked: Mutex<u32>,
+    }
+
+    impl Scripted {
+        fn answer(&self, answer: Result<RecordPage, DialFailure>) {
+            self.pages.lock().unwrap().push_back(answer);
+        }
+
+        fn asked(&self) -> u32 {
+            *self.asked.lock().unwrap()
+        }
+    }
+
+    impl CallRecords for Scripted {
+        async fn list_call_records(
+            &self,
+            _query: &RecordQuery<'_>,
+        ) -> Result<RecordPage, DialFailure> {
+            *self.asked.lock().unwrap() += 1;
+            self.pages
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Ok(RecordPage::default()))
+        }
+
+        async fn call_ending(&self, _: &str, _: &str) -> Result<CallEnding, DialFailure> {
+            Ok(CallEnding {
+                release_reason: Some("NormalClearing".into()),
+                release_agent: None,
+            })
+        }
+    }
+
+    struct Fixture {
+        followup: Followup<Scripted, EmbeddedStore>,
+        _dir: tempdir::Dir,
+    }
+
+    mod tempdir {
+        /// A directory removed on drop.
+        pub struct Dir(pub std::path::PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let mut settings = Settings::load_from(None, Vec::new()).unwrap();
+        let dir = tempdir::Dir(
+            std::env::temp_dir().join(format!("dialex-poll-{}", uuid::Uuid::new_v4().simple())),
+        );
+        settings.store.data_dir = dir.0.clone();
+        settings.followup.max_query_failures = 2;
+        Fixture {
+            followup: Followup {
+                records: Scripted::default(),
+                store: EmbeddedStore::open(&settings.store, "w".into()).unwrap(),
+                pace: Pace::new(1_000.0),
+                settings: settings.followup,
+            },
+            _dir: dir,
+        }
+    }
+
+    fn job(request_id: &str) -> FollowupJob {
+        let dialed_at = Timestamp::from_millisecond(DIALED_MS).unwrap();
+        FollowupJob {
+            request_id: request_id.into(),
+            instance_id: "inst".into(),
+            caller: PhoneNumber::parse(CALLER).unwrap(),
+            callee: PhoneNumber::parse(CALLEE).unwrap(),
+            task_id: "task-1".into(),
+            dialed_at,
+            attributes: None,
+            polls: 0,
+            failures: 0,
+            due_at: dialed_at,
+        }
+    }
+
+    fn page(ids: &[&str]) -> RecordPage {
+        let records = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| CallDetailRecord {
+                contact_id: (*id).into(),
+                started_at: Timestamp::from_millisecond(DIALED_MS + 300 + 1_000 * i as i64).ok(),
+                duration_s: Some(20),
+                contact_type: Some("Outbound".into()),
+                disposition: Some("Success".into()),
+                calling: PhoneNumber::parse(CALLER).ok(),
+                called: PhoneNumber::parse(CALLEE).ok(),
+                agents: Vec::new(),
+            })
+            .collect::<Vec<_>>();
+        RecordPage {
+            total: records.len() as u64,
+            records,
+        }
+    }
+
+    fn unavailable() -> DialFailure {
+        DialFailure::Transport {
+            class: ErrorClass::Retryable,
+            code: "http_503",
+            detail: "down".into(),
+        }
+    }
+
+    fn published(step: JobStep) -> CallResultEvent {
+        match step {
+            JobStep::Publish(published) => published.event,
+            other => panic!("not a publish: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_back_early_waits_again_without_asking() {
+        let f = fixture();
+        let mut early = job("r");
+        early.due_at = Timestamp::now() + jiff::SignedDuration::from_secs(30);
+        assert!(matches!(f.followup.step(early).await, JobStep::Wait(_)));
+        assert_eq!(f.followup.records.asked(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_record_is_taken_recorded_and_published_and_then_published_as_stored() {
+        let f = fixture();
+        f.followup.records.answer(Ok(page(&["c1"])));
+        let event = published(f.followup.step(job("r")).await);
+        assert_eq!(event.disposition, Disposition::Answered);
+        assert_eq!(event.contact_id.as_deref(), Some("c1"));
+        assert_eq!(event.release_reason.as_deref(), Some("NormalClearing"));
+        assert_eq!(event.polls, 1);
+        let holders = f
+            .followup
+            .store
+            .contact_holders("inst", &["c1"])
+            .await
+            .unwrap();
+        assert_eq!(holders, [Some("r".to_owned())]);
+        // Again: the stored result, without a query.
+        let again = published(f.followup.step(job("r")).await);
+        assert_eq!(again.completed_at, event.completed_at);
+        assert_eq!(f.followup.records.asked(), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_yet_waits_for_the_next_poll_and_nothing_at_the_last_is_no_record() {
+        let f = fixture();
+        let JobStep::Wait(next) = f.followup.step(job("r")).await else {
+            panic!("waits");
+        };
+        assert_eq!(next.polls, 1);
+        let second = Duration::from_millis(f.followup.settings.polls_ms[1]);
+        assert_eq!(next.due_at, job("r").dialed_at + second);
+        let mut last = job("r");
+        last.polls = f.followup.settings.polls() - 1;
+        let event = published(f.followup.step(last).await);
+        assert_eq!(event.reason, Some(UnknownReason::NoRecord));
+        assert_eq!(event.match_kind, MatchKind::None);
+    }
+
+    #[tokio::test]
+    async fn a_record_another_request_took_is_not_this_ones() {
+        let f = fixture();
+        f.followup
+            .store
+            .claim_contact("inst", "c1", "other")
+            .await
+            .unwrap();
+        f.followup.records.answer(Ok(page(&["c1", "c2"])));
+        let event = published(f.followup.step(job("r")).await);
+        assert_eq!(event.contact_id.as_deref(), Some("c2"));
+        // Two free records at the last poll: not guessed.
+        let mut last = job("s");
+        last.polls = f.followup.settings.polls() - 1;
+        f.followup.records.answer(Ok(page(&["c3", "c4"])));
+        let event = published(f.followup.step(last).await);
+        assert_eq!(event.match_kind, MatchKind::Ambiguous);
+        assert_eq!(event.contact_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_query_is_tried_again_then_ends_query_failed() {
+        let f = fixture();
+        f.followup.records.answer(Err(unavailable()));
+        let JobStep::Wait(retry) = f.followup.step(job("r")).await else {
+            panic!("tried again");
+        };
+        assert_eq!((retry.polls, retry.failures), (0, 1));
+        let wait = retry.due_at.duration_since(Timestamp::now());
+        assert!(
+            wait > jiff::SignedDuration::from_secs(4) && wait <= jiff::SignedDuration::from_secs(5)
+        );
+        f.followup.records.answer(Err(unavailable()));
+        let mut due = retry;
+        due.due_at = Timestamp::now();
+        let event = published(f.followup.step(due).await);
+        assert_eq!(event.reason, Some(UnknownReason::QueryFailed));
+    }
+}

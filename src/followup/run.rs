@@ -22,142 +22,105 @@ use crate::metrics::Metrics;
 use crate::settle::{Disposition, settle};
 use crate::store::CallResults;
 
-/// Consumes follow-up jobs until `stop` is cancelled or the consumer ends (the session was
-/// lost); the jobs in hand finish first.
-pub async fn consume<R: CallRecords, S: CallResults>(
-    consumer: Consumer,
-    followup: &Followup<R, S>,
-    publisher: &Publisher,
-    tiers: &Tiers,
-    metrics: &Metrics,
-    stop: CancellationToken,
-) {
-    consumer
-        .take_until(stop.cancelled_owned())
-        .for_each_concurrent(None, |delivery| async {
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
-                Err(error) => {
-                    tracing::warn!(%error, "the follow-up consumer failed");
-                    return;
+/// What carrying a job out needs: the follow-up's stages and the broker's side.
+pub struct Runner<'a, R, S> {
+    pub followup: &'a Followup<R, S>,
+    pub publisher: &'a Publisher,
+    /// The follow-up queue's wait tiers.
+    pub tiers: &'a Tiers,
+    pub metrics: &'a Metrics,
+}
+
+impl<R: CallRecords, S: CallResults> Runner<'_, R, S> {
+    /// Consumes follow-up jobs until `stop` is cancelled or the consumer ends (the session
+    /// was lost); the jobs in hand finish first.
+    pub async fn consume(&self, consumer: Consumer, stop: CancellationToken) {
+        consumer
+            .take_until(stop.cancelled_owned())
+            .for_each_concurrent(None, |delivery| async {
+                match delivery {
+                    Ok(delivery) => self.handle(delivery).await,
+                    Err(error) => tracing::warn!(%error, "the follow-up consumer failed"),
                 }
-            };
-            handle(delivery, followup, publisher, tiers, metrics).await;
-        })
-        .await;
-}
-
-async fn handle<R: CallRecords, S: CallResults>(
-    delivery: Delivery,
-    followup: &Followup<R, S>,
-    publisher: &Publisher,
-    tiers: &Tiers,
-    metrics: &Metrics,
-) {
-    let acker = delivery.acker;
-    let incoming = Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
-    let disposition = AssertUnwindSafe(carry_out(&incoming, followup, publisher, tiers, metrics))
-        .catch_unwind()
-        .await
-        // A job that panics is redelivered, and dead-lettered at the queue's delivery limit.
-        .unwrap_or(Disposition::Requeue);
-    if let Err(error) = settle(&acker, disposition).await {
-        tracing::error!(%error, ?disposition, "could not settle a follow-up job");
-    }
-}
-
-async fn carry_out<R: CallRecords, S: CallResults>(
-    incoming: &Incoming,
-    followup: &Followup<R, S>,
-    publisher: &Publisher,
-    tiers: &Tiers,
-    metrics: &Metrics,
-) -> Disposition {
-    let job = match FollowupJob::decode(&incoming.body) {
-        Ok(job) => job,
-        Err(error) => {
-            // Never say more than where: the body holds phone numbers.
-            let detail = format!(
-                "not a follow-up job (line {}, column {})",
-                error.line(),
-                error.column()
-            );
-            return park(
-                publisher,
-                incoming,
-                "invalid_followup_job",
-                &detail,
-                metrics,
-            )
+            })
             .await;
-        }
-    };
-    let span = tracing::info_span!("followup", request_id = %job.request_id, polls = job.polls);
-    carry_out_job(job, incoming, followup, publisher, tiers, metrics)
-        .instrument(span)
-        .await
-}
+    }
 
-async fn carry_out_job<R: CallRecords, S: CallResults>(
-    job: FollowupJob,
-    incoming: &Incoming,
-    followup: &Followup<R, S>,
-    publisher: &Publisher,
-    tiers: &Tiers,
-    metrics: &Metrics,
-) -> Disposition {
-    match followup.step(job).await {
-        JobStep::Publish(published) => {
-            #[cfg(feature = "test-hooks")]
-            crate::test_hooks::after_result(incoming);
-            match publisher
-                .publish_result(&published.event, &published.json)
-                .await
-            {
-                Ok(()) => {
-                    metrics.call_result(published.event.disposition);
-                    tracing::info!(
-                        disposition = published.event.disposition.as_str(),
-                        polls = published.event.polls,
-                        "call result published"
-                    );
-                    Disposition::Ack
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "could not publish the call result; returning the job");
-                    Disposition::Requeue
-                }
-            }
-        }
-        JobStep::Wait(job) => {
-            let tier = tiers.for_delay(defer::time_until(job.due_at));
-            match publisher.follow_up(&job, tier).await {
-                Ok(()) => Disposition::Ack,
-                Err(error) => {
-                    tracing::warn!(%error, "could not put the follow-up job back to wait; returning it");
-                    Disposition::Requeue
-                }
-            }
-        }
-        JobStep::Park { reason, detail } => {
-            park(publisher, incoming, reason, &detail, metrics).await
+    async fn handle(&self, delivery: Delivery) {
+        let acker = delivery.acker;
+        let incoming = Incoming::new(delivery.data, delivery.properties, delivery.redelivered);
+        let disposition = AssertUnwindSafe(self.carry_out(&incoming))
+            .catch_unwind()
+            .await
+            // A job that panics is redelivered, and dead-lettered at the queue's delivery
+            // limit.
+            .unwrap_or(Disposition::Requeue);
+        if let Err(error) = settle(&acker, disposition).await {
+            tracing::error!(%error, ?disposition, "could not settle a follow-up job");
         }
     }
-}
 
-async fn park(
-    publisher: &Publisher,
-    incoming: &Incoming,
-    reason: &'static str,
-    detail: &str,
-    metrics: &Metrics,
-) -> Disposition {
-    tracing::error!(reason, detail, "parking a follow-up job");
-    match publisher.dead_letter(incoming, reason, detail).await {
-        Ok(()) => {
-            metrics.dead_lettered(reason);
-            Disposition::Ack
+    async fn carry_out(&self, incoming: &Incoming) -> Disposition {
+        let job = match FollowupJob::decode(&incoming.body) {
+            Ok(job) => job,
+            Err(error) => {
+                // Never say more than where: the body holds phone numbers.
+                let detail = format!(
+                    "not a follow-up job (line {}, column {})",
+                    error.line(),
+                    error.column()
+                );
+                return self.park(incoming, "invalid_followup_job", &detail).await;
+            }
+        };
+        let span = tracing::info_span!("followup", request_id = %job.request_id, polls = job.polls);
+        self.carry_out_job(job, incoming).instrument(span).await
+    }
+
+    async fn carry_out_job(&self, job: FollowupJob, incoming: &Incoming) -> Disposition {
+        match self.followup.step(job).await {
+            JobStep::Publish(published) => {
+                #[cfg(feature = "test-hooks")]
+                crate::test_hooks::after_result(incoming);
+                let event = &published.event;
+                match self.publisher.publish_result(event, &published.json).await {
+                    Ok(()) => {
+                        self.metrics.call_result(event.disposition);
+                        tracing::info!(
+                            disposition = event.disposition.as_str(),
+                            polls = event.polls,
+                            "call result published"
+                        );
+                        Disposition::Ack
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not publish the call result; returning the job");
+                        Disposition::Requeue
+                    }
+                }
+            }
+            JobStep::Wait(job) => {
+                let tier = self.tiers.for_delay(defer::time_until(job.due_at));
+                match self.publisher.follow_up(&job, tier).await {
+                    Ok(()) => Disposition::Ack,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not put the follow-up job back to wait; returning it");
+                        Disposition::Requeue
+                    }
+                }
+            }
+            JobStep::Park { reason, detail } => self.park(incoming, reason, &detail).await,
         }
-        Err(_) => Disposition::DeadLetter,
+    }
+
+    async fn park(&self, incoming: &Incoming, reason: &'static str, detail: &str) -> Disposition {
+        tracing::error!(reason, detail, "parking a follow-up job");
+        match self.publisher.dead_letter(incoming, reason, detail).await {
+            Ok(()) => {
+                self.metrics.dead_lettered(reason);
+                Disposition::Ack
+            }
+            Err(_) => Disposition::DeadLetter,
+        }
     }
 }
