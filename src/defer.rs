@@ -110,6 +110,15 @@ impl Tiers {
         Tiers::of_queue(settings, &names.request_queue)
     }
 
+    /// The follow-up queue's wait tiers (the delays of `[deferral]`), when the follow-up is
+    /// on.
+    pub fn of_followups(settings: &crate::config::Settings) -> Option<Tiers> {
+        settings
+            .followup
+            .enabled
+            .then(|| Tiers::of_queue(&settings.deferral, &settings.amqp.names.followup_queue))
+    }
+
     /// The wait tiers of `queue` (`<queue>.wait.<delay>`), with the configured delays.
     pub fn of_queue(settings: &DeferralSettings, queue: &str) -> Self {
         Tiers {

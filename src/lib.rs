@@ -35,6 +35,10 @@
 //! operators). Private: `tls` (the CA files), `test_hooks` (faults for tests, behind a
 //! feature).
 //!
+//! With `[followup] enabled`, a second, smaller path follows each dialed request: [`followup`]
+//! decides from CCC's call records whether the customer answered, and `intake::followups`
+//! consumes its jobs and publishes the call-result events.
+//!
 //! The CCC simulator, the test harness, the demo and the bench are the `dialex-devkit` crate's.
 
 pub mod accept;

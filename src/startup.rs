@@ -17,12 +17,12 @@ use crate::defer::Tiers;
 use crate::dial::DialPolicy;
 use crate::followup::Followup;
 use crate::followup::pace::Pace;
-use crate::followup::run::Runner;
 use crate::gates::cooldown::{CalleeGate, NumberHasher};
 use crate::gates::dnc::{DncError, DncList, DncSources};
 use crate::gates::hours::{BusinessHours, CalendarError};
 use crate::gates::limits::Limiter;
 use crate::health::Health;
+use crate::intake::followups::Runner;
 use crate::intake::{Stopped, consume};
 use crate::metrics::{Metrics, PauseCause};
 use crate::outage::OutageBreaker;
@@ -114,7 +114,7 @@ pub async fn run<
     })
     .await?;
     let halt = Arc::new(Halt::default());
-    let followup_tiers = crate::followup::wait_tiers(settings);
+    let followup_tiers = crate::defer::Tiers::of_followups(settings);
     let followup = followup_tiers.as_ref().map(|tiers| Followups {
         followup: Followup {
             records: client.clone(),
@@ -269,7 +269,7 @@ impl Session {
             .unwrap_or_else(|_| Err(timed_out("open publish channel")))
             .map_err(SessionError::Connect)?;
         let tiers = Tiers::new(&settings.deferral, &amqp_settings.names);
-        let followup_tiers = crate::followup::wait_tiers(settings);
+        let followup_tiers = crate::defer::Tiers::of_followups(settings);
         tokio::time::timeout(
             BROKER_TIMEOUT,
             topology::declare(&channel, amqp_settings, &tiers, followup_tiers.as_ref()),

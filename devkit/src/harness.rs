@@ -130,7 +130,7 @@ impl Harness {
         }
         let (connection, channel) = open(&base.amqp).await?;
         let tiers = Tiers::new(&base.deferral, &base.amqp.names);
-        let followup_tiers = dialex_worker::followup::wait_tiers(&base);
+        let followup_tiers = Tiers::of_followups(&base);
         topology::declare(&channel, &base.amqp, &tiers, followup_tiers.as_ref()).await?;
         Ok(Harness {
             metrics: Arc::new(Metrics::for_limits(&base.limits)),
@@ -613,7 +613,7 @@ impl Harness {
         .into_iter()
         .cloned()
         .chain(tiers.all().iter().map(|t| t.queue.clone()));
-        let followups = dialex_worker::followup::wait_tiers(&self.settings)
+        let followups = Tiers::of_followups(&self.settings)
             .map(|tiers| {
                 let mut queues: Vec<String> = tiers.all().iter().map(|t| t.queue.clone()).collect();
                 queues.push(names.followup_queue.clone());

@@ -289,7 +289,7 @@ mod tests {
         let tiers = Tiers::new(&settings.deferral, &settings.amqp.names);
         let without = plan(&settings.amqp, &tiers, None);
         settings.followup.enabled = true;
-        let followup = crate::followup::wait_tiers(&settings).unwrap();
+        let followup = crate::defer::Tiers::of_followups(&settings).unwrap();
         let with = plan(&settings.amqp, &tiers, Some(&followup));
         assert_eq!(with.queues.len(), without.queues.len() + 7);
         let queue = |name: &str| with.queues.iter().find(|q| q.name == name).unwrap();

@@ -19,7 +19,6 @@ pub(crate) mod render;
 mod validate;
 
 pub use crate::ccc::CccSettings;
-pub use crate::followup::FollowupSettings;
 pub use crate::gates::cooldown::CooldownSettings;
 pub use crate::gates::hours::BusinessHoursSettings;
 pub use crate::gates::limits::LimitsSettings;
@@ -174,6 +173,38 @@ impl AmqpSettings {
     }
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+/// `[followup]`: the optional call results (see `config/default.toml` and
+/// [`crate::followup`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowupSettings {
+    pub enabled: bool,
+    /// When to poll, in milliseconds after the dial; increasing.
+    pub polls_ms: Vec<u64>,
+    /// `ListCallDetailRecords` per second per instance, in this replica.
+    pub queries_per_second: f64,
+    pub clock_skew_ms: u64,
+    pub match_window_ms: u64,
+    pub fetch_release_reason: bool,
+    pub prefetch: u16,
+    pub max_query_failures: u32,
+}
+
+impl FollowupSettings {
+    /// How long after the dial poll `index` (from 0) is due; `None` past the last.
+    pub fn poll_after(&self, index: u32) -> Option<Duration> {
+        let index = usize::try_from(index).ok()?;
+        self.polls_ms
+            .get(index)
+            .map(|&ms| Duration::from_millis(ms))
+    }
+
+    /// How many polls a request gets.
+    pub fn polls(&self) -> u32 {
+        u32::try_from(self.polls_ms.len()).unwrap_or(u32::MAX)
     }
 }
 

@@ -40,6 +40,14 @@ pub struct Window {
 }
 
 impl Window {
+    /// The window `[followup]` sets.
+    pub fn of(settings: &crate::config::FollowupSettings) -> Window {
+        Window {
+            clock_skew: Duration::from_millis(settings.clock_skew_ms),
+            after: Duration::from_millis(settings.match_window_ms),
+        }
+    }
+
     /// The first and last start a candidate may have.
     pub fn bounds(&self, dialed_at: Timestamp) -> (Timestamp, Timestamp) {
         let earliest = dialed_at

@@ -1,5 +1,5 @@
 //! One follow-up job's poll, as a decision: the call result to publish, or when to look
-//! again. Nothing here touches the broker; [`super::run`] carries the step out.
+//! again. Nothing here touches the broker; `intake::followups` carries the step out.
 
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ impl<R: CallRecords, S: CallResults> Followup<R, S> {
     /// Reads the records of the job's number in its match window and decides which is its
     /// call; a call found is taken for the request before it is returned.
     async fn poll(&self, job: &FollowupJob) -> Result<Found, Failed> {
-        let window = self.settings.window();
+        let window = matching::Window::of(&self.settings);
         let (start, stop) = window.bounds(job.dialed_at);
         let mut records = Vec::new();
         for page in 1..=MAX_PAGES {

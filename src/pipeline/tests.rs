@@ -400,7 +400,7 @@ async fn fixture(tweak: impl FnOnce(&mut Settings)) -> Fixture {
         delivery_limit: s.amqp.delivery_limit,
         lease: s.store.lease(),
         unreleased: Default::default(),
-        followup: crate::followup::wait_tiers(&s).map(|tiers| Schedule {
+        followup: crate::defer::Tiers::of_followups(&s).map(|tiers| Schedule {
             first_poll: s.followup.poll_after(0).unwrap_or_default(),
             tiers,
         }),

@@ -1,5 +1,5 @@
-//! The follow-up consumer: carries each job's [`JobStep`] out against the broker, the only
-//! follow-up code that publishes or settles.
+//! The follow-up's intake: consumes follow-up jobs and carries each one's [`JobStep`] out
+//! against the broker, the only follow-up code that publishes or settles.
 //!
 //! Jobs are handled concurrently up to the follow-up queue's prefetch, each settled once its
 //! step is confirmed: a published result or a job parked on a wait tier is acknowledged; a
@@ -13,11 +13,10 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::FollowupJob;
-use super::poll::{Followup, JobStep};
 use crate::amqp::{Incoming, Publisher};
 use crate::ccc::CallRecords;
 use crate::defer::{self, Tiers};
+use crate::followup::{Followup, FollowupJob, JobStep};
 use crate::metrics::Metrics;
 use crate::settle::{Disposition, settle};
 use crate::store::CallResults;

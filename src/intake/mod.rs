@@ -1,9 +1,12 @@
-//! The intake stage: the consumer loop.
+//! The intake stage: the consumer loops. This module consumes dial requests into the
+//! pipeline; [`followups`] consumes the follow-up's jobs.
 //!
 //! Deliveries arrive on their own connection with manual acks and a bounded prefetch; each is
 //! handled in its own task (the prefetch bounds how many run at once) and settled when the
 //! pipeline says so. The loop stops on shutdown or when the pipeline halts; in-flight requests
 //! are then given `drain` to finish before whatever is left goes back to the queue.
+
+pub mod followups;
 
 use std::sync::Arc;
 use std::time::Duration;
