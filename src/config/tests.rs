@@ -527,3 +527,39 @@ fn a_sentinel_is_a_host_and_a_port() {
         assert_eq!(host_port(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn the_follow_up_is_off_by_default_and_its_polls_come_from_the_environment() {
+    let s = load(&[]).unwrap();
+    assert!(!s.followup.enabled);
+    assert_eq!(s.followup.polls_ms, [60_000, 180_000, 600_000, 1_800_000]);
+    let s = load(&[
+        ("DIALEX_FOLLOWUP__ENABLED", "true"),
+        ("DIALEX_FOLLOWUP__POLLS_MS", "1000,5000"),
+    ])
+    .unwrap();
+    assert!(s.followup.enabled);
+    assert_eq!(
+        s.followup.poll_after(1),
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(s.followup.poll_after(2), None);
+    assert_eq!(s.followup.polls(), 2);
+}
+
+#[test]
+fn follow_up_settings_that_cannot_work_name_their_key() {
+    let problems = |env: &[(&str, &str)]| load(env).unwrap_err().to_string();
+    assert!(problems(&[("DIALEX_FOLLOWUP__POLLS_MS", "5000,1000")]).contains("followup.polls_ms"));
+    assert!(problems(&[("DIALEX_FOLLOWUP__POLLS_MS", "0")]).contains("followup.polls_ms"));
+    assert!(
+        problems(&[("DIALEX_FOLLOWUP__QUERIES_PER_SECOND", "0")])
+            .contains("followup.queries_per_second")
+    );
+    assert!(problems(&[("DIALEX_FOLLOWUP__PREFETCH", "0")]).contains("followup.prefetch"));
+    let unnamed = problems(&[
+        ("DIALEX_FOLLOWUP__ENABLED", "true"),
+        ("DIALEX_AMQP__NAMES__FOLLOWUP_QUEUE", ""),
+    ]);
+    assert!(unnamed.contains("amqp.names.followup_queue"), "{unnamed}");
+}
