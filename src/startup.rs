@@ -516,8 +516,12 @@ async fn serve_followups<R: CallRecords, S: CallResults>(
         publisher,
         tiers: &followups.tiers,
         metrics,
+        lost: session.lost.clone(),
     };
-    runner.consume(consumer, session.lost.clone()).await;
+    runner.consume(consumer).await;
+    // Ended by itself (the broker cancelled it, the queue was deleted): a new session
+    // declares the topology again and starts it afresh.
+    session.lost.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
 }
 

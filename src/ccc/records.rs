@@ -50,6 +50,9 @@ pub struct CallDetailRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecordPage {
     pub records: Vec<CallDetailRecord>,
+    /// The page's length as CCC sent it, records without a `ContactId` included: what tells
+    /// a full page from the last one.
+    pub listed: usize,
     pub total: u64,
 }
 
@@ -68,16 +71,12 @@ pub(crate) fn parse_page(raw: &[u8]) -> Result<RecordPage, DialFailure> {
     let Some(records) = body.get("CallDetailRecords").filter(|v| v.is_object()) else {
         return Err(unreadable("ListCallDetailRecords"));
     };
-    let list: Vec<CallDetailRecord> = records
-        .get("List")
-        .map(items)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(record)
-        .collect();
-    let total = number(records, "TotalCount").unwrap_or(list.len() as u64);
+    let items = records.get("List").map(items).unwrap_or_default();
+    let list: Vec<CallDetailRecord> = items.iter().filter_map(record).collect();
+    let total = number(records, "TotalCount").unwrap_or(items.len() as u64);
     Ok(RecordPage {
         records: list,
+        listed: items.len(),
         total,
     })
 }
@@ -188,6 +187,7 @@ mod tests {
             ]}}}"#;
         let page = parse_page(raw).unwrap();
         assert_eq!(page.total, 3);
+        assert_eq!(page.listed, 3);
         assert_eq!(
             page.records.len(),
             2,

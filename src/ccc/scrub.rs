@@ -8,12 +8,16 @@
 //! phone number in free text) keeps only its first three and last four digits.
 
 /// Parameters whose values never leave the process.
-const SECRET_PARAMETERS: [&str; 5] = [
+const SECRET_PARAMETERS: [&str; 8] = [
     "SecurityToken",
     "Signature",
     "AccessKeyId",
     "Callee",
     "Caller",
+    // The call-record queries' number, and the numbers in their answers.
+    "PhoneNumber",
+    "CallingNumber",
+    "CalledNumber",
 ];
 
 /// What follows a parameter's name before its value: `=` in a query, percent-encoded once
@@ -123,6 +127,15 @@ mod tests {
         assert_eq!(
             scrub(r#"{"Callee":"13800138000","Code":"X"}"#),
             r#"{"Callee":"***","Code":"X"}"#
+        );
+        // The call-record queries' numbers.
+        assert_eq!(
+            scrub("PhoneNumber%3D13800138000%26StartTime%3D1"),
+            "PhoneNumber%3D***%26StartTime%3D1"
+        );
+        assert_eq!(
+            scrub(r#"{"CalledNumber":"13800138000","CallingNumber":"02285196281"}"#),
+            r#"{"CalledNumber":"***","CallingNumber":"***"}"#
         );
     }
 

@@ -359,7 +359,24 @@ impl Settings {
             StoreBackend::Embedded => warnings.extend(self.public_hash_key_on_disk()),
         }
         warnings.extend(self.wait_cut_by_lease());
+        warnings.extend(self.followup_window_wider_than_cooldown());
         warnings
+    }
+
+    /// A warning when the follow-up is on and two of the worker's own calls to one number may
+    /// fall in one match window: the callee cooldown is what keeps them apart. Without it a
+    /// poll may take the other call's record while its own is not written yet.
+    pub fn followup_window_wider_than_cooldown(&self) -> Option<String> {
+        let window = self
+            .followup
+            .match_window_ms
+            .saturating_add(self.followup.clock_skew_ms);
+        (self.followup.enabled && self.cooldown.window_ms < window).then(|| {
+            format!(
+                "cooldown.window_ms ({} ms) is shorter than followup.match_window_ms plus                  followup.clock_skew_ms ({window} ms): two calls to one number can then fall in                  one match window, and a call result may be matched to the other call's record",
+                self.cooldown.window_ms
+            )
+        })
     }
 
     /// A warning when the claim's lease leaves less room to wait for a concurrency or pacing

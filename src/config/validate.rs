@@ -286,6 +286,9 @@ impl Settings {
         if followup.match_window_ms == 0 {
             problems.invalid("followup.match_window_ms", "must be positive");
         }
+        if followup.max_query_failures == 0 {
+            problems.invalid("followup.max_query_failures", "must be at least 1");
+        }
         if followup.prefetch == 0 {
             problems.invalid("followup.prefetch", "must be at least 1");
         }

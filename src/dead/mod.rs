@@ -59,6 +59,10 @@ pub struct Parked {
     pub died_in: Option<String>,
     /// How often it was replayed already.
     pub replays: u32,
+    /// A follow-up job (AMQP `type` `dial.followup`), not a dial request: it is replayed to
+    /// the follow-up queue, never to the request queue, where it would read as a request
+    /// missing its fields.
+    pub followup_job: bool,
 }
 
 impl Parked {
@@ -96,6 +100,19 @@ impl Parked {
             replays: text(REPLAYS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+            followup_job: properties
+                .kind()
+                .as_ref()
+                .is_some_and(|kind| kind.as_str() == crate::followup::job::JOB_TYPE),
+        }
+    }
+
+    /// Where a replay of it goes: the exchange and routing key.
+    pub fn replay_to<'n>(&self, names: &'n crate::config::AmqpNames) -> (&'n str, &'n str) {
+        if self.followup_job {
+            ("", &names.followup_queue)
+        } else {
+            (&names.request_exchange, &names.request_routing_key)
         }
     }
 

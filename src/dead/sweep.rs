@@ -183,10 +183,11 @@ async fn walk_on(
                     tokio::time::sleep_until(next_replay).await;
                     next_replay = Instant::now() + interval;
                 }
+                let (exchange, routing_key) = parked.replay_to(names);
                 publish(
                     channel,
-                    &names.request_exchange,
-                    &names.request_routing_key,
+                    exchange,
+                    routing_key,
                     &delivery.data,
                     replay_properties(&delivery.properties, parked.replays.saturating_add(1)),
                 )

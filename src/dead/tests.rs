@@ -95,7 +95,21 @@ fn parked(reason: &str, replays: u32) -> Parked {
         deaths: None,
         died_in: None,
         replays,
+        followup_job: false,
     }
+}
+
+#[test]
+fn a_parked_follow_up_job_is_replayed_to_the_follow_up_queue_not_as_a_request() {
+    let settings = crate::config::Settings::load_from(None, Vec::new()).unwrap();
+    let names = &settings.amqp.names;
+    let job = BasicProperties::default().with_type(crate::followup::job::JOB_TYPE.into());
+    let parked_job = Parked::read(BODY, &job);
+    assert!(parked_job.followup_job);
+    assert_eq!(parked_job.replay_to(names), ("", "dial.followups"));
+    let request = Parked::read(BODY, &properties(&[]));
+    assert!(!request.followup_job);
+    assert_eq!(request.replay_to(names), ("dial.requests", "dial.request"));
 }
 
 #[test]

@@ -17,7 +17,10 @@ use crate::validate::DialRequest;
 /// AMQP `type` of a follow-up job.
 pub const JOB_TYPE: &str = "dial.followup";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// How far CCC's `TimeStamp` may be from the worker's clock and still be the dial time.
+const CCC_TIME_TRUSTED: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+#[derive(Clone, Serialize, Deserialize)]
 pub struct FollowupJob {
     pub request_id: String,
     pub instance_id: String,
@@ -38,6 +41,28 @@ pub struct FollowupJob {
     pub due_at: Timestamp,
 }
 
+/// By hand: the numbers mask themselves, and the attributes (whatever upstream put there) show
+/// only their size, as a request's do.
+impl std::fmt::Debug for FollowupJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowupJob")
+            .field("request_id", &self.request_id)
+            .field("instance_id", &self.instance_id)
+            .field("caller", &self.caller)
+            .field("callee", &self.callee)
+            .field("task_id", &self.task_id)
+            .field("dialed_at", &self.dialed_at)
+            .field(
+                "attributes_bytes",
+                &self.attributes.as_ref().map(|a| a.get().len()),
+            )
+            .field("polls", &self.polls)
+            .field("failures", &self.failures)
+            .field("due_at", &self.due_at)
+            .finish()
+    }
+}
+
 impl FollowupJob {
     /// The job for `request`, dialed as `event` says, first polled `first_poll` after the
     /// dial. `None` unless the event is `dialed` with a `TaskId`.
@@ -50,7 +75,14 @@ impl FollowupJob {
             return None;
         }
         let task_id = event.task_id.clone()?;
-        let dialed_at = event.ccc_time.unwrap_or(event.completed_at);
+        // CCC's own clock matches its records best; a time far from the worker's (seconds
+        // read as milliseconds, a clock years off) would match nothing, or never come due.
+        let plausible =
+            |t: &Timestamp| t.duration_since(event.completed_at).abs() <= CCC_TIME_TRUSTED;
+        let dialed_at = event
+            .ccc_time
+            .filter(plausible)
+            .unwrap_or(event.completed_at);
         Some(FollowupJob {
             request_id: request.request_id().as_str().to_owned(),
             instance_id: request.instance_id().to_owned(),

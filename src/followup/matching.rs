@@ -83,8 +83,10 @@ pub fn candidates<'r>(
         .filter(|r| r.contact_type.as_deref().is_none_or(is_outbound))
         .filter(|r| r.started_at.is_some_and(|t| earliest <= t && t <= latest))
         .collect();
+    // One record per contact, even when two pages overlap (records arrive while paging).
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|r| seen.insert(r.contact_id.as_str()));
     found.sort_by_key(|r| (r.started_at, r.contact_id.as_str()));
-    found.dedup_by_key(|r| r.contact_id.as_str());
     found
 }
 

@@ -16,10 +16,11 @@ use crate::store::{CallResults, StoreError};
 /// A job that comes back this much before its poll is due is polled anyway (the wait tiers
 /// round delays down to whole tiers).
 const EARLY: SignedDuration = SignedDuration::from_millis(250);
-/// Records per `ListCallDetailRecords` page, and the pages read per poll: far more calls to
-/// one number than fit in one match window.
-const PAGE_SIZE: u32 = 100;
-const MAX_PAGES: u32 = 5;
+/// Records per `ListCallDetailRecords` page (a page of 50 stays well inside the client's
+/// limit on an answer's size), and the pages read per poll: far more calls to one number than
+/// fit in one match window. A number with more than that in the window is not guessed about.
+const PAGE_SIZE: u32 = 50;
+const MAX_PAGES: u32 = 10;
 /// How soon a job whose poll failed (a query, the store) is tried again: 5 s, doubling, at
 /// most a minute.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -113,6 +114,8 @@ impl<R: CallRecords, S: CallResults> Followup<R, S> {
         let window = matching::Window::of(&self.settings);
         let (start, stop) = window.bounds(job.dialed_at);
         let mut records = Vec::new();
+        let mut listed = 0u64;
+        let mut complete = false;
         for page in 1..=MAX_PAGES {
             self.pace.start(&job.instance_id).await;
             let query = RecordQuery {
@@ -128,11 +131,16 @@ impl<R: CallRecords, S: CallResults> Followup<R, S> {
                 .list_call_records(&query)
                 .await
                 .map_err(Failed::Query)?;
-            let got = answer.records.len();
+            listed += answer.listed as u64;
             records.extend(answer.records);
-            if got < PAGE_SIZE as usize || records.len() as u64 >= answer.total {
+            if answer.listed < PAGE_SIZE as usize || listed >= answer.total {
+                complete = true;
                 break;
             }
+        }
+        if !complete {
+            // More records in the window than the pages read: not decided on a part of them.
+            return Ok(Found::Several);
         }
         let dialed = Dialed {
             request_id: &job.request_id,
@@ -393,6 +401,7 @@ mod tests {
             .collect::<Vec<_>>();
         RecordPage {
             total: records.len() as u64,
+            listed: records.len(),
             records,
         }
     }

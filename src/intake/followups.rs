@@ -2,10 +2,13 @@
 //! against the broker, the only follow-up code that publishes or settles.
 //!
 //! Jobs are handled concurrently up to the follow-up queue's prefetch, each settled once its
-//! step is confirmed: a published result or a job parked on a wait tier is acknowledged; a
-//! step the broker would not take goes back to the queue.
+//! step is confirmed: a published result or a job parked on a wait tier is acknowledged. A
+//! publish the broker does not take is tried again until it does (the job is held, not
+//! requeued, so an outage does not spend its deliveries); a job in hand when the session is
+//! lost goes back to the queue with the channel.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::Consumer;
@@ -13,7 +16,7 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::amqp::{Incoming, Publisher};
+use crate::amqp::{Incoming, PublishError, Publisher};
 use crate::ccc::CallRecords;
 use crate::defer::{self, Tiers};
 use crate::followup::{Followup, FollowupJob, JobStep};
@@ -28,21 +31,57 @@ pub struct Runner<'a, R, S> {
     /// The follow-up queue's wait tiers.
     pub tiers: &'a Tiers,
     pub metrics: &'a Metrics,
+    /// Cancelled when the broker session is lost or the worker stops: the jobs in hand are
+    /// dropped, unsettled, and the broker delivers them again.
+    pub lost: CancellationToken,
 }
 
+/// Pauses between attempts to publish while the broker does not take publishes.
+const REPUBLISH_MIN: Duration = Duration::from_secs(1);
+const REPUBLISH_MAX: Duration = Duration::from_secs(5);
+
 impl<R: CallRecords, S: CallResults> Runner<'_, R, S> {
-    /// Consumes follow-up jobs until `stop` is cancelled or the consumer ends (the session
-    /// was lost); the jobs in hand finish first.
-    pub async fn consume(&self, consumer: Consumer, stop: CancellationToken) {
+    /// Consumes follow-up jobs until the session is lost (or the worker stops) or the
+    /// consumer ends.
+    pub async fn consume(&self, consumer: Consumer) {
         consumer
-            .take_until(stop.cancelled_owned())
+            .take_until(self.lost.clone().cancelled_owned())
             .for_each_concurrent(None, |delivery| async {
-                match delivery {
-                    Ok(delivery) => self.handle(delivery).await,
-                    Err(error) => tracing::warn!(%error, "the follow-up consumer failed"),
+                let delivery = match delivery {
+                    Ok(delivery) => delivery,
+                    Err(error) => {
+                        tracing::warn!(%error, "the follow-up consumer failed");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    () = self.handle(delivery) => {}
+                    () = self.lost.cancelled() => {}
                 }
             })
             .await;
+    }
+
+    /// Runs `publish` until the broker takes it; `false` if the session is lost first.
+    async fn published<F, Fut>(&self, what: &str, mut publish: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), PublishError>>,
+    {
+        let mut pause = REPUBLISH_MIN;
+        loop {
+            match publish().await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?pause, "could not publish the {what}; holding the job until the broker takes it");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.lost.cancelled() => return false,
+            }
+            pause = (pause * 2).min(REPUBLISH_MAX);
+        }
     }
 
     async fn handle(&self, delivery: Delivery) {
@@ -82,30 +121,33 @@ impl<R: CallRecords, S: CallResults> Runner<'_, R, S> {
                 #[cfg(feature = "test-hooks")]
                 crate::test_hooks::after_result(incoming);
                 let event = &published.event;
-                match self.publisher.publish_result(event, &published.json).await {
-                    Ok(()) => {
-                        self.metrics.call_result(event.disposition);
-                        tracing::info!(
-                            disposition = event.disposition.as_str(),
-                            polls = event.polls,
-                            "call result published"
-                        );
-                        Disposition::Ack
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "could not publish the call result; returning the job");
-                        Disposition::Requeue
-                    }
+                let sent = self
+                    .published("call result", || {
+                        self.publisher.publish_result(event, &published.json)
+                    })
+                    .await;
+                if !sent {
+                    return Disposition::Requeue;
                 }
+                self.metrics.call_result(event.disposition);
+                tracing::info!(
+                    disposition = event.disposition.as_str(),
+                    polls = event.polls,
+                    "call result published"
+                );
+                Disposition::Ack
             }
             JobStep::Wait(job) => {
                 let tier = self.tiers.for_delay(defer::time_until(job.due_at));
-                match self.publisher.follow_up(&job, tier).await {
-                    Ok(()) => Disposition::Ack,
-                    Err(error) => {
-                        tracing::warn!(%error, "could not put the follow-up job back to wait; returning it");
-                        Disposition::Requeue
-                    }
+                let sent = self
+                    .published("waiting follow-up job", || {
+                        self.publisher.follow_up(&job, tier)
+                    })
+                    .await;
+                if sent {
+                    Disposition::Ack
+                } else {
+                    Disposition::Requeue
                 }
             }
             JobStep::Park { reason, detail } => self.park(incoming, reason, &detail).await,

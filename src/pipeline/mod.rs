@@ -96,6 +96,17 @@ impl<C: CccClient, S: DialStore, L: Limiter, B: Broker> Pipeline<C, S, L, B> {
         if let Some(late) = crate::test_hooks::fire(incoming) {
             tokio::time::sleep(late).await;
         }
+        if incoming.is_followup_job() {
+            // A follow-up job replayed into the request queue (by hand, or by an older
+            // `dialex-worker dead`): read as a request it would be rejected, a second terminal
+            // outcome for a request already dialed. Parked as it is instead.
+            let parking = Parking {
+                reason: "misrouted_followup_job",
+                detail: "a follow-up job arrived on the request queue".to_owned(),
+                event: None,
+            };
+            return self.execute(Step::Park(parking), incoming).await;
+        }
         match validate::decode(&incoming.body, incoming.message_id.as_deref()) {
             Ok(request) => {
                 let span = tracing::info_span!(

@@ -629,6 +629,27 @@ async fn with_the_follow_up_on_a_dialed_request_schedules_its_job_after_the_outc
 }
 
 #[tokio::test]
+async fn a_follow_up_job_on_the_request_queue_is_parked_never_rejected() {
+    let f = fixture(|_| {}).await;
+    // A job (it has no answer_mode): read as a request it would be `rejected`, a second
+    // terminal outcome for a request already dialed.
+    let job = serde_json::json!({
+        "request_id": "r-j", "instance_id": INSTANCE, "caller": "02285196281",
+        "callee": CALLEE, "task_id": "task-9", "polls": 0,
+    });
+    let properties = BasicProperties::default().with_type(crate::followup::job::JOB_TYPE.into());
+    let delivery = Incoming::new(serde_json::to_vec(&job).unwrap(), properties, false);
+    assert_eq!(f.handle(&delivery).await, Disposition::Ack);
+    assert_eq!(
+        f.publisher.take(),
+        [Call::DeadLetter {
+            reason: "misrouted_followup_job".into()
+        }]
+    );
+    assert_eq!(f.client.sends(), 0);
+}
+
+#[tokio::test]
 async fn a_job_the_broker_will_not_take_gives_the_dialed_request_back() {
     let f = fixture(|s| s.followup.enabled = true).await;
     let delivery = incoming(body("r-g", serde_json::json!({})));

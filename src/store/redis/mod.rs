@@ -137,6 +137,7 @@ struct Scripts {
     daily_reserve: Script,
     daily_release: Script,
     first_wins: Script,
+    read_confirmed: Script,
 }
 
 impl Scripts {
@@ -151,10 +152,11 @@ impl Scripts {
             daily_reserve: Script::new(callee::DAILY_RESERVE_LUA),
             daily_release: Script::new(callee::DAILY_RELEASE_LUA),
             first_wins: Script::new(results::FIRST_WINS_LUA),
+            read_confirmed: Script::new(results::READ_CONFIRMED_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.claim,
             &self.record,
@@ -165,6 +167,7 @@ impl Scripts {
             &self.daily_reserve,
             &self.daily_release,
             &self.first_wins,
+            &self.read_confirmed,
         ]
     }
 }

@@ -7,14 +7,29 @@ use crate::store::{CallResults, StoreError, holder};
 /// Stores the value unless the key holds one already; returns what the key holds now (ours, or
 /// the earlier value, unchanged, its expiry too).
 ///
+/// An earlier value is written again, as it is: `WAIT` counts the replicas that hold this
+/// connection's writes, so only a write of our own makes the `WAIT` after the script cover a
+/// value another replica of the worker wrote (replication keeps the order of writes).
+///
 /// KEYS[1] contact or result key; ARGV[1] value, ARGV[2] record TTL ms. Returns the stored value.
 pub(super) const FIRST_WINS_LUA: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
+  redis.call('SET', KEYS[1], current, 'KEEPTTL')
   return current
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
+";
+
+/// Reads the value, writing it again as it is (see [`FIRST_WINS_LUA`]) so that the `WAIT`
+/// after the script covers it. KEYS[1] result key. Returns the value, or nil.
+pub(super) const READ_CONFIRMED_LUA: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  redis.call('SET', KEYS[1], current, 'KEEPTTL')
+end
+return current
 ";
 
 impl RedisStore {
@@ -104,11 +119,13 @@ impl CallResults for RedisStore {
     }
 
     async fn call_result(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.get();
-        redis::cmd("GET")
-            .arg(self.result_key(request_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error("call result", &e))
+        // Published as soon as it is read: read only once the replicas hold it, so a
+        // failover cannot forget a result that was published.
+        let script = &self.inner.scripts.read_confirmed;
+        let eval = evalsha(script, self.result_key(request_id));
+        let (stored, replicated): (Option<Vec<u8>>, _) =
+            self.run_replicated("call result", script, eval).await?;
+        replicated?;
+        Ok(stored)
     }
 }
