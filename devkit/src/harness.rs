@@ -26,7 +26,7 @@ use dialex_worker::app::App;
 use dialex_worker::config::Settings;
 use dialex_worker::credentials::{CredentialSource, Credentials};
 use dialex_worker::defer::Tiers;
-use dialex_worker::followup::result::CallResultEvent;
+use dialex_worker::followup::result::{CallResultEvent, RESULT_TYPE};
 use dialex_worker::metrics::Metrics;
 use dialex_worker::outcome::OutcomeEvent;
 use dialex_worker::startup::RunError;
@@ -489,7 +489,7 @@ impl Harness {
             .properties
             .kind()
             .as_ref()
-            .is_some_and(|kind| kind.as_str() == "dial.result");
+            .is_some_and(|kind| kind.as_str() == RESULT_TYPE);
         if is_result {
             let event: CallResultEvent =
                 serde_json::from_slice(&delivery.data).context("a call result did not parse")?;

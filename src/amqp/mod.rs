@@ -230,10 +230,7 @@ impl Incoming {
 
     /// Whether it is a follow-up job (AMQP `type` `dial.followup`) rather than a request.
     pub fn is_followup_job(&self) -> bool {
-        self.properties
-            .kind()
-            .as_ref()
-            .is_some_and(|kind| kind.as_str() == crate::followup::job::JOB_TYPE)
+        crate::followup::job::is_job(&self.properties)
     }
 
     pub fn mark_claimed(&self) {

@@ -18,7 +18,7 @@ use crate::config::{AmqpNames, AmqpSettings};
 use crate::defer::Tier;
 use crate::followup::FollowupJob;
 use crate::followup::job::JOB_TYPE;
-use crate::followup::result::CallResultEvent;
+use crate::followup::result::{CallResultEvent, RESULT_TYPE};
 use crate::metrics::Metrics;
 use crate::outcome::{DeferReason, OutcomeEvent};
 
@@ -183,7 +183,7 @@ impl Publisher {
         let properties = event_properties(
             event.event_id,
             &event.request_id,
-            "dial.result",
+            RESULT_TYPE,
             event.completed_at,
         );
         self.publish_with_retry(

@@ -100,10 +100,7 @@ impl Parked {
             replays: text(REPLAYS_HEADER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
-            followup_job: properties
-                .kind()
-                .as_ref()
-                .is_some_and(|kind| kind.as_str() == crate::followup::job::JOB_TYPE),
+            followup_job: crate::followup::job::is_job(properties),
         }
     }
 

@@ -17,6 +17,14 @@ use crate::validate::DialRequest;
 /// AMQP `type` of a follow-up job.
 pub const JOB_TYPE: &str = "dial.followup";
 
+/// Whether a message with these properties is a follow-up job, not a dial request.
+pub fn is_job(properties: &lapin::BasicProperties) -> bool {
+    properties
+        .kind()
+        .as_ref()
+        .is_some_and(|kind| kind.as_str() == JOB_TYPE)
+}
+
 /// How far CCC's `TimeStamp` may be from the worker's clock and still be the dial time.
 const CCC_TIME_TRUSTED: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
 

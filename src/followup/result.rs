@@ -12,6 +12,9 @@ use uuid::Uuid;
 use super::matching::Match;
 use crate::ccc::{CallDetailRecord, CallEnding};
 
+/// AMQP `type` of a call-result event.
+pub const RESULT_TYPE: &str = "dial.result";
+
 /// Namespace of the call-result `event_id`s (UUID v5), apart from the outcome events'.
 const RESULT_NAMESPACE: Uuid = Uuid::from_u128(0x8c1f_52a4_6f0e_4f3b_9d7a_2be5_03c4_7e19);
 
